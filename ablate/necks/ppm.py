@@ -1,0 +1,42 @@
+"""PPM, the pyramid pooling module of PSPNet (Zhao et al. 2017): pooled context at several grid sizes."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ablate.necks import register_neck
+from ablate.necks.aspp import NORMS, conv_norm_act
+
+
+class PPM(nn.Module):
+    """Adaptive-average-pool to each bin size, 1x1 conv, upsample; concat with the input; 3x3 fuse."""
+
+    def __init__(self, in_channels: int, out_channels: int, bins: tuple[int, ...], norm: str):
+        super().__init__()
+        self.out_channels = out_channels
+        width, bias = in_channels // len(bins), norm == "none"
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), *conv_norm_act(nn.Conv2d(in_channels, width, 1, bias=bias),
+                                                                  width, norm, "relu"))
+            for b in bins)
+        fuse = nn.Conv2d(in_channels + width * len(bins), out_channels, 3, padding=1, bias=bias)
+        self.bottleneck = nn.Sequential(*conv_norm_act(fuse, out_channels, norm, "relu"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, out, H, W)
+        size = x.shape[-2:]
+        pooled = [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False) for stage in self.stages]
+        return self.bottleneck(torch.cat([x, *pooled], dim=1))
+
+
+@register_neck
+def ppm(in_channels: int, *, out_channels: int = 256, bins=(1, 2, 3, 6), norm: str = "bn") -> nn.Module:
+    """PSPNet's pyramid pooling; a pooled-context reference for ASPP tables."""
+    if norm not in NORMS:
+        raise ValueError(f"ppm norm={norm!r} is not valid; choose one of {', '.join(map(repr, NORMS))}")
+    bins = tuple(bins)
+    if not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
+        raise ValueError(f"ppm bins must be a non-empty list of positive integers; got {list(bins)}")
+    if in_channels < len(bins):
+        raise ValueError(f"ppm needs in_channels >= number of bins ({len(bins)}); got {in_channels}")
+    return PPM(in_channels, out_channels, bins, norm)

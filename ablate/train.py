@@ -1,0 +1,142 @@
+"""`python -m ablate.train [CONFIG.yaml] [key=value ...] [--output DIR]`: train one configuration."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+from rich.console import Console
+
+from ablate.analysis import degenerate_rate_message, feature_size
+from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
+from ablate.data import create_datamodule
+from ablate.module import SegmentationModule
+
+console = Console(stderr=True)
+
+
+def check_rates(cfg: RunConfig) -> None:
+    """Warn (error under `model.strict`) when a dilation rate is degenerate on the neck's feature map."""
+    rates = cfg.model.neck.get("rates")
+    if rates is None:
+        return
+    from ablate.necks.aspp import check_rates as parse_rates
+
+    stride = min(cfg.model.output_stride, 2 ** cfg.model.encoder_depth)
+    message = degenerate_rate_message(parse_rates(rates), feature_size(cfg.data.image_size, stride))
+    if message and cfg.model.strict:
+        raise ConfigError(f"{message} (model.strict=true makes this an error)")
+    if message:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step (forward, backward, optimizer), for the summary."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, *args) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+    def median(self) -> float | None:
+        return sorted(self.times)[len(self.times) // 2] if self.times else None
+
+
+class PlainProgress(L.Callback):
+    """One line per validation epoch, for logs that are not a terminal."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  train/loss {m.get('train/loss', float('nan')):.4f}"
+              f"  val/loss {m.get('val/loss', float('nan')):.4f}  val/mIoU {m.get('val/mIoU', 0):.4f}"
+              f"  best {m.get('val/mIoU_best', 0):.4f}", flush=True)
+
+
+def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:
+    """CSV logger in `output`, plus a W&B run (offline unless chosen) that records no argv, git or code."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=output, name="", version="")]
+    if cfg.wandb.mode == "disabled":
+        return loggers
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    settings = wandb.Settings(x_disable_meta=True, x_disable_stats=True, disable_git=True, save_code=False,
+                              x_save_requirements=False, silent=True)
+    run = {"name": output.name, "job_type": "train", **(wandb_run or {})}
+    Path(cfg.wandb.dir).mkdir(parents=True, exist_ok=True)
+    loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
+                               save_dir=cfg.wandb.dir, config=flatten(to_dict(cfg)), settings=settings, **run))
+    return loggers
+
+
+def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: dict | None = None) -> dict:
+    """Train `cfg` once, write `output/summary.json` and return the summary."""
+    output = Path(output)
+    check_rates(cfg)
+    datamodule = create_datamodule(cfg)  # reads and checks the data before anything trains
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = SegmentationModule(to_dict(cfg), list(datamodule.classes))
+    stats = module.model_stats()
+    timer, loggers = StepTimer(), make_loggers(cfg, output, wandb_run)
+    tty = sys.stdout.isatty()
+    progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
+    trainer = L.Trainer(default_root_dir=output, logger=loggers, callbacks=[timer, *progress, *callbacks],
+                        enable_progress_bar=tty, **cfg.trainer)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    finally:
+        _finish_wandb(loggers, failed=sys.exc_info()[0] is not None)
+    summary = {"val/mIoU": _metric(trainer, "val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
+               "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
+               **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/IoU/")},
+               "config": to_dict(cfg)}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _metric(trainer: L.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+def _finish_wandb(loggers: list, failed: bool) -> None:
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.finish(exit_code=1 if failed else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: parse, validate, train, print where the results are."""
+    parser = argparse.ArgumentParser(prog="python -m ablate.train", description=__doc__)
+    parser.add_argument("config", nargs="?", help="YAML run config (default: the built-in defaults, as experiments/base.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.neck.norm=none trainer.max_epochs=1")
+    parser.add_argument("--output", default=None, help="run folder (default runs/train/<timestamp>)")
+    args = parser.parse_args(argv)
+    if args.config and "=" in args.config:  # no config file, only overrides
+        args.overrides, args.config = [args.config, *args.overrides], None
+    try:
+        cfg = load_config(args.config, args.overrides)
+        output = Path(args.output or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
+        summary = run(cfg, output)
+    except ConfigError as e:
+        console.print(f"[red]error:[/] {e}", highlight=False)
+        return 2
+    console.print(f"val/mIoU {summary['val/mIoU']:.4f}  best {summary['val/mIoU_best']:.4f}  "
+                  f"neck params {summary['params/neck']:,}  GFLOPs {summary['gflops']:.2f}\n"
+                  f"summary: {output / 'summary.json'}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
