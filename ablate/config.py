@@ -176,10 +176,16 @@ def _check_type(key: str, value, kind):
         t = typing.get_origin(t) or t
         if t is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, t) and not (t is int and isinstance(value, bool)):
             return value
     names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in allowed)
-    raise ConfigError(f"{key} must be {names}; got {value!r} ({type(value).__name__})")
+    choices = f"; choose one of {', '.join(map(repr, CHOICES[key]))}" if key in CHOICES else ""
+    raise ConfigError(f"{key} must be {names}; got {value!r} ({type(value).__name__}){choices}")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -213,7 +219,7 @@ def _validate_encoder(model: ModelConfig) -> None:
 
 
 def _validate_neck(cfg: RunConfig) -> None:
-    from ablate.necks import list_necks, neck_options
+    from ablate.necks import create_neck, list_necks, neck_options
 
     neck = dict(cfg.model.neck)
     name = neck.pop("name", None)
@@ -228,6 +234,10 @@ def _validate_neck(cfg: RunConfig) -> None:
             near = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean model.neck.{near[0]}?)" if near else ""
             raise ConfigError(f"unknown option model.neck.{key} for neck {name!r}{hint}; valid: {', '.join(valid)}")
+    try:  # building it on a few channels checks every option value the way training would
+        create_neck(name, 8, **neck)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.neck: {e}") from None
     options = {**valid, **neck}
     pooled_bn = options.get("norm") == "bn" and (options.get("image_pooling") is True or name == "ppm")
     if pooled_bn and cfg.data.batch_size < 2:

@@ -94,14 +94,16 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
                         enable_progress_bar=tty, **cfg.trainer)
     try:
         trainer.fit(module, datamodule=datamodule)
-    finally:
-        _finish_wandb(loggers, failed=sys.exc_info()[0] is not None)
+    except BaseException:
+        _finish_wandb(loggers, {}, failed=True)
+        raise
     summary = {"val/mIoU": _metric(trainer, "val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
                **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/IoU/")},
                "config": to_dict(cfg)}
     output.mkdir(parents=True, exist_ok=True)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    _finish_wandb(loggers, {k: v for k, v in summary.items() if k != "config"}, failed=False)
     return summary
 
 
@@ -110,9 +112,11 @@ def _metric(trainer: L.Trainer, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _finish_wandb(loggers: list, failed: bool) -> None:
+def _finish_wandb(loggers: list, summary: dict, failed: bool) -> None:
+    """Write the run summary to W&B and finish the run, marked failed (exit code 1) when training raised."""
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.summary.update(summary)
             logger.experiment.finish(exit_code=1 if failed else 0)
 
 

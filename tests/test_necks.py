@@ -13,6 +13,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
 import ablate.necks as necks
 from ablate.necks import create_neck, list_necks, neck_options, register_neck
+from ablate.necks.aspp import ImagePooling
 
 C_IN, C_OUT = 8, 8  # ppm needs in_channels >= its 4 bins
 SIZES = [(1, 1), (1, 5), (2, 3), (7, 7), (9, 4)]  # 1x1, odd, non-square
@@ -257,8 +258,19 @@ def test_norm_layers_follow_convs_without_bias(name, options, norm, layer):
     neck = create_neck(name, C_IN, out_channels=C_OUT, norm=norm, **options)
     norms = [m for m in neck.modules() if isinstance(m, NORM_LAYERS)]
     assert norms and all(type(m) is layer for m in norms)
-    assert all(c.bias is None for c in convs_of(neck))
-    assert len(norms) == len([c for c in convs_of(neck) if c.groups == 1])  # one norm after each full conv
+    pooled = {id(c) for m in neck.modules() if isinstance(m, ImagePooling) for c in convs_of(m)}
+    if norm == "gn":  # GroupNorm on the 1x1 pooled map is degenerate: that conv takes a bias instead
+        assert all(c.bias is not None for c in convs_of(neck) if id(c) in pooled)
+    else:  # with BatchNorm (or none) the pooled branch is like every other branch, as in torchvision
+        pooled = set()
+    assert all(c.bias is None for c in convs_of(neck) if id(c) not in pooled)
+    full = [c for c in convs_of(neck) if c.groups == 1 and id(c) not in pooled]
+    assert len(norms) == len(full)  # one norm after each full conv
+
+
+def test_gn_aspp_trains_at_batch_one():
+    neck = create_neck("aspp", C_IN, out_channels=C_OUT, norm="gn").train()
+    neck(torch.randn(1, C_IN, 5, 5)).sum().backward()
 
 
 @pytest.mark.parametrize("out_channels", [2, 5, 6, 9, 17, 64])
@@ -301,7 +313,14 @@ def test_bad_choice_raises_naming_valid_choices(option, value, choices):
 
 def test_identity_adds_no_context():
     torch.manual_seed(0)
-    assert not far_region_moves_centre(create_neck("identity", C_IN, out_channels=C_OUT))
+    neck = create_neck("identity", C_IN, out_channels=C_OUT).eval()
+    assert not far_region_moves_centre(neck)
+    x = torch.randn(1, C_IN, 5, 5)
+    x_pixel = x.clone()
+    x_pixel[..., 2, 2] += 5.0
+    with torch.no_grad():
+        moved = (neck(x) - neck(x_pixel)).abs().sum(dim=1)[0] > 0  # (H, W)
+    assert moved[2, 2] and moved.sum() == 1  # a 1x1 projection: each output pixel sees only its own input
 
 
 def test_ppm_adds_pooled_context():

@@ -58,9 +58,10 @@ class ASPP(nn.Module):
         self.convs = nn.ModuleList([branch(nn.Conv2d(in_channels, out_channels, 1, bias=bias))])
         for r in rates:
             self.convs.append(branch(_atrous(in_channels, out_channels, r, separable, bias)))
-        if image_pooling:
-            pool_conv = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
-            self.convs.append(ImagePooling(nn.AdaptiveAvgPool2d(1), *conv_norm_act(pool_conv, out_channels, norm, act)))
+        if image_pooling:  # GroupNorm of a 1x1 map only sees a group's few channels: use a biased conv instead
+            pool_norm = "none" if norm == "gn" else norm
+            pool_conv = nn.Conv2d(in_channels, out_channels, 1, bias=pool_norm == "none")
+            self.convs.append(ImagePooling(nn.AdaptiveAvgPool2d(1), *conv_norm_act(pool_conv, out_channels, pool_norm, act)))
         fused = out_channels * len(self.convs) if fusion == "concat" else out_channels
         project = conv_norm_act(nn.Conv2d(fused, out_channels, 1, bias=bias), out_channels, norm, act)
         self.project = nn.Sequential(*project, nn.Dropout(dropout))

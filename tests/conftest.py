@@ -1,0 +1,24 @@
+"""Shared test set-up: offline, CPU, every test in its own working directory."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+
+TINY = ["data.image_size=32", "data.train_size=16", "data.val_size=8", "data.batch_size=4",
+        "model.neck.out_channels=16", "model.neck.rates=[1,2,3]", "trainer.max_epochs=1",
+        "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "wandb.mode=disabled"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Run each test in a fresh temporary directory so runs/ never lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def tiny():
+    """Overrides that make a full training run take a few seconds on a CPU."""
+    return list(TINY)

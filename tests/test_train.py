@@ -1,0 +1,98 @@
+"""One run end to end with a real Lightning Trainer: summary, reproducibility, checkpoints, W&B, CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablate.config import ConfigError, load_config
+from ablate.module import SegmentationModule
+from ablate.train import check_rates, run
+from wandb_files import run_info
+
+KEYS = {"val/mIoU", "val/mIoU_best", "params/neck", "params/total", "gflops", "config"}
+
+
+def test_run_writes_summary_and_repeats_bit_for_bit(tiny):
+    cfg = load_config(None, tiny + ["trainer.max_epochs=2"])
+    a, b = run(cfg, "a"), run(cfg, "b")
+    assert KEYS <= set(json.loads(Path("a/summary.json").read_text()))
+    assert a["val/mIoU"] == b["val/mIoU"] and a["val/mIoU_best"] == b["val/mIoU_best"]
+    assert 0 <= a["val/mIoU"] <= a["val/mIoU_best"] <= 1
+    assert a["params/neck"] < a["params/total"] and a["gflops"] > 0
+    assert a["config"]["model"]["neck"]["rates"] == [1, 2, 3]
+    assert "val/mIoU" in Path("a/metrics.csv").read_text().splitlines()[0]
+    c = run(load_config(None, tiny + ["trainer.max_epochs=2", "seed=1"]), "c")
+    assert c["val/mIoU"] != a["val/mIoU"]  # the seed matters
+
+
+def test_checkpoint_loads_with_weights_only(tiny):
+    cfg = load_config(None, [t for t in tiny if "checkpointing" not in t])
+    run(cfg, "out")
+    (ckpt,) = Path("out").rglob("*.ckpt")
+    state = torch.load(ckpt, weights_only=True)  # hyperparameters are plain dicts and lists
+    assert state["hyper_parameters"]["config"]["model"]["neck"]["name"] == "aspp"
+    module = SegmentationModule.load_from_checkpoint(ckpt, weights_only=True).eval()
+    assert module(torch.zeros(1, 3, 32, 32)).shape == (1, 7, 32, 32)
+
+
+def test_miou_ignores_classes_absent_from_prediction_and_target():
+    module = SegmentationModule(_cfg_dict(), ["a", "b", "c", "d"])
+    pred = torch.tensor([[0, 0, 1, 1]])
+    target = torch.tensor([[0, 1, 1, 255]])  # classes 2 and 3 absent from both; 255 ignored
+    module.val_metrics.update(pred, target)
+    m = module.val_metrics.compute()
+    assert m["val/mIoU"].item() == pytest.approx((1 / 2 + 1 / 2) / 2)  # not divided by 4
+    assert torch.isnan(m["val/IoU"][2:]).all()
+    assert m["val/pixel_acc"].item() == pytest.approx(2 / 3)
+
+
+def _cfg_dict():
+    from ablate.config import to_dict
+    return to_dict(load_config(None, ["model.neck.out_channels=8", "model.encoder_depth=3"]))
+
+
+def test_degenerate_rates_warn_and_strict_errors(capsys):
+    check_rates(load_config(None, ["model.neck.rates=[2,16,24]"]))  # 128 px at stride 8 -> 16x16
+    err = capsys.readouterr().err
+    assert "degenerate" in err and "16" in err and "24" in err and "16x16" in err
+    check_rates(load_config(None))
+    assert "degenerate" not in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="degenerate"):
+        check_rates(load_config(None, ["model.neck.rates=[2,16]", "model.strict=true"]))
+
+
+@pytest.mark.parametrize("extra", [
+    ["data.batch_size=1", "model.neck.norm=gn"],  # batch 1 trains with GroupNorm
+    ["model.head=deeplabv3plus", "model.neck.separable=true", "model.neck.fusion=sum"],
+    ["model.neck={name: ppm, out_channels: 16}", "optim.name=sgd", "optim.schedule=cosine"],
+    ["model.neck={name: identity, out_channels: 16}", "model.output_stride=16", "model.encoder_depth=5"],
+])
+def test_variants_train_end_to_end(tiny, extra):
+    summary = run(load_config(None, tiny + extra), "out")
+    assert summary["val/mIoU"] is not None and summary["epochs"] == 1
+
+
+def test_wandb_offline_run_records_config_and_summary_not_argv(tiny):
+    cfg = load_config(None, [t for t in tiny if not t.startswith("wandb")] + ["wandb.mode=offline"])
+    summary = run(cfg, "out", wandb_run={"name": "t0-s0", "group": "rates=1,2,3", "tags": ["demo"]})
+    (run_dir,) = Path("runs/wandb").glob("offline-run-*")
+    info = run_info(run_dir)
+    assert (info["name"], info["group"], info["tags"], info["exit_code"]) == ("t0-s0", "rates=1,2,3", ["demo"], 0)
+    assert info["config"]["model.neck.rates"] == [1, 2, 3] and info["config"]["seed"] == 0
+    assert info["summary"]["val/mIoU_best"] == pytest.approx(summary["val/mIoU_best"])
+    assert info["summary"]["params/neck"] == summary["params/neck"]
+    assert "val/mIoU" in info["history"][-1] or any("val/mIoU" in h for h in info["history"])
+    raw = b"".join(p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
+    assert b"pytest" not in raw  # sys.argv (the pytest command line) is not recorded
+
+
+def test_cli_help_and_clear_errors_before_training():
+    ok = subprocess.run([sys.executable, "-m", "ablate.train", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--output" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "ablate.train", "model.neck.rates=[6,6]"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "distinct" in bad.stderr and "Traceback" not in bad.stderr
+    assert not Path("runs").exists()  # nothing started

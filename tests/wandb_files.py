@@ -1,0 +1,51 @@
+"""Read W&B offline run files (`run-*.wandb`: LevelDB-log framing of protobuf `Record`s) back in tests."""
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+BLOCK, HEADER = 32768, 7
+
+
+def records(path: Path) -> list:
+    """Every `Record` in a `.wandb` file, in order."""
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    out, chunks, pos = [], [], HEADER
+    while pos + HEADER <= len(data):
+        if BLOCK - pos % BLOCK < HEADER:  # block trailer: zero padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        if kind == 0 and length == 0:
+            break
+        chunks.append(data[pos + HEADER:pos + HEADER + length])
+        pos += HEADER + length
+        if kind in (1, 4):  # FULL or LAST: a record is complete
+            record = pb.Record()
+            record.ParseFromString(b"".join(chunks))
+            out.append(record)
+            chunks = []
+    return out
+
+
+def run_info(run_dir: Path) -> dict:
+    """Name, group, job type, tags, config, summary and metadata-like records of one offline run folder."""
+    import json
+
+    info = {"config": {}, "summary": {}, "history": [], "kinds": set()}
+    for r in records(next(Path(run_dir).glob("run-*.wandb"))):
+        kind = r.WhichOneof("record_type")
+        info["kinds"].add(kind)
+        if kind == "run":
+            info.update(name=r.run.display_name, group=r.run.run_group, job_type=r.run.job_type, tags=list(r.run.tags))
+            info["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            info["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "summary":
+            info["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+        elif kind == "history":
+            info["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "exit":
+            info["exit_code"] = r.exit.exit_code
+    return info
