@@ -121,15 +121,23 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
+        if not sep:
             raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. model.neck.norm=none)")
-        node, parts = raw, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
     return raw
+
+
+def set_dotted(raw: dict, key: str, value) -> None:
+    """raw['a']['b'] = value for key 'a.b', creating sections on the way."""
+    parts = key.split(".")
+    if not key or any(not part for part in parts):
+        raise ConfigError(f"{key!r} is not a dotted config key (e.g. model.neck.norm)")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {'.'.join(parts[:i + 1])} is not a section")
+    node[parts[-1]] = value
 
 
 def to_dict(cfg: RunConfig) -> dict:
@@ -224,7 +232,9 @@ def _validate_neck(cfg: RunConfig) -> None:
     neck = dict(cfg.model.neck)
     name = neck.pop("name", None)
     if name is None:
-        raise ConfigError(f"model.neck needs a name; registered necks: {', '.join(list_necks())}")
+        hint = " (in YAML flow style write {name: ppm} with a space after each colon)" if any(
+            ":" in str(k) for k in neck) else ""
+        raise ConfigError(f"model.neck needs a name{hint}; registered necks: {', '.join(list_necks())}")
     try:
         valid = neck_options(name)
     except ValueError as e:

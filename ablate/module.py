@@ -48,6 +48,9 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x), y, ignore_index=IGNORE_INDEX)
+        if not torch.isfinite(loss):  # fail the run now rather than report a metric of a diverged model
+            raise FloatingPointError(f"train/loss is {loss.item()} at step {self.global_step}; "
+                                     f"lower optim.lr (now {self.cfg.optim.lr})")
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -73,9 +73,10 @@ def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:
     settings = wandb.Settings(x_disable_meta=True, x_disable_stats=True, disable_git=True, save_code=False,
                               x_save_requirements=False, silent=True)
     run = {"name": output.name, "job_type": "train", **(wandb_run or {})}
+    config = {**flatten(to_dict(cfg)), **run.pop("config", {})}
     Path(cfg.wandb.dir).mkdir(parents=True, exist_ok=True)
     loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
-                               save_dir=cfg.wandb.dir, config=flatten(to_dict(cfg)), settings=settings, **run))
+                               save_dir=cfg.wandb.dir, config=config, settings=settings, **run))
     return loggers
 
 
@@ -94,8 +95,8 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
                         enable_progress_bar=tty, **cfg.trainer)
     try:
         trainer.fit(module, datamodule=datamodule)
-    except BaseException:
-        _finish_wandb(loggers, {}, failed=True)
+    except BaseException as e:
+        _finish_wandb(loggers, {"state": type(e).__name__}, failed=type(e).__name__ != "TrialPruned")
         raise
     summary = {"val/mIoU": _metric(trainer, "val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,

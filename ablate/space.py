@@ -1,0 +1,194 @@
+"""Sweep files: a base run config, a search space over dotted config keys, and the study settings."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import yaml
+
+from ablate.analysis import degenerate_rates, feature_size
+from ablate.config import ConfigError, RunConfig, apply_overrides, from_dict, set_dotted, with_defaults
+
+SAMPLERS = ("tpe", "grid", "random", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "default"
+    direction: str = "maximize"
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    pruner: str = "median"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    base: dict  # the run config every trial starts from (nested, defaults filled in)
+    space: dict  # dotted key -> {choices: [...]} | {low, high, log?, step?} | {rates: K, low, high}
+    study: StudyConfig = field(default_factory=StudyConfig)
+    n_trials: int = 8
+    seeds: tuple = (0,)
+
+    def space_json(self) -> str:
+        """The space and direction, canonical: what a stored study is compared against."""
+        return json.dumps({"space": self.space, "direction": self.study.direction}, sort_keys=True)
+
+
+def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfig:
+    """Read a sweep file (None = sweeps/default.yaml); `overrides` apply to the base run config."""
+    path = Path(path) if path else Path(__file__).resolve().parent.parent / "sweeps" / "default.yaml"
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = ("base", "overrides", "space", "study", "n_trials", "seeds")
+    for key in raw:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"{path}: unknown sweep key {key!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                              f"valid keys: {', '.join(known)}")
+    base = raw.get("base") or {}
+    if isinstance(base, str):
+        base_path = (path.parent / base).resolve()
+        base = yaml.safe_load(base_path.read_text()) if base_path.is_file() else _missing(path, base)
+    base = apply_overrides(with_defaults(RunConfig, base), list(raw.get("overrides") or []) + list(overrides))
+    study = StudyConfig(**_known(raw.get("study") or {}, StudyConfig, "study"))
+    seeds = raw.get("seeds", [0])
+    sweep = SweepConfig(base=base, space=raw.get("space") or {}, study=study,
+                        n_trials=raw.get("n_trials", 8), seeds=tuple(seeds) if isinstance(seeds, list) else seeds)
+    validate_sweep(sweep)
+    return sweep
+
+
+def _missing(path: Path, base: str):
+    raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to the sweep file)")
+
+
+def _known(raw: dict, cls, where: str) -> dict:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            raise ConfigError(f"unknown key {where}.{key}{f' (did you mean {where}.{near[0]}?)' if near else ''}; "
+                              f"valid: {', '.join(names)}")
+    return raw
+
+
+def validate_sweep(sweep: SweepConfig) -> None:
+    """Every setting and every value the space can produce is checked before anything trains."""
+    s = sweep.study
+    for key, value, choices in (("study.sampler", s.sampler, SAMPLERS), ("study.pruner", s.pruner, PRUNERS),
+                                ("study.direction", s.direction, ("maximize", "minimize"))):
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+    if not isinstance(sweep.n_trials, int) or isinstance(sweep.n_trials, bool) or sweep.n_trials < 1:
+        raise ConfigError(f"n_trials must be a positive integer; got {sweep.n_trials!r}")
+    seeds = sweep.seeds
+    if not isinstance(seeds, tuple) or not seeds or any(type(x) is not int for x in seeds) or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]; got {seeds!r}")
+    if not isinstance(sweep.space, dict) or not sweep.space:
+        raise ConfigError("space must map dotted config keys to {choices: [...]}, {low: .., high: ..} or {rates: K, ..}")
+    base = from_dict(sweep.base)
+    for key, spec in sweep.space.items():
+        _validate_param(key, spec, sweep, base)
+    if s.sampler == "grid" and any("choices" not in spec for spec in sweep.space.values()):
+        raise ConfigError("study.sampler=grid needs {choices: [...]} for every key of the space")
+
+
+def _validate_param(key: str, spec, sweep: SweepConfig, base: RunConfig) -> None:
+    if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
+        raise ConfigError(f"space.{key} must be {{choices: [...]}}, {{low: .., high: .., log: false}} "
+                          f"or {{rates: K, low: .., high: ..}}; got {spec!r}")
+    if "choices" in spec:
+        for choice in spec["choices"]:
+            if not isinstance(choice, SCALARS):
+                raise ConfigError(f"space.{key}: choice {choice!r} is not a scalar; encode lists as strings, "
+                                  f"e.g. \"6,12,18\" (Optuna stores categorical choices as scalars)")
+            trial_config(sweep, {key: choice})  # raises ConfigError naming the key and value
+    elif "rates" in spec:
+        k, low, high = spec["rates"], spec["low"], spec["high"]
+        if not (isinstance(k, int) and 1 <= k <= high - low + 1 and low >= 1):
+            raise ConfigError(f"space.{key}: cannot draw {k!r} distinct rates from [{low}, {high}]")
+        trial_config(sweep, {key: list(range(high - k + 1, high + 1))})
+    else:
+        for bound in (spec["low"], spec["high"]):
+            trial_config(sweep, {key: bound})
+        if spec["low"] >= spec["high"]:
+            raise ConfigError(f"space.{key}: low={spec['low']} must be below high={spec['high']}")
+
+
+def trial_config(sweep: SweepConfig, params: dict) -> RunConfig:
+    """The run config of a trial: the base with each dotted key set (rates strings decoded to lists)."""
+    raw = yaml.safe_load(yaml.safe_dump(sweep.base))
+    for key, value in params.items():
+        set_dotted(raw, key, decode(key, value))
+    cfg = from_dict(raw)
+    _reject_degenerate(cfg, params)
+    return cfg
+
+
+def decode(key: str, value):
+    """'6,12,18' -> [6, 12, 18] for a rates key; everything else as is."""
+    if key.endswith("rates") and isinstance(value, str):
+        try:
+            return [int(r) for r in value.split(",")]
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} is not a comma-separated list of integers like \"6,12,18\"") from None
+    return value
+
+
+def _reject_degenerate(cfg: RunConfig, params: dict) -> None:
+    rates = cfg.model.neck.get("rates")
+    if rates is None or not any(k.endswith("rates") for k in params):
+        return
+    size = feature_size(cfg.data.image_size, min(cfg.model.output_stride, 2 ** cfg.model.encoder_depth))
+    bad = degenerate_rates(list(rates), size)
+    if bad:
+        raise ConfigError(f"space: rates {list(rates)} hold degenerate rates {bad} on the {size[0]}x{size[1]} "
+                          f"feature map (a 3x3 conv at rate >= {min(size)} is a 1x1 conv in disguise); "
+                          f"use rates < {min(size)}")
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    """Draw one value per dotted key; a {rates: K} key draws K increasing distinct rates."""
+    params = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif "rates" in spec:
+            k, low, high, rates = spec["rates"], spec["low"], spec["high"], []
+            for i in range(k):
+                lo = rates[-1] + 1 if rates else low
+                rates.append(trial.suggest_int(f"{key}.{i}", lo, high - (k - 1 - i)))
+            params[key] = ",".join(map(str, rates))
+        elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and not spec.get("log"):
+            params[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1))
+        else:
+            params[key] = trial.suggest_float(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+    return params
+
+
+def variant_label(params: dict) -> str:
+    """'model.neck.fusion=sum model.neck.rates=2,4,6': the varied settings, as dotted keys."""
+    return " ".join(f"{k}={_text(v)}" for k, v in sorted(params.items()))
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def grid_choices(space: dict) -> dict:
+    """The GridSampler's search space (every key has choices; checked by validate_sweep)."""
+    return {key: list(spec["choices"]) for key, spec in space.items()}
+
+
+def to_plain(sweep: SweepConfig) -> dict:
+    """The resolved sweep as plain data (written next to the study's runs)."""
+    return {"base": sweep.base, "space": sweep.space, "study": dataclasses.asdict(sweep.study),
+            "n_trials": sweep.n_trials, "seeds": list(sweep.seeds)}
+
