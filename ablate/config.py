@@ -55,7 +55,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class WandbConfig:
-    mode: str = "offline"  # "offline", "online" or "disabled"
+    mode: str | None = None  # "offline", "online" or "disabled"; null = $WANDB_MODE, else offline
     project: str = "ablate"
     entity: str | None = None
     dir: str = "runs"  # W&B writes runs/wandb/...
@@ -74,7 +74,7 @@ class RunConfig:
 
 CHOICES = {"model.head": ("deeplabv3", "deeplabv3plus"), "model.output_stride": (8, 16, 32),
            "optim.name": ("adamw", "sgd"), "optim.schedule": ("poly", "cosine", "none"),
-           "wandb.mode": ("offline", "online", "disabled")}
+           "wandb.mode": (None, "offline", "online", "disabled")}
 SET_BY_ABLATE = ("logger", "callbacks", "default_root_dir")  # Trainer arguments ablate passes itself
 
 

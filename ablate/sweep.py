@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ablate.config import ConfigError, to_dict
 from ablate.space import SweepConfig, grid_choices, load_sweep, suggest, to_plain, trial_config, variant_label
-from ablate.table import study_rows, to_markdown, to_rich
+from ablate.table import effects_to_rich, main_effects, study_rows, to_markdown, to_rich
 from ablate.train import run
 
 console = Console(stderr=True, highlight=False)
@@ -157,7 +157,7 @@ class StopOnRepeatedFailure:
     """Stop the study when the first trials of this session all fail with the same error."""
 
     def __init__(self, repeats: int = 2):
-        self.repeats, self.reasons, self.completed = repeats, [], False
+        self.repeats, self.reasons, self.completed, self.stopped = repeats, [], False, False
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
@@ -165,9 +165,11 @@ class StopOnRepeatedFailure:
         if self.completed or trial.state != TrialState.FAIL:
             return
         self.reasons.append(trial.user_attrs.get("fail_reason", "unknown error"))
-        if len(self.reasons) >= self.repeats and len(set(self.reasons)) == 1:
+        kinds = {reason.partition(":")[0] for reason in self.reasons}  # the exception type
+        if len(self.reasons) >= self.repeats and len(kinds) == 1:
             console.print(f"[red]error:[/] the first {self.repeats} trials all failed with:\n  {self.reasons[0]}\n"
                           "stopping the study; fix the cause and run the same command again")
+            self.stopped = True
             study.stop()
 
 
@@ -177,14 +179,15 @@ def sweep_main(sweep: SweepConfig, storage_url: str) -> int:
     root = Path("runs") / sweep.study.name
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.yaml").write_text(yaml.safe_dump(to_plain(sweep), sort_keys=False))
-    remaining = sweep.n_trials - len(done_trials(study))
+    remaining, stopper = sweep.n_trials - len(done_trials(study)), StopOnRepeatedFailure()
     if remaining > 0:
         console.print(f"study {sweep.study.name!r}: {remaining} of {sweep.n_trials} trials to run, "
                       f"{len(sweep.seeds)} seed(s) each")
-        started, stopper = time.time(), StopOnRepeatedFailure()
+        progress = _progress(sweep.n_trials, time.time())
         study.optimize(Objective(sweep, root, storage_url), n_trials=remaining, catch=(Exception,),
-                       callbacks=[stopper, _progress(sweep.n_trials, started), lambda *_: Interrupt.check()])
-    return report(study, root, storage_url)
+                       callbacks=[stopper, progress, lambda *_: Interrupt.check()])
+    report(study, root, storage_url)
+    return 1 if stopper.stopped else 0
 
 
 def _progress(total: int, started: float):
@@ -198,15 +201,17 @@ def _progress(total: int, started: float):
     return show
 
 
-def report(study: optuna.Study, root: Path, storage_url: str) -> int:
+def report(study: optuna.Study, root: Path, storage_url: str) -> None:
     """Print the comparison table, write it to runs/<study>/table.md, and say where to look further."""
     rows = study_rows(study.get_trials(deepcopy=False))
     (root / "table.md").write_text(to_markdown(rows))
-    Console(highlight=False).print(to_rich(rows, f"study {study.study_name}: mean ± std over seeds, best first"))
+    out = Console(highlight=False)
+    out.print(to_rich(rows, f"study {study.study_name}: mean ± std over seeds, best first"))
+    if len(rows) > 2:
+        out.print(effects_to_rich(main_effects(rows)))
     console.print(f"table: {root / 'table.md'}\nlook further:\n"
                   f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
                   f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs")
-    return 0
 
 
 def redact(url: str) -> str:

@@ -38,7 +38,7 @@ def _summarize(row: dict) -> dict:
 def fmt_mean_std(row: dict) -> str:
     """'0.2712 ± 0.0123' (std over seeds, ddof=1), or the status when no seed completed."""
     if row["mean"] is None:
-        return row["status"]
+        return row.get("status", "-")
     std = "" if row["std"] is None else f" ± {row['std']:.4f}"
     return f"{row['mean']:.4f}{std}"
 
@@ -64,4 +64,31 @@ def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
     for r in rows:
         table.add_row(r["variant"], fmt_mean_std(r), str(r["n"]), r["status"],
                       f"{r.get('params/neck', 0):,}", f"{r.get('gflops', 0):.2f}")
+    return table
+
+
+def main_effects(rows: list[dict]) -> list[dict]:
+    """Per swept setting and value: the mean over every complete seed of every variant with that value.
+
+    In a factorial grid this is the setting's main effect, averaged over all the other settings.
+    """
+    values: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        for setting in row["variant"].split(" "):
+            key, _, value = setting.partition("=")
+            values.setdefault((key, value), []).extend(row["seeds"].values())
+    effects = [{"setting": k, "value": v, "n": len(xs), "mean": statistics.fmean(xs) if xs else None,
+                "std": statistics.stdev(xs) if len(xs) > 1 else None} for (k, v), xs in values.items()]
+    return sorted(effects, key=lambda e: (e["setting"], -(e["mean"] or 0)))
+
+
+def effects_to_rich(effects: list[dict], metric: str = "val/mIoU"):
+    """Main effects for the terminal (rich)."""
+    from rich.table import Table
+
+    table = Table(title=f"main effects: {metric} averaged over the other settings")
+    for col in ("setting", "value", "n runs", "mean ± std"):
+        table.add_column(col, justify="left" if col in ("setting", "value") else "right", overflow="fold")
+    for e in effects:
+        table.add_row(e["setting"], e["value"], str(e["n"]), fmt_mean_std(e))
     return table

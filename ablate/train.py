@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,8 @@ def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:
     from lightning.pytorch.loggers import CSVLogger
 
     loggers = [CSVLogger(save_dir=output, name="", version="")]
-    if cfg.wandb.mode == "disabled":
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
         return loggers
     import wandb
     from lightning.pytorch.loggers import WandbLogger
@@ -75,9 +77,17 @@ def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:
     run = {"name": output.name, "job_type": "train", **(wandb_run or {})}
     config = {**flatten(to_dict(cfg)), **run.pop("config", {})}
     Path(cfg.wandb.dir).mkdir(parents=True, exist_ok=True)
-    loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
+    loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=mode,
                                save_dir=cfg.wandb.dir, config=config, settings=settings, **run))
     return loggers
+
+
+def wandb_mode(cfg: RunConfig) -> str:
+    """`wandb.mode` from the config, else $WANDB_MODE, else offline."""
+    mode = cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+    if mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"WANDB_MODE={mode!r} is not valid; use offline, online or disabled")
+    return mode
 
 
 def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: dict | None = None) -> dict:

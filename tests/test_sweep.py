@@ -137,3 +137,11 @@ def test_two_workers_on_a_fresh_sqlite_file_both_finish():
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sum(t.state == TrialState.COMPLETE for t in trials()) >= 2
+
+
+def test_a_study_whose_first_trials_all_fail_the_same_way_stops(capsys):
+    space = {"optim.lr": {"choices": [1e12, 1e13, 1e14, 1e15]}}
+    path = write_sweep(space=space, n_trials=4, seeds=(0,), overrides=["optim.schedule=none"])
+    assert main([path, "--storage", STORAGE]) == 1
+    assert [t.state for t in trials()] == [TrialState.FAIL] * 2  # stopped after two, not four
+    assert capsys.readouterr().err.count("the first 2 trials all failed with") == 1

@@ -96,3 +96,16 @@ def test_cli_help_and_clear_errors_before_training():
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "distinct" in bad.stderr and "Traceback" not in bad.stderr
     assert not Path("runs").exists()  # nothing started
+
+
+def test_wandb_mode_comes_from_the_config_else_the_environment(monkeypatch):
+    from ablate.train import wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode(load_config(None)) == "disabled"
+    assert wandb_mode(load_config(None, ["wandb.mode=online"])) == "online"
+    monkeypatch.delenv("WANDB_MODE")
+    assert wandb_mode(load_config(None)) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ConfigError, match="WANDB_MODE='sometimes'"):
+        wandb_mode(load_config(None))
