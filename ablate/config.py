@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     encoder: str = "resnet18"
     encoder_weights: str | None = None  # None = random init; nothing is downloaded at run time
-    encoder_depth: int = 4  # 4 = the neck sees ResNet layer3 (cheap on a CPU); 5 = layer4, as in DeepLabv3
+    encoder_depth: int = 3  # 3 = the neck sees ResNet layer2 (cheap on a CPU); 5 = layer4, as in DeepLabv3
     output_stride: int = 8
     neck: dict = field(default_factory=lambda: {"name": "aspp", "out_channels": 64, "rates": [2, 4, 6]})
     head: str = "deeplabv3"  # or "deeplabv3plus" (adds the stride-4 encoder feature)
