@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.sweep = [args.sweep, *args.overrides], None
     storage_url = args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE
     Interrupt.install()  # Ctrl-C and SIGTERM fail the running trial (and queue it again), never orphan it
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress line says it all once
     try:
         sweep = _with_cli(load_sweep(args.sweep, args.overrides), args)
         if args.dry_run:

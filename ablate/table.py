@@ -61,10 +61,26 @@ def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
     table = Table(title=title)
     for col in ("variant", f"{metric} mean ± std", "n", "status", "neck params", "GFLOPs"):
         table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
+    prefix = common_prefix([r["variant"] for r in rows])
+    if prefix:
+        table.caption = f"settings under {prefix}"
     for r in rows:
-        table.add_row(r["variant"], fmt_mean_std(r), str(r["n"]), r["status"],
+        variant = "\n".join(setting.removeprefix(prefix) for setting in r["variant"].split(" "))
+        table.add_row(variant, fmt_mean_std(r), str(r["n"]), r["status"],
                       f"{r.get('params/neck', 0):,}", f"{r.get('gflops', 0):.2f}")
     return table
+
+
+def common_prefix(variants: list[str]) -> str:
+    """The dotted section every varied key shares ('model.neck.'), to print keys short."""
+    keys = [setting.partition("=")[0] for v in variants for setting in v.split(" ")]
+    parts = [k.split(".")[:-1] for k in keys]
+    shared = []
+    for level in zip(*parts) if parts else []:
+        if len(set(level)) > 1:
+            break
+        shared.append(level[0])
+    return "".join(f"{p}." for p in shared)
 
 
 def main_effects(rows: list[dict]) -> list[dict]:
