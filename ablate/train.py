@@ -76,9 +76,10 @@ def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:
                               x_save_requirements=False, silent=True)
     run = {"name": output.name, "job_type": "train", **(wandb_run or {})}
     config = {**flatten(to_dict(cfg)), **run.pop("config", {})}
-    Path(cfg.wandb.dir).mkdir(parents=True, exist_ok=True)
+    save_dir = Path(cfg.wandb.dir).resolve()  # absolute: W&B's service process keeps the cwd it started in
+    save_dir.mkdir(parents=True, exist_ok=True)
     loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=mode,
-                               save_dir=cfg.wandb.dir, config=config, settings=settings, **run))
+                               save_dir=str(save_dir), config=config, settings=settings, **run))
     return loggers
 
 

@@ -59,7 +59,7 @@ def test_resume_runs_only_the_missing_trials(capsys):
     assert main([path, "--storage", STORAGE]) == 0
     first = trials()[0]
     assert main([path, "--storage", STORAGE]) == 0  # finished: only prints the table
-    assert len(trials()) == 1 and "model.neck.fusion" in capsys.readouterr().out
+    assert len(trials()) == 1 and "fusion=" in capsys.readouterr().out
     assert main([path, "--storage", STORAGE, "--n-trials", "2"]) == 0
     after = trials()
     assert len(after) == 2 and after[0].datetime_complete == first.datetime_complete
@@ -68,16 +68,20 @@ def test_resume_runs_only_the_missing_trials(capsys):
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on():
     space = {"optim.lr": {"choices": [0.001, 1e12]}}
-    path = write_sweep(space=space, seeds=(0,), overrides=["optim.schedule=none"])
+    path = write_sweep(space=space, seeds=(0,), overrides=["optim.schedule=none", "wandb.mode=offline"])
     assert main([path, "--storage", STORAGE]) == 0
     by_lr = {t.params["optim.lr"]: t for t in trials()}
     assert by_lr[0.001].state == TrialState.COMPLETE
     bad = by_lr[1e12]
     assert bad.state == TrialState.FAIL and bad.value is None
     assert "FloatingPointError" in bad.user_attrs["fail_reason"] and "values" not in bad.user_attrs
+    runs = {info["name"]: info for info in map(run_info, Path("runs/wandb").glob("offline-run-*"))}
+    assert runs[f"t{bad.number}-s0"]["exit_code"] == 1  # the failed seed's W&B run is marked failed
+    assert runs[f"t{by_lr[0.001].number}-s0"]["exit_code"] == 0
 
 
-def test_sigint_mid_trial_fails_it_and_the_rerun_finishes():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_trial_fails_it_and_the_rerun_finishes(sig):
     path = write_sweep(n_trials=2, seeds=(0,), overrides=["trainer.max_epochs=30"])
     cmd = [sys.executable, "-m", "ablate.sweep", path, "--storage", STORAGE]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -85,7 +89,7 @@ def test_sigint_mid_trial_fails_it_and_the_rerun_finishes():
     while not Path("runs/t/t0-s0/hparams.yaml").exists() and time.time() < deadline:  # fit has started
         time.sleep(0.2)
     time.sleep(1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     first, queued = trials()
