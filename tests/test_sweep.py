@@ -149,3 +149,22 @@ def test_a_study_whose_first_trials_all_fail_the_same_way_stops(capsys):
     assert main([path, "--storage", STORAGE]) == 1
     assert [t.state for t in trials()] == [TrialState.FAIL] * 2  # stopped after two, not four
     assert capsys.readouterr().err.count("the first 2 trials all failed with") == 1
+
+
+def test_a_trial_behind_the_median_is_pruned_on_its_first_seed():
+    from optuna.distributions import CategoricalDistribution
+
+    from ablate.sweep import open_study
+
+    path = write_sweep(n_trials=3, seeds=(0, 1), sampler="random", pruner="median",
+                       overrides=["trainer.max_epochs=4"])
+    study = open_study(load_sweep(path), STORAGE)
+    for _ in range(2):  # two finished trials far ahead at every epoch
+        study.add_trial(optuna.trial.create_trial(
+            params={"model.neck.fusion": "sum"}, distributions={"model.neck.fusion": CategoricalDistribution(
+                ["concat", "sum"])}, value=0.99, intermediate_values={e: 0.99 for e in range(4)}))
+    assert main([path, "--storage", STORAGE]) == 0
+    last = trials()[-1]
+    assert last.state == TrialState.PRUNED
+    assert max(last.intermediate_values) < 3  # stopped before the last epoch
+    assert not Path(f"runs/t/t{last.number}-s1").exists()  # the second seed never started
