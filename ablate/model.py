@@ -60,3 +60,24 @@ def count_gflops(model: nn.Module, image_size: int) -> float:
         model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
     model.train(was_training)
     return counter.get_total_flops() / 1e9
+
+
+def measure_latency_ms(model: nn.Module, image_size: int, repeats: int = 10) -> float:
+    """Median wall time (ms) of a batch-1 forward pass in eval mode on the model's device, after warm-up."""
+    import time
+
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:
+                times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ablate.config import ConfigError, to_dict
 from ablate.space import SweepConfig, grid_choices, load_sweep, suggest, to_plain, trial_config, variant_label
-from ablate.table import effects_to_rich, main_effects, study_rows, to_markdown, to_rich
+from ablate.table import add_deltas, effects_to_rich, main_effects, render, study_rows, to_rich
 from ablate.train import run
 
 console = Console(stderr=True, highlight=False)
@@ -93,7 +93,7 @@ class Objective:
     def _seeds(self, trial: optuna.Trial, cfg, variant: str) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
-        values = []
+        values, metrics = [], []
         for i, seed in enumerate(self.sweep.seeds):
             prune = [PyTorchLightningPruningCallback(trial, monitor="val/mIoU")] if i == 0 else []
             wandb_run = {"name": f"t{trial.number}-s{seed}", "group": variant, "job_type": "trial",
@@ -107,9 +107,11 @@ class Objective:
             if summary["val/mIoU"] is None or not math.isfinite(summary["val/mIoU"]):
                 raise FloatingPointError(f"seed {seed}: val/mIoU is {summary['val/mIoU']}")
             values.append(best)
+            metrics.append({k: v for k, v in summary.items() if k.startswith("val/") and v is not None})
             trial.set_user_attr("seeds", list(self.sweep.seeds[:i + 1]))
             trial.set_user_attr("values", values)
-            for key in ("params/neck", "params/total", "gflops"):
+            trial.set_user_attr("seed_metrics", metrics)  # every val/ metric of each seed's last epoch
+            for key in ("params/neck", "params/total", "gflops", "classes"):
                 trial.set_user_attr(key, summary[key])
         return sum(values) / len(values)
 
@@ -204,13 +206,16 @@ def _progress(total: int, started: float):
 def report(study: optuna.Study, root: Path, storage_url: str) -> None:
     """Print the comparison table, write it to runs/<study>/table.md, and say where to look further."""
     rows = study_rows(study.get_trials(deepcopy=False))
-    (root / "table.md").write_text(to_markdown(rows))
+    if any(r["mean"] is not None for r in rows):
+        add_deltas(rows, None)
+    (root / "table.md").write_text(render(rows, "md"))
     out = Console(highlight=False)
     out.print(to_rich(rows, f"study {study.study_name}: mean ± std over seeds, best first"))
     if len(rows) > 2:
         out.print(effects_to_rich(main_effects(rows)))
     console.print(f"table: {root / 'table.md'}\nlook further:\n"
                   f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
+                  f"  python -m ablate.table --study {study.study_name} --format md|latex|csv|json|html\n"
                   f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs")
 
 

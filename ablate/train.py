@@ -111,6 +111,7 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
         raise
     summary = {"val/mIoU": _metric(trainer, "val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
+               "classes": len(datamodule.classes),
                **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/IoU/")},
                "config": to_dict(cfg)}
     output.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,103 @@
+"""`python -m ablate.table` on a real study: every format equals what one computes by hand from the trials."""
+import csv
+import io
+import json
+import statistics
+from html.parser import HTMLParser
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+from scipy.stats import ttest_ind
+
+from ablate.table import main
+from test_sweep import STORAGE, trials, write_sweep
+from ablate.sweep import main as sweep
+
+CONCAT, SUM = "model.neck.fusion=concat", "model.neck.fusion=sum"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """2 variants x 3 seeds, plus a variant whose only trial failed; built once for the module."""
+    root = tmp_path_factory.mktemp("table")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert sweep([write_sweep(seeds=(0, 1, 2)), "--storage", STORAGE]) == 0
+        s = optuna.load_study(study_name="t", storage=STORAGE)
+        s.add_trial(optuna.trial.create_trial(
+            state=TrialState.FAIL, params={"model.neck.fusion": "concat"},
+            distributions={"model.neck.fusion": CategoricalDistribution(["concat", "sum"])},
+            user_attrs={"variant": "model.neck.fusion=none", "fail_reason": "FloatingPointError: nan"}))
+        done = {t.user_attrs["variant"]: t for t in trials() if t.state == TrialState.COMPLETE}
+    global URL
+    URL = f"sqlite:///{root}/runs/test.db"
+    return done
+
+
+URL = ""
+
+
+def table(capsys, *args):
+    assert main(["--study", "t", "--storage", URL, *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_json_rows_equal_the_hand_computation(study, capsys):
+    rows = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--baseline", CONCAT))}
+    base = study[CONCAT].user_attrs["values"]
+    for variant, t in study.items():
+        values = t.user_attrs["values"]
+        r = rows[variant]
+        assert r["n"] == 3 and r["seeds"] == dict(zip(["0", "1", "2"], values))
+        assert r["mean"] == pytest.approx(statistics.fmean(values))
+        assert r["std"] == pytest.approx(statistics.stdev(values))  # ddof=1
+        assert r["delta"] == pytest.approx(100 * (statistics.fmean(values) - statistics.fmean(base)))
+        assert r["params/neck"] == t.user_attrs["params/neck"] and r["gflops"] == t.user_attrs["gflops"]
+        assert r["latency_ms"] > 0 and r["model.neck.fusion"] == variant.split("=")[1]
+    assert rows[CONCAT]["p_value"] is None
+    assert rows[SUM]["p_value"] == pytest.approx(ttest_ind(study[SUM].user_attrs["values"], base, equal_var=False).pvalue)
+    failed = rows["model.neck.fusion=none"]
+    assert failed["status"] == "failed" and failed["n"] == 0 and failed["mean"] is None
+    assert list(rows) == sorted(rows, key=lambda v: (rows[v]["mean"] is None, -(rows[v]["mean"] or 0)))
+
+
+def test_csv_round_trips(study, capsys):
+    rows = list(csv.DictReader(io.StringIO(table(capsys, "--format", "csv", "--no-latency"))))
+    by_variant = {r["variant"]: r for r in rows}
+    for variant, t in study.items():
+        assert float(by_variant[variant]["mean"]) == pytest.approx(statistics.fmean(t.user_attrs["values"]))
+        assert float(by_variant[variant]["std"]) == pytest.approx(statistics.stdev(t.user_attrs["values"]))
+        assert json.loads(by_variant[variant]["seeds"]) == dict(zip(["0", "1", "2"], t.user_attrs["values"]))
+
+
+def test_markdown_latex_and_html_show_the_same_numbers(study, capsys):
+    for variant, t in study.items():
+        v = t.user_attrs["values"]
+        cell = f"{statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}"
+        assert cell in table(capsys, "--format", "md", "--no-latency")
+        assert cell.replace("±", r"$\pm$") in table(capsys, "--format", "latex", "--no-latency")
+        assert cell in table(capsys, "--format", "html", "--no-latency")
+    latex = table(capsys, "--format", "latex", "--no-latency").splitlines()
+    assert latex[0].startswith(r"\begin{tabular}{") and latex[1] == r"\toprule" and latex[-1] == r"\end{tabular}"
+    columns = len(latex[0].split("{")[2].rstrip("}"))
+    body = [line for line in latex if line.endswith(r"\\")]
+    assert len(body) == 4 and all(line.count(" & ") == columns - 1 for line in body)  # header + 3 rows
+
+    class Cells(HTMLParser):
+        rows = 0
+
+        def handle_starttag(self, tag, attrs):
+            self.rows += tag == "tr"
+
+    parser = Cells()
+    parser.feed(table(capsys, "--format", "html", "--no-latency"))
+    assert parser.rows == 4
+
+
+def test_bad_baseline_and_unknown_study_are_clear_errors(study, capsys):
+    assert main(["--study", "t", "--storage", URL, "--baseline", "model.neck.fusion=mean"]) == 2
+    assert "matches 0 rows" in capsys.readouterr().err
+    assert main(["--study", "nope", "--storage", URL]) == 2
+    assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
