@@ -34,10 +34,13 @@ class SweepConfig:
     study: StudyConfig = field(default_factory=StudyConfig)
     n_trials: int = 8
     seeds: tuple = (0,)
+    rows: dict = field(default_factory=dict)  # named variants (experiments): the `row` key picks one
+    baseline: dict | None = None  # settings of the table's baseline row (None: the best row)
 
     def space_json(self) -> str:
-        """The space and direction, canonical: what a stored study is compared against."""
-        return json.dumps({"space": self.space, "direction": self.study.direction}, sort_keys=True)
+        """The space, named rows and direction, canonical: what a stored study is compared against."""
+        return json.dumps({"space": self.space, "rows": self.rows, "direction": self.study.direction},
+                          sort_keys=True)
 
 
 def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfig:
@@ -126,7 +129,8 @@ def trial_config(sweep: SweepConfig, params: dict) -> RunConfig:
     """The run config of a trial: the base with each dotted key set (rates strings decoded to lists)."""
     raw = yaml.safe_load(yaml.safe_dump(sweep.base))
     for key, value in params.items():
-        set_dotted(raw, key, decode(key, value))
+        for k, v in (sweep.rows[value].items() if key == "row" and sweep.rows else [(key, value)]):
+            set_dotted(raw, k, decode(k, v))
     cfg = from_dict(raw)
     _reject_degenerate(cfg, params)
     return cfg

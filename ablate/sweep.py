@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ablate.config import ConfigError, to_dict
 from ablate.space import SweepConfig, grid_choices, load_sweep, suggest, to_plain, trial_config, variant_label
-from ablate.table import add_deltas, effects_to_rich, main_effects, render, study_rows, to_rich
+from ablate.table import add_deltas, effects_to_rich, main_effects, render, settings, study_rows, to_rich
 from ablate.train import run
 
 console = Console(stderr=True, highlight=False)
@@ -188,7 +188,7 @@ def sweep_main(sweep: SweepConfig, storage_url: str) -> int:
         progress = _progress(sweep.n_trials, time.time())
         study.optimize(Objective(sweep, root, storage_url), n_trials=remaining, catch=(Exception,),
                        callbacks=[stopper, progress, lambda *_: Interrupt.check()])
-    report(study, root, storage_url)
+    report(study, root, storage_url, sweep.baseline)
     return 1 if stopper.stopped else 0
 
 
@@ -203,11 +203,13 @@ def _progress(total: int, started: float):
     return show
 
 
-def report(study: optuna.Study, root: Path, storage_url: str) -> None:
+def report(study: optuna.Study, root: Path, storage_url: str, baseline: dict | None = None) -> None:
     """Print the comparison table, write it to runs/<study>/table.md, and say where to look further."""
     rows = study_rows(study.get_trials(deepcopy=False))
-    if any(r["mean"] is not None for r in rows):
-        add_deltas(rows, None)
+    if any(r["mean"] is not None for r in rows):  # Δ against the named baseline once it has a result
+        named = baseline and any(r["mean"] is not None and baseline.items() <= settings(r["variant"]).items()
+                                 for r in rows)
+        add_deltas(rows, baseline if named else None)
     (root / "table.md").write_text(render(rows, "md"))
     out = Console(highlight=False)
     out.print(to_rich(rows, f"study {study.study_name}: mean ± std over seeds, best first"))

@@ -1,0 +1,122 @@
+"""`python -m ablate.reproduce experiments/X.yaml`: re-run a published table and diff it against its reference."""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from ablate.config import ConfigError, RunConfig, apply_overrides, with_defaults
+from ablate.space import StudyConfig, SweepConfig, validate_sweep
+
+console = Console(stderr=True, highlight=False)
+KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "rows")
+
+
+def load_experiment(path: str | Path) -> tuple[SweepConfig, float]:
+    """An experiment file as a grid study over its named rows, and its tolerance (in mIoU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for key in raw:
+        if key not in KEYS:
+            near = difflib.get_close_matches(str(key), KEYS, n=1)
+            raise ConfigError(f"{path}: unknown key {key!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                              f"valid: {', '.join(KEYS)}")
+    rows = raw.get("rows") or {}
+    if not isinstance(rows, dict) or not rows or any(not isinstance(v, dict) for v in rows.values()):
+        raise ConfigError(f"{path}: rows must map row names to {{dotted.key: value}} overrides of the base")
+    bad = [name for name in rows if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name))]
+    if bad:
+        raise ConfigError(f"{path}: row names {bad} may only use letters, digits and _ . + - (they become columns)")
+    base_path = path.parent / raw.get("base", "base.yaml")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config {str(base_path)!r} does not exist (relative to the experiment file)")
+    base = apply_overrides(with_defaults(RunConfig, yaml.safe_load(base_path.read_text()) or {}),
+                           list(raw.get("overrides") or []))
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in rows:
+        raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
+    sweep = SweepConfig(base=base, space={"row": {"choices": list(rows)}}, rows=rows,
+                        study=StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none"),
+                        n_trials=len(rows), seeds=tuple(raw.get("seeds", [0])),
+                        baseline=None if baseline is None else {"row": baseline})
+    validate_sweep(sweep)
+    tolerance = raw.get("tolerance", 0.01)
+    if not isinstance(tolerance, (int, float)) or tolerance < 0:
+        raise ConfigError(f"{path}: tolerance must be a non-negative number (mIoU); got {tolerance!r}")
+    return sweep, float(tolerance)
+
+
+def reference_means(path: Path) -> dict[str, float | None]:
+    """{row: mean} from a reference table in markdown (as `ablate.table` writes it)."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    if "row" not in header or not any(h.endswith("(mean ± std)") for h in header):
+        raise ConfigError(f"{path} is not a table written by ablate (needs the 'row' and '(mean ± std)' columns)")
+    mean_col = next(i for i, h in enumerate(header) if h.endswith("(mean ± std)"))
+    out = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        text = cells[mean_col].split("±")[0].strip()
+        out[cells[header.index("row")]] = float(text) if text.replace(".", "", 1).isdigit() else None
+    return out
+
+
+def compare(reproduced: dict, reference: dict, tolerance: float) -> list[str]:
+    """Rows that do not reproduce, each with the reason; prints every row's verdict."""
+    failures = []
+    for row in sorted(set(reference) | set(reproduced)):
+        ref, new = reference.get(row), reproduced.get(row)
+        if row not in reference or row not in reproduced or ref is None or new is None:
+            failures.append(f"{row}: reference {ref}, reproduced {new}")
+            verdict = "[red]missing[/]"
+        elif abs(new - ref) > tolerance:
+            failures.append(f"{row}: reproduced {new:.4f}, reference {ref:.4f}, |Δ| {abs(new - ref):.4f} > {tolerance}")
+            verdict = "[red]differs[/]"
+        else:
+            verdict = "[green]reproduces[/]"
+        console.print(f"  {verdict}  {row}: reproduced {new}, reference {ref}")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run every row x seed as a resumable study, then diff against experiments/X.md."""
+    from ablate.sweep import DEFAULT_STORAGE, Interrupt, sweep_main
+
+    p = argparse.ArgumentParser(prog="python -m ablate.reproduce", description=__doc__)
+    p.add_argument("experiment", help="experiment file, e.g. experiments/aspp_components.yaml")
+    p.add_argument("--storage", help=f"Optuna RDB URL (default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})")
+    p.add_argument("--reference", help="reference table (default: the experiment file with .md)")
+    args = p.parse_args(argv)
+    Interrupt.install()
+    try:
+        sweep, tolerance = load_experiment(args.experiment)
+        reference = Path(args.reference or Path(args.experiment).with_suffix(".md"))
+        if not reference.is_file():
+            raise ConfigError(f"reference table {str(reference)!r} does not exist: run once, then check in "
+                              f"runs/{sweep.study.name}/table.md as {reference}")
+        expected = reference_means(reference)
+        status = sweep_main(sweep, args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE)
+        produced = reference_means(Path("runs") / sweep.study.name / "table.md")
+    except ConfigError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt as e:
+        console.print(f"[yellow]interrupted:[/] {e}; run the same command to finish")
+        return 130
+    console.print(f"compare with {reference} (tolerance {tolerance} mIoU):")
+    failures = compare(produced, expected, tolerance)
+    for failure in failures:
+        console.print(f"[red]does not reproduce:[/] {failure}")
+    return 1 if failures or status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""`python -m ablate.reproduce`: a tiny experiment reproduces its own reference and fails on an edited one."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablate.config import ConfigError
+from ablate.reproduce import load_experiment, main, reference_means
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_experiment(rows=None, **extra):
+    Path("experiments").mkdir(exist_ok=True)
+    Path("experiments/base.yaml").write_text((ROOT / "experiments/base.yaml").read_text())
+    spec = {"name": "tiny", "base": "base.yaml", "overrides": TINY, "seeds": [0, 1], "tolerance": 0.001,
+            "baseline": "full", "rows": rows or {"full": {}, "sum": {"model.neck.fusion": "sum"},
+                                                 "identity": {"model.neck": {"name": "identity", "out_channels": 16}}},
+            **extra}
+    Path("experiments/tiny.yaml").write_text(yaml.safe_dump(spec))
+    return "experiments/tiny.yaml"
+
+
+def test_reproduces_its_reference_and_fails_loudly_when_a_row_is_edited(capsys):
+    path = write_experiment()
+    Path("experiments/tiny.md").write_text("| row | val/mIoU (mean ± std) |\n|---|---|\n| full | 0.5 |\n")
+    assert main([path, "--storage", "sqlite:///runs/a.db"]) == 1  # a made-up reference does not reproduce
+    table = Path("runs/tiny/table.md").read_text()
+    assert set(reference_means(Path("runs/tiny/table.md"))) == {"full", "sum", "identity"}
+    assert "baseline" in table
+    Path("experiments/tiny.md").write_text(table)  # check in the reference
+    capsys.readouterr()
+    assert main([path, "--storage", "sqlite:///runs/b.db"]) == 0  # a fresh study reproduces it exactly
+    assert capsys.readouterr().err.count("reproduces") == 3
+    means = reference_means(Path("experiments/tiny.md"))
+    edited = table.replace(f"{means['sum']:.4f}", f"{means['sum'] + 0.01:.4f}", 1)
+    Path("experiments/tiny.md").write_text(edited)
+    assert main([path, "--storage", "sqlite:///runs/b.db"]) == 1  # resumed: nothing re-runs, and it fails
+    err = capsys.readouterr().err
+    assert "does not reproduce:" in err and "sum:" in err.split("does not reproduce:")[1]
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"rows": {"full": {}, "no bn": {"model.neck.norm": "none"}}}, ["row names", "no bn"]),
+    ({"baseline": "fll"}, ["baseline 'fll'", "full"]),
+    ({"rows": {"full": {"model.neck.norm": "batch"}}}, ["'batch'"]),
+    ({"seed": [0]}, ["'seed'", "seeds"]),
+])
+def test_bad_experiments_are_refused_before_training(extra, words):
+    rows = extra.pop("rows", None)
+    with pytest.raises(ConfigError) as e:
+        load_experiment(write_experiment(rows, **extra))
+    for word in words:
+        assert word in str(e.value), str(e.value)
+
+
+def test_shipped_experiment_loads():
+    sweep, tolerance = load_experiment(ROOT / "experiments/aspp_components.yaml")
+    assert len(sweep.rows) == 7 and sweep.seeds == (0, 1, 2) and tolerance > 0
