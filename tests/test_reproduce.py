@@ -24,6 +24,8 @@ def write_experiment(rows=None, **extra):
 
 def test_reproduces_its_reference_and_fails_loudly_when_a_row_is_edited(capsys):
     path = write_experiment()
+    assert main([path, "--storage", "sqlite:///runs/a.db"]) == 1  # no reference yet: runs, then says so
+    assert "no reference table experiments/tiny.md yet" in capsys.readouterr().err
     Path("experiments/tiny.md").write_text("| row | val/mIoU (mean ± std) |\n|---|---|\n| full | 0.5 |\n")
     assert main([path, "--storage", "sqlite:///runs/a.db"]) == 1  # a made-up reference does not reproduce
     table = Path("runs/tiny/table.md").read_text()
