@@ -88,7 +88,7 @@ def compare(reproduced: dict, reference: dict, tolerance: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run every row x seed as a resumable study, then diff against experiments/X.md."""
-    from ablate.sweep import DEFAULT_STORAGE, Interrupt, sweep_main
+    from ablate.sweep import DEFAULT_STORAGE, Interrupt, quiet, sweep_main
 
     p = argparse.ArgumentParser(prog="python -m ablate.reproduce", description=__doc__)
     p.add_argument("experiment", help="experiment file, e.g. experiments/aspp_components.yaml")
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", help="reference table (default: the experiment file with .md)")
     args = p.parse_args(argv)
     Interrupt.install()
+    quiet()
     try:
         sweep, tolerance = load_experiment(args.experiment)
         reference = Path(args.reference or Path(args.experiment).with_suffix(".md"))

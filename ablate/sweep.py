@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import logging
 import math
 import os
 import signal
@@ -18,8 +19,9 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from ablate.config import ConfigError, to_dict
+from ablate.render import effects_to_rich, render, settings, to_rich, varied_keys
 from ablate.space import SweepConfig, grid_choices, load_sweep, suggest, to_plain, trial_config, variant_label
-from ablate.table import add_deltas, effects_to_rich, main_effects, render, settings, study_rows, to_rich
+from ablate.table import add_deltas, main_effects, study_rows
 from ablate.train import run
 
 console = Console(stderr=True, highlight=False)
@@ -213,7 +215,7 @@ def report(study: optuna.Study, root: Path, storage_url: str, baseline: dict | N
     (root / "table.md").write_text(render(rows, "md"))
     out = Console(highlight=False)
     out.print(to_rich(rows, f"study {study.study_name}: mean ± std over seeds, best first"))
-    if len(rows) > 2:
+    if len(rows) > 2 and len(varied_keys(rows)) > 1:  # one swept key: the table already is its effect
         out.print(effects_to_rich(main_effects(rows)))
     console.print(f"table: {root / 'table.md'}\nlook further:\n"
                   f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.sweep = [args.sweep, *args.overrides], None
     storage_url = args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE
     Interrupt.install()  # Ctrl-C and SIGTERM fail the running trial (and queue it again), never orphan it
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress line says it all once
+    quiet()
     try:
         sweep = _with_cli(load_sweep(args.sweep, args.overrides), args)
         if args.dry_run:
@@ -256,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]interrupted:[/] {e or 'by the user'}; the running trial is marked FAIL and "
                       "queued again: run the same command to finish the study")
         return 130
+
+
+def quiet() -> None:
+    """Our own progress line says it once: no Optuna per-trial logs, no Lightning banners per run."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def _with_cli(sweep: SweepConfig, args) -> SweepConfig:

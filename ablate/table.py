@@ -6,10 +6,6 @@ neck and total parameters, GFLOPs, and forward latency measured on this machine.
 from __future__ import annotations
 
 import argparse
-import csv
-import html
-import io
-import json
 import os
 import statistics
 import sys
@@ -19,11 +15,9 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from ablate.config import ConfigError
+from ablate.render import FORMATS, render, settings
 
 console = Console(stderr=True, highlight=False)
-FORMATS = ("md", "latex", "csv", "json", "html")
-COLUMNS = ("variant", "n", "mean", "std", "delta", "p_value", "params/neck", "params/total", "gflops",
-           "latency_ms", "status", "seeds")
 
 
 def seed_values(t: optuna.trial.FrozenTrial, metric: str) -> dict[str, float]:
@@ -56,6 +50,43 @@ def study_rows(trials: list[optuna.trial.FrozenTrial], metric: str = "val/mIoU")
     return sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0)))
 
 
+def wandb_rows(source: str, metric: str = "val/mIoU") -> list[dict]:
+    """The same rows from W&B trial runs: a folder of offline runs (runs/wandb), or ENTITY/PROJECT online.
+
+    One W&B run is one (trial, seed); its group is the variant. val/mIoU is the run's val/mIoU_best.
+    """
+    key = "val/mIoU_best" if metric == "val/mIoU" else metric
+    groups: dict[str, dict] = {}
+    for run in _wandb_runs(source):
+        if run["job_type"] != "trial" or not run["group"]:
+            continue
+        row = groups.setdefault(run["group"], {"variant": run["group"], "seeds": {}, "status": set(), "trials": []})
+        state = run["summary"].get("state")
+        done = run.get("exit_code") == 0 and state is None and key in run["summary"]
+        row["status"].add("complete" if done else "pruned" if state == "TrialPruned" else "failed")
+        if done:
+            row["seeds"][str(run["config"].get("seed"))] = run["summary"][key]
+            row.update({k: run["summary"][k] for k in ("params/neck", "params/total", "gflops") if k in run["summary"]})
+    rows = [_summarize(row) for row in groups.values()]
+    return sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0)))
+
+
+def _wandb_runs(source: str) -> list[dict]:
+    from pathlib import Path
+
+    from ablate.wandb_files import run_info
+
+    folder = Path(source)
+    if folder.is_dir():
+        return [run_info(d) for d in sorted(folder.glob("offline-run-*")) if any(d.glob("run-*.wandb"))]
+    if "/" not in source:
+        raise ConfigError(f"--from-wandb {source!r} is neither a folder of offline runs nor ENTITY/PROJECT")
+    import wandb
+
+    return [{"job_type": r.job_type, "group": r.group, "config": dict(r.config), "summary": dict(r.summary),
+             "exit_code": 0 if r.state == "finished" else 1} for r in wandb.Api().runs(source)]
+
+
 def _summarize(row: dict) -> dict:
     values = list(row["seeds"].values())
     row["n"] = len(values)
@@ -84,11 +115,6 @@ def add_deltas(rows: list[dict], baseline: dict[str, str] | None) -> dict:
     return base
 
 
-def settings(variant: str) -> dict[str, str]:
-    """'a=1 b=x' -> {'a': '1', 'b': 'x'}."""
-    return dict(s.partition("=")[::2] for s in variant.split(" ") if s)
-
-
 def add_latency(rows: list[dict]) -> None:
     """Forward latency (ms, batch 1, median of 10 after warm-up) of each row's model on this machine."""
     import torch
@@ -108,111 +134,6 @@ def add_latency(rows: list[dict]) -> None:
         r["latency_ms"] = measure_latency_ms(model, r["config"]["data"]["image_size"])
 
 
-def fmt_mean_std(row: dict, scale: float = 1.0) -> str:
-    """'0.2712 ± 0.0123' (std over seeds, ddof=1), or the status when no seed completed."""
-    if row["mean"] is None:
-        return row.get("status", "-")
-    std = "" if row["std"] is None else f" ± {row['std'] * scale:.4f}"
-    return f"{row['mean'] * scale:.4f}{std}"
-
-
-def fmt_delta(row: dict) -> str:
-    """'+1.23 **' (points; * p < 0.05, ** p < 0.01, Welch), 'baseline', or '' when there is no mean."""
-    if row.get("baseline"):
-        return "baseline"
-    if row.get("delta") is None:
-        return ""
-    p = row.get("p_value")
-    mark = "" if p is None else "**" if p < 0.01 else "*" if p < 0.05 else ""
-    return f"{row['delta']:+.2f}{' ' + mark if mark else ''}"
-
-
-def _cells(r: dict, keys: list[str], metric: str) -> list[str]:
-    s = settings(r["variant"])
-    p = "" if r.get("p_value") is None else f"{r['p_value']:.3g}"
-    lat = "" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f}"
-    return [*(s.get(k, "") for k in keys), fmt_mean_std(r), str(r["n"]), fmt_delta(r), p,
-            f"{r.get('params/neck', 0):,}", f"{r.get('params/total', 0):,}", f"{r.get('gflops', 0):.2f}", lat,
-            r["status"]]
-
-
-def _header(keys: list[str], metric: str) -> list[str]:
-    return [*keys, f"{metric} (mean ± std)", "n", "Δ (points)", "p (Welch)", "neck params", "total params",
-            "GFLOPs", "latency (ms)", "status"]
-
-
-def varied_keys(rows: list[dict]) -> list[str]:
-    """The dotted keys that appear in any row's variant, in first-seen order."""
-    keys: dict[str, None] = {}
-    for r in rows:
-        keys.update(dict.fromkeys(settings(r["variant"])))
-    return list(keys)
-
-
-def render(rows: list[dict], fmt: str, metric: str = "val/mIoU") -> str:
-    """The table as md, latex (booktabs tabular), csv, json (list of rows) or html."""
-    keys = varied_keys(rows)
-    if fmt == "json":
-        return json.dumps([{**{k: r.get(k) for k in COLUMNS}, **settings(r["variant"])} for r in rows], indent=2)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow([*keys, *COLUMNS])
-        for r in rows:
-            s = settings(r["variant"])
-            writer.writerow([*(s.get(k, "") for k in keys),
-                             *(json.dumps(r["seeds"]) if c == "seeds" else r.get(c) for c in COLUMNS)])
-        return out.getvalue()
-    header, body = _header(keys, metric), [_cells(r, keys, metric) for r in rows]
-    if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body]) + "\n"
-    if fmt == "latex":
-        return _latex(header, body)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in body)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{cells}</tbody>\n</table>\n"
-
-
-def _latex(header: list[str], body: list[list[str]]) -> str:
-    def esc(text: str) -> str:
-        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                     ("±", r"$\pm$"), ("Δ", r"$\Delta$")):
-            text = text.replace(a, b)
-        return text
-
-    lines = [r"\begin{tabular}{" + "l" * (len(header) - 9) + "r" * 8 + "l}", r"\toprule",
-             " & ".join(map(esc, header)) + r" \\", r"\midrule"]
-    lines += [" & ".join(map(esc, row)) + r" \\" for row in body]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
-
-
-def common_prefix(variants: list[str]) -> str:
-    """The dotted section every varied key shares ('model.neck.'), to print keys short."""
-    parts = [k.split(".")[:-1] for v in variants for k in settings(v)]
-    shared = []
-    for level in zip(*parts) if parts else []:
-        if len(set(level)) > 1:
-            break
-        shared.append(level[0])
-    return "".join(f"{p}." for p in shared)
-
-
-def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
-    """The table for the terminal: one setting per line, under their shared section."""
-    from rich.table import Table
-
-    prefix = common_prefix([r["variant"] for r in rows])
-    table = Table(title=title, caption=f"settings under {prefix}" if prefix else None)
-    for col in ("variant", f"{metric} mean ± std", "n", "Δ", "status", "neck params", "GFLOPs"):
-        table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
-    for r in rows:
-        variant = "\n".join(setting.removeprefix(prefix) for setting in r["variant"].split(" "))
-        table.add_row(variant, fmt_mean_std(r), str(r["n"]), fmt_delta(r), r["status"],
-                      f"{r.get('params/neck', 0):,}", f"{r.get('gflops', 0):.2f}")
-    return table
-
-
 def main_effects(rows: list[dict]) -> list[dict]:
     """Per swept setting and value: the mean over every complete seed of every variant with that value.
 
@@ -225,18 +146,6 @@ def main_effects(rows: list[dict]) -> list[dict]:
     effects = [{"setting": k, "value": v, "n": len(xs), "mean": statistics.fmean(xs) if xs else None,
                 "std": statistics.stdev(xs) if len(xs) > 1 else None} for (k, v), xs in values.items()]
     return sorted(effects, key=lambda e: (e["setting"], -(e["mean"] or 0)))
-
-
-def effects_to_rich(effects: list[dict], metric: str = "val/mIoU"):
-    """Main effects for the terminal (rich)."""
-    from rich.table import Table
-
-    table = Table(title=f"main effects: {metric} averaged over the other settings")
-    for col in ("setting", "value", "n runs", "mean ± std"):
-        table.add_column(col, justify="left" if col in ("setting", "value") else "right", overflow="fold")
-    for e in effects:
-        table.add_row(e["setting"], e["value"], str(e["n"]), fmt_mean_std(e))
-    return table
 
 
 def parse_baseline(text: str | None) -> dict[str, str] | None:
@@ -257,7 +166,7 @@ def parse_baseline(text: str | None) -> dict[str, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: read the studies, print or write the table."""
-    from ablate.sweep import DEFAULT_STORAGE, make_storage
+    from ablate.sweep import DEFAULT_STORAGE
 
     p = argparse.ArgumentParser(prog="python -m ablate.table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,15 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", help="KEY=VALUE,... picking the row Δ is measured against (default: the best)")
     p.add_argument("--metric", default="val/mIoU", help="val/mIoU (each seed's best epoch) or another val/ metric")
     p.add_argument("--no-latency", action="store_true", help="skip measuring forward latency")
+    p.add_argument("--from-wandb", metavar="PATH_OR_PROJECT",
+                   help="build the table from W&B runs instead: runs/wandb (offline folders) or ENTITY/PROJECT")
     p.add_argument("--out", help="write to this file instead of stdout")
     args = p.parse_args(argv)
     try:
-        storage = make_storage(args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE)
-        names = args.study or [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        trials = [t for name in names for t in _load(name, storage).get_trials(deepcopy=False)]
-        rows = study_rows(trials, args.metric)
+        rows = wandb_rows(args.from_wandb, args.metric) if args.from_wandb else _storage_rows(args)
         if not rows:
-            raise ConfigError(f"no finished trials in {', '.join(names) or 'this storage'}")
+            raise ConfigError(f"no finished trials in {args.from_wandb or ', '.join(args.study or ['this storage'])}")
         add_deltas(rows, parse_baseline(args.baseline))
         if not args.no_latency:
             add_latency(rows)
@@ -289,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _storage_rows(args) -> list[dict]:
+    from ablate.sweep import DEFAULT_STORAGE, make_storage
+
+    storage = make_storage(args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE)
+    names = args.study or [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    return study_rows([t for name in names for t in _load(name, storage).get_trials(deepcopy=False)], args.metric)
 
 
 def _load(name: str, storage) -> optuna.Study:

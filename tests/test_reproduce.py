@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
 
 from ablate.config import ConfigError
 from ablate.reproduce import load_experiment, main, reference_means
-from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 

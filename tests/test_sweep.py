@@ -1,5 +1,4 @@
 """Sweeps on real storages with a real Trainer and real W&B offline files."""
-import os
 import signal
 import subprocess
 import sys
@@ -9,13 +8,13 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import TINY
 from optuna.trial import TrialState
 
 from ablate.config import ConfigError
 from ablate.space import load_sweep
 from ablate.sweep import main
-from conftest import TINY
-from wandb_files import run_info
+from ablate.wandb_files import run_info
 
 ROOT = Path(__file__).resolve().parents[1]
 STORAGE = "sqlite:///runs/test.db"

@@ -10,10 +10,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 from scipy.stats import ttest_ind
-
-from ablate.table import main
 from test_sweep import STORAGE, trials, write_sweep
+
 from ablate.sweep import main as sweep
+from ablate.table import main
 
 CONCAT, SUM = "model.neck.fusion=concat", "model.neck.fusion=sum"
 
@@ -24,19 +24,19 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("table")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        assert sweep([write_sweep(seeds=(0, 1, 2)), "--storage", STORAGE]) == 0
+        assert sweep([write_sweep(seeds=(0, 1, 2), overrides=["wandb.mode=offline"]), "--storage", STORAGE]) == 0
         s = optuna.load_study(study_name="t", storage=STORAGE)
         s.add_trial(optuna.trial.create_trial(
             state=TrialState.FAIL, params={"model.neck.fusion": "concat"},
             distributions={"model.neck.fusion": CategoricalDistribution(["concat", "sum"])},
             user_attrs={"variant": "model.neck.fusion=none", "fail_reason": "FloatingPointError: nan"}))
         done = {t.user_attrs["variant"]: t for t in trials() if t.state == TrialState.COMPLETE}
-    global URL
-    URL = f"sqlite:///{root}/runs/test.db"
+    global URL, WANDB_DIR
+    URL, WANDB_DIR = f"sqlite:///{root}/runs/test.db", str(root / "runs/wandb")
     return done
 
 
-URL = ""
+URL = WANDB_DIR = ""
 
 
 def table(capsys, *args):
@@ -101,3 +101,26 @@ def test_bad_baseline_and_unknown_study_are_clear_errors(study, capsys):
     assert "matches 0 rows" in capsys.readouterr().err
     assert main(["--study", "nope", "--storage", URL]) == 2
     assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
+
+
+def test_from_wandb_gives_the_same_rows_as_the_storage(study, capsys):
+    from_storage = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--no-latency"))}
+    assert main(["--from-wandb", WANDB_DIR, "--format", "json", "--no-latency"]) == 0
+    from_wandb = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(from_wandb) == set(study)  # the failed trial added to the storage never reached W&B
+    for variant in study:
+        a, b = from_wandb[variant], from_storage[variant]
+        assert a["seeds"] == pytest.approx(b["seeds"]) and a["n"] == b["n"] == 3
+        assert a["mean"] == pytest.approx(b["mean"]) and a["std"] == pytest.approx(b["std"])
+        assert a["params/neck"] == b["params/neck"]
+
+
+def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
+    import subprocess
+
+    doc = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n%s\\end{document}\n"
+    (tmp_path / "t.tex").write_text(doc % table(capsys, "--format", "latex", "--no-latency"))
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 0

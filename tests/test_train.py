@@ -10,7 +10,7 @@ import torch
 from ablate.config import ConfigError, load_config
 from ablate.module import SegmentationModule
 from ablate.train import check_rates, run
-from wandb_files import run_info
+from ablate.wandb_files import run_info
 
 KEYS = {"val/mIoU", "val/mIoU_best", "params/neck", "params/total", "gflops", "config"}
 

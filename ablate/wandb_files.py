@@ -1,4 +1,5 @@
-"""Read W&B offline run files (`run-*.wandb`: LevelDB-log framing of protobuf `Record`s) back in tests."""
+"""Read W&B offline run folders (`run-*.wandb`: LevelDB-log framing of protobuf `Record`s), no network needed."""
+import json
 import struct
 from pathlib import Path
 
@@ -10,7 +11,8 @@ BLOCK, HEADER = 32768, 7
 def records(path: Path) -> list:
     """Every `Record` in a `.wandb` file, in order."""
     data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
     out, chunks, pos = [], [], HEADER
     while pos + HEADER <= len(data):
         if BLOCK - pos % BLOCK < HEADER:  # block trailer: zero padding
@@ -30,11 +32,12 @@ def records(path: Path) -> list:
 
 
 def run_info(run_dir: Path) -> dict:
-    """Name, group, job type, tags, config, summary and metadata-like records of one offline run folder."""
-    import json
-
+    """Name, group, job type, tags, config, summary, history and exit code of one offline run folder."""
     info = {"config": {}, "summary": {}, "history": [], "kinds": set()}
-    for r in records(next(Path(run_dir).glob("run-*.wandb"))):
+    files = sorted(Path(run_dir).glob("run-*.wandb"))
+    if not files:
+        raise ValueError(f"{run_dir} holds no run-*.wandb file")
+    for r in records(files[0]):
         kind = r.WhichOneof("record_type")
         info["kinds"].add(kind)
         if kind == "run":
