@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 import sys
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
-from ablate.config import ConfigError, RunConfig, apply_overrides, with_defaults
-from ablate.space import StudyConfig, SweepConfig, validate_sweep
+from ablate.config import ConfigError
+from ablate.space import StudyConfig, SweepConfig, load_base, read_spec, validate_sweep
 
 console = Console(stderr=True, highlight=False)
 KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "rows")
@@ -21,25 +19,14 @@ KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "rows")
 def load_experiment(path: str | Path) -> tuple[SweepConfig, float]:
     """An experiment file as a grid study over its named rows, and its tolerance (in mIoU)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    for key in raw:
-        if key not in KEYS:
-            near = difflib.get_close_matches(str(key), KEYS, n=1)
-            raise ConfigError(f"{path}: unknown key {key!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
-                              f"valid: {', '.join(KEYS)}")
+    raw = read_spec(path, KEYS, "experiment file")
     rows = raw.get("rows") or {}
     if not isinstance(rows, dict) or not rows or any(not isinstance(v, dict) for v in rows.values()):
         raise ConfigError(f"{path}: rows must map row names to {{dotted.key: value}} overrides of the base")
     bad = [name for name in rows if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name))]
     if bad:
         raise ConfigError(f"{path}: row names {bad} may only use letters, digits and _ . + - (they become columns)")
-    base_path = path.parent / raw.get("base", "base.yaml")
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: base config {str(base_path)!r} does not exist (relative to the experiment file)")
-    base = apply_overrides(with_defaults(RunConfig, yaml.safe_load(base_path.read_text()) or {}),
-                           list(raw.get("overrides") or []))
+    base = load_base(path, raw.get("base", "base.yaml"), list(raw.get("overrides") or []))
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")

@@ -46,40 +46,45 @@ class SweepConfig:
 def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfig:
     """Read a sweep file (None = sweeps/default.yaml); `overrides` apply to the base run config."""
     path = Path(path) if path else Path(__file__).resolve().parent.parent / "sweeps" / "default.yaml"
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    known = ("base", "overrides", "space", "study", "n_trials", "seeds")
-    for key in raw:
-        if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
-            raise ConfigError(f"{path}: unknown sweep key {key!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
-                              f"valid keys: {', '.join(known)}")
-    base = raw.get("base") or {}
-    if isinstance(base, str):
-        base_path = (path.parent / base).resolve()
-        base = yaml.safe_load(base_path.read_text()) if base_path.is_file() else _missing(path, base)
-    base = apply_overrides(with_defaults(RunConfig, base), list(raw.get("overrides") or []) + list(overrides))
-    study = StudyConfig(**_known(raw.get("study") or {}, StudyConfig, "study"))
+    raw = read_spec(path, ("base", "overrides", "space", "study", "n_trials", "seeds"), "sweep file")
+    base = load_base(path, raw.get("base") or {}, list(raw.get("overrides") or []) + list(overrides))
+    study = raw.get("study") or {}
+    check_keys(study, [f.name for f in dataclasses.fields(StudyConfig)], f"{path}: study.")
     seeds = raw.get("seeds", [0])
-    sweep = SweepConfig(base=base, space=raw.get("space") or {}, study=study,
+    sweep = SweepConfig(base=base, space=raw.get("space") or {}, study=StudyConfig(**study),
                         n_trials=raw.get("n_trials", 8), seeds=tuple(seeds) if isinstance(seeds, list) else seeds)
     validate_sweep(sweep)
     return sweep
 
 
-def _missing(path: Path, base: str):
-    raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to the sweep file)")
-
-
-def _known(raw: dict, cls, where: str) -> dict:
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
-            raise ConfigError(f"unknown key {where}.{key}{f' (did you mean {where}.{near[0]}?)' if near else ''}; "
-                              f"valid: {', '.join(names)}")
+def read_spec(path: Path, known: tuple[str, ...], what: str) -> dict:
+    """A YAML mapping from `path` whose top-level keys are all in `known`."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with keys {', '.join(known)}")
+    check_keys(raw, known, f"{path}: ")
     return raw
+
+
+def check_keys(raw: dict, known, where: str) -> None:
+    """Unknown key -> an error naming it, the closest valid key and all valid keys."""
+    for key in raw:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"{where}unknown key {key!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                              f"valid: {', '.join(known)}")
+
+
+def load_base(path: Path, base, overrides: list[str]) -> dict:
+    """The base run config (a path relative to `path`, or a mapping), defaults filled, overrides applied."""
+    if isinstance(base, str):
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to {path.name})")
+        base = yaml.safe_load(base_path.read_text()) or {}
+    return apply_overrides(with_defaults(RunConfig, base), overrides)
 
 
 def validate_sweep(sweep: SweepConfig) -> None:
