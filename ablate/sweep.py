@@ -72,8 +72,8 @@ def done_trials(study: optuna.Study) -> list:
 class Objective:
     """One trial: every seed in turn through `ablate.train.run`; the value is the mean of the seeds' best mIoU."""
 
-    def __init__(self, sweep: SweepConfig, root: Path, storage_url: str):
-        self.sweep, self.root, self.storage_url = sweep, root, storage_url
+    def __init__(self, sweep: SweepConfig, root: Path):
+        self.sweep, self.root = sweep, root
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.sweep.space)
@@ -188,7 +188,7 @@ def sweep_main(sweep: SweepConfig, storage_url: str) -> int:
         console.print(f"study {sweep.study.name!r}: {remaining} of {sweep.n_trials} trials to run, "
                       f"{len(sweep.seeds)} seed(s) each")
         progress = _progress(sweep.n_trials, time.time())
-        study.optimize(Objective(sweep, root, storage_url), n_trials=remaining, catch=(Exception,),
+        study.optimize(Objective(sweep, root), n_trials=remaining, catch=(Exception,),
                        callbacks=[stopper, progress, lambda *_: Interrupt.check()])
     report(study, root, storage_url, sweep.baseline)
     return 1 if stopper.stopped else 0
