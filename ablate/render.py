@@ -127,8 +127,9 @@ def effects_to_rich(effects: list[dict], metric: str = "val/mIoU"):
     from rich.table import Table
 
     table = Table(title=f"main effects: {metric} averaged over the other settings")
-    for col in ("setting", "value", "n runs", "mean ± std"):
+    for col in ("setting", "value", "n runs", "mean ± std", "p (Welch)"):
         table.add_column(col, justify="left" if col in ("setting", "value") else "right", overflow="fold")
     for e in effects:
-        table.add_row(e["setting"], e["value"], str(e["n"]), fmt_mean_std(e))
+        p = "" if e.get("p_value") is None else f"{e['p_value']:.3g}"
+        table.add_row(e["setting"], e["value"], str(e["n"]), fmt_mean_std(e), p)
     return table

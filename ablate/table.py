@@ -143,8 +143,17 @@ def main_effects(rows: list[dict]) -> list[dict]:
     for row in rows:
         for key, value in settings(row["variant"]).items():
             values.setdefault((key, value), []).extend(row["seeds"].values())
+    from scipy.stats import ttest_ind
+
     effects = [{"setting": k, "value": v, "n": len(xs), "mean": statistics.fmean(xs) if xs else None,
-                "std": statistics.stdev(xs) if len(xs) > 1 else None} for (k, v), xs in values.items()]
+                "std": statistics.stdev(xs) if len(xs) > 1 else None, "p_value": None}
+               for (k, v), xs in values.items()]
+    for key in {k for k, _ in values}:  # a two-level setting: Welch's t-test between its levels
+        levels = [xs for (k, _), xs in values.items() if k == key]
+        if len(levels) == 2 and all(len(xs) > 1 for xs in levels):
+            p = float(ttest_ind(*levels, equal_var=False).pvalue)
+            for e in effects:
+                e["p_value"] = p if e["setting"] == key else e["p_value"]
     return sorted(effects, key=lambda e: (e["setting"], -(e["mean"] or 0)))
 
 

@@ -124,3 +124,15 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "t.pdf").stat().st_size > 0
+
+
+def test_main_effects_average_each_level_over_the_other_settings():
+    from ablate.table import main_effects
+
+    rows = [{"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1}}
+            for (a, b, v0, v1) in [(1, "x", 0.1, 0.2), (1, "y", 0.3, 0.4), (2, "x", 0.5, 0.6), (2, "y", 0.7, 0.9)]]
+    effects = {(e["setting"], e["value"]): e for e in main_effects(rows)}
+    assert effects["a", "2"]["mean"] == pytest.approx((0.5 + 0.6 + 0.7 + 0.9) / 4) and effects["a", "2"]["n"] == 4
+    assert effects["b", "x"]["mean"] == pytest.approx((0.1 + 0.2 + 0.5 + 0.6) / 4)
+    p = ttest_ind([0.5, 0.6, 0.7, 0.9], [0.1, 0.2, 0.3, 0.4], equal_var=False).pvalue
+    assert effects["a", "1"]["p_value"] == effects["a", "2"]["p_value"] == pytest.approx(p)
