@@ -109,20 +109,14 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     except BaseException as e:
         _finish_wandb(loggers, {"state": type(e).__name__}, failed=type(e).__name__ != "TrialPruned")
         raise
-    summary = {"val/mIoU": _metric(trainer, "val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
+    last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}  # last epoch
+    summary = {**last, "val/mIoU": last.get("val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
-               "classes": len(datamodule.classes),
-               **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/IoU/")},
-               "config": to_dict(cfg)}
+               "classes": len(datamodule.classes), "config": to_dict(cfg)}
     output.mkdir(parents=True, exist_ok=True)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     _finish_wandb(loggers, {k: v for k, v in summary.items() if k != "config"}, failed=False)
     return summary
-
-
-def _metric(trainer: L.Trainer, key: str) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    return None if value is None else float(value)
 
 
 def _finish_wandb(loggers: list, summary: dict, failed: bool) -> None:

@@ -136,3 +136,13 @@ def test_main_effects_average_each_level_over_the_other_settings():
     assert effects["b", "x"]["mean"] == pytest.approx((0.1 + 0.2 + 0.5 + 0.6) / 4)
     p = ttest_ind([0.5, 0.6, 0.7, 0.9], [0.1, 0.2, 0.3, 0.4], equal_var=False).pvalue
     assert effects["a", "1"]["p_value"] == effects["a", "2"]["p_value"] == pytest.approx(p)
+
+
+def test_another_metric_uses_each_seeds_last_epoch(study, capsys):
+    rows = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--no-latency",
+                                                      "--metric", "val/pixel_acc"))}
+    for variant, t in study.items():
+        values = [m["val/pixel_acc"] for m in t.user_attrs["seed_metrics"]]
+        assert rows[variant]["mean"] == pytest.approx(statistics.fmean(values))
+    assert main(["--study", "t", "--storage", URL, "--metric", "val/nope"]) == 2
+    assert "val/pixel_acc" in capsys.readouterr().err  # the error lists what was recorded
