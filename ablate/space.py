@@ -101,14 +101,14 @@ def validate_sweep(sweep: SweepConfig) -> None:
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]; got {seeds!r}")
     if not isinstance(sweep.space, dict) or not sweep.space:
         raise ConfigError("space must map dotted config keys to {choices: [...]}, {low: .., high: ..} or {rates: K, ..}")
-    base = from_dict(sweep.base)
+    from_dict(sweep.base)  # the base itself must be valid, whatever the space sets
     for key, spec in sweep.space.items():
-        _validate_param(key, spec, sweep, base)
+        _validate_param(key, spec, sweep)
     if s.sampler == "grid" and any("choices" not in spec for spec in sweep.space.values()):
         raise ConfigError("study.sampler=grid needs {choices: [...]} for every key of the space")
 
 
-def _validate_param(key: str, spec, sweep: SweepConfig, base: RunConfig) -> None:
+def _validate_param(key: str, spec, sweep: SweepConfig) -> None:
     if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
         raise ConfigError(f"space.{key} must be {{choices: [...]}}, {{low: .., high: .., log: false}} "
                           f"or {{rates: K, low: .., high: ..}}; got {spec!r}")

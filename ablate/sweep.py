@@ -285,14 +285,13 @@ def _with_cli(sweep: SweepConfig, args) -> SweepConfig:
 
 
 def dry_run(sweep: SweepConfig) -> int:
-    """Print the space, the study settings and one sampled trial's run config."""
-    out = Console(highlight=False)
-    out.print(yaml.safe_dump({"study": dataclasses.asdict(sweep.study), "n_trials": sweep.n_trials,
-                              "seeds": list(sweep.seeds), "space": sweep.space}, sort_keys=False))
+    """Print the space, the study settings and one sampled trial's run config (plain YAML, never wrapped)."""
+    print(yaml.safe_dump({"study": dataclasses.asdict(sweep.study), "n_trials": sweep.n_trials,
+                          "seeds": list(sweep.seeds), "space": sweep.space}, sort_keys=False))
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sweep.study.sampler_seed)).ask()
     params = suggest(trial, sweep.space)
-    out.print(f"# sample trial: {variant_label(params)}")
-    out.print(yaml.safe_dump(to_dict(trial_config(sweep, params)), sort_keys=False))
+    print(f"# sample trial: {variant_label(params)}")
+    print(yaml.safe_dump(to_dict(trial_config(sweep, params)), sort_keys=False))
     return 0
 
 

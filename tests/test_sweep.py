@@ -168,3 +168,13 @@ def test_a_trial_behind_the_median_is_pruned_on_its_first_seed():
     assert last.state == TrialState.PRUNED
     assert max(last.intermediate_values) < 3  # stopped before the last epoch
     assert not Path(f"runs/t/t{last.number}-s1").exists()  # the second seed never started
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_are_valid_and_dry_run(path, capsys):
+    sweep = load_sweep(path)
+    assert sweep.n_trials >= 1 and sweep.seeds
+    assert main([str(path), "--dry-run"]) == 0
+    sample = yaml.safe_load(capsys.readouterr().out.split("# sample trial:")[1].split("\n", 1)[1])
+    rates = sample["model"]["neck"]["rates"]
+    assert rates == sorted(rates) and len(set(rates)) == len(rates) and max(rates) < 16  # valid on 16x16
