@@ -22,3 +22,22 @@ def _in_tmp(tmp_path, monkeypatch):
 def tiny():
     """Overrides that make a full training run take a few seconds on a CPU."""
     return list(TINY)
+
+
+def finished_run_info(run_dir, timeout: float = 30.0) -> dict:
+    """`run_info` once W&B's service has written the run's exit record (it writes asynchronously)."""
+    import time
+
+    from ablate.wandb_files import run_info
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            info = run_info(run_dir)
+            if "exit_code" in info and "name" in info:
+                return info
+        except ValueError:
+            pass
+        if time.time() > deadline:
+            return run_info(run_dir)
+        time.sleep(0.2)

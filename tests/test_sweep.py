@@ -9,12 +9,12 @@ import optuna
 import pytest
 import yaml
 from conftest import TINY
+from conftest import finished_run_info as run_info
 from optuna.trial import TrialState
 
 from ablate.config import ConfigError
 from ablate.space import load_sweep
 from ablate.sweep import main
-from ablate.wandb_files import run_info
 
 ROOT = Path(__file__).resolve().parents[1]
 STORAGE = "sqlite:///runs/test.db"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import finished_run_info as run_info
 
 from ablate.config import ConfigError, load_config
 from ablate.module import SegmentationModule
 from ablate.train import check_rates, run
-from ablate.wandb_files import run_info
 
 KEYS = {"val/mIoU", "val/mIoU_best", "params/neck", "params/total", "gflops", "config"}
 
