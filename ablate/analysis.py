@@ -67,3 +67,14 @@ def degenerate_rate_message(rates: Iterable[int], size) -> str | None:
     if max(bad) >= long_:
         text += f", and at rate >= {long_} it only sees padding outside its centre tap (a 1x1 conv in disguise)"
     return f"{text}; use rates < {short}"
+
+
+def config_rate_message(cfg) -> str | None:
+    """The degenerate-rate warning for a run config's neck (None when its rates are fine or it has none)."""
+    rates = cfg.model.neck.get("rates")
+    if rates is None:
+        return None
+    from ablate.necks.aspp import check_rates
+
+    stride = min(cfg.model.output_stride, 2 ** cfg.model.encoder_depth)  # stages deeper than stride are dilated
+    return degenerate_rate_message(check_rates(rates), feature_size(cfg.data.image_size, stride))

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ablate.analysis import degenerate_rates, feature_size
+from ablate.analysis import config_rate_message
 from ablate.config import ConfigError, RunConfig, apply_overrides, from_dict, set_dotted, with_defaults
 
 SAMPLERS = ("tpe", "grid", "random", "cmaes")
@@ -152,15 +152,9 @@ def decode(key: str, value):
 
 
 def _reject_degenerate(cfg: RunConfig, params: dict) -> None:
-    rates = cfg.model.neck.get("rates")
-    if rates is None or not any(k.endswith("rates") for k in params):
-        return
-    size = feature_size(cfg.data.image_size, min(cfg.model.output_stride, 2 ** cfg.model.encoder_depth))
-    bad = degenerate_rates(list(rates), size)
-    if bad:
-        raise ConfigError(f"space: rates {list(rates)} hold degenerate rates {bad} on the {size[0]}x{size[1]} "
-                          f"feature map (a 3x3 conv at rate >= {min(size)} is a 1x1 conv in disguise); "
-                          f"use rates < {min(size)}")
+    message = config_rate_message(cfg) if any(k.endswith("rates") for k in params) else None
+    if message:
+        raise ConfigError(f"space: {message}")
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:

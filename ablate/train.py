@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 from rich.console import Console
 
-from ablate.analysis import degenerate_rate_message, feature_size
+from ablate.analysis import config_rate_message
 from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
 from ablate.data import create_datamodule
 from ablate.module import SegmentationModule
@@ -21,13 +21,7 @@ console = Console(stderr=True)
 
 def check_rates(cfg: RunConfig) -> None:
     """Warn (error under `model.strict`) when a dilation rate is degenerate on the neck's feature map."""
-    rates = cfg.model.neck.get("rates")
-    if rates is None:
-        return
-    from ablate.necks.aspp import check_rates as parse_rates
-
-    stride = min(cfg.model.output_stride, 2 ** cfg.model.encoder_depth)
-    message = degenerate_rate_message(parse_rates(rates), feature_size(cfg.data.image_size, stride))
+    message = config_rate_message(cfg)
     if message and cfg.model.strict:
         raise ConfigError(f"{message} (model.strict=true makes this an error)")
     if message:
