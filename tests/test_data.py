@@ -1,11 +1,11 @@
-"""The synthetic shapes: deterministic, every class present, scene cue hidden near objects, labels checked."""
+"""The synthetic shapes: deterministic, every class present, the scene a global vote, objects visible, labels checked."""
 import numpy as np
 import pytest
 import torch
 
 from ablate.config import ConfigError, load_config
 from ablate.data import check_labels, create_datamodule
-from ablate.data.shapes import CLASSES, make_image, make_split
+from ablate.data.shapes import CLASSES, MARKER_RGB, SCENES, make_image, make_split
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -33,17 +33,43 @@ def test_one_scene_per_image_and_flat_object_interiors():
         assert np.median(step) < 0.1 * 255  # flat colour + mild noise: nothing local tells the shape
 
 
-def test_no_stripes_right_around_objects():
-    """The background next to an object is flat: the scene must be read from farther away."""
+def _marker_pixels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels within noise of the red and of the blue marker colour."""
+    near = [np.abs(image.astype(float) - rgb[:, None, None] * 255).max(axis=0) < 0.2 * 255 for rgb in MARKER_RGB]
+    return near[0], near[1]
+
+
+def test_scene_is_the_majority_colour_of_dots_that_sit_on_background():
     rng = np.random.default_rng(5)
-    image, mask = make_image(rng, 128)
-    obj = torch.from_numpy(mask > 0)[None, None].float()
-    ring = (torch.nn.functional.max_pool2d(obj, 9, 1, 4)[0, 0] > 0) & torch.from_numpy(mask == 0)  # 4 px around objects
-    far = torch.nn.functional.max_pool2d(obj, 81, 1, 40)[0, 0] == 0  # > 40 px from any object
-    near_std = image[:, ring.numpy()].std(axis=1).max()
-    assert near_std < 0.1 * 255
-    if far.any():
-        assert image[:, far.numpy()].std(axis=1).max() > 2 * near_std  # stripes out there
+    for _ in range(30):
+        image, mask = make_image(rng, 128)
+        red, blue = _marker_pixels(image)
+        assert (mask[red | blue] == 0).all()  # dots are background, never on an object
+        scene = {(c - 1) // 3 for c in np.unique(mask) if c > 0}.pop()
+        share = max(red.sum(), blue.sum()) / (red.sum() + blue.sum())
+        assert SCENES[scene] == ("red" if red.sum() > blue.sum() else "blue") and 0.6 < share < 0.9
+
+
+def test_a_local_window_often_disagrees_with_the_scene():
+    """The vote is global: the dots in one quarter of the image give the wrong scene now and then."""
+    rng, wrong, seen = np.random.default_rng(7), 0, 0
+    for _ in range(100):
+        image, mask = make_image(rng, 128)
+        red, blue = _marker_pixels(image[:, :64, :64])
+        scene = {(c - 1) // 3 for c in np.unique(mask) if c > 0}.pop()
+        seen += 1
+        wrong += (red.sum() > blue.sum()) != (SCENES[scene] == "red") or red.sum() == blue.sum()
+    assert 0.1 < wrong / seen < 0.5
+
+
+def test_objects_stand_out_from_the_background():
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        image, mask = make_image(rng, 96)
+        red, blue = _marker_pixels(image)
+        background = image[:, (mask == 0) & ~red & ~blue].astype(float).mean(axis=1)
+        diff = np.abs(image[:, mask > 0].astype(float) - background[:, None]).max(axis=0)
+        assert np.quantile(diff, 0.01) > 0.15 * 255  # lighter or darker by 0.25-0.4, plus noise
 
 
 def test_datamodule_checks_labels_and_class_count():

@@ -9,38 +9,56 @@ from torch.utils.data import DataLoader, Dataset
 from ablate.data import check_labels
 
 SHAPES = ("disk", "square", "diamond")
-SCENES = ("hstripes", "vstripes")
+SCENES = ("red", "blue")  # the majority colour of the marker dots scattered over the background
 CLASSES = ("background",) + tuple(f"{shape}/{scene}" for scene in SCENES for shape in SHAPES)
+MARKER_RGB = np.array([[0.95, 0.15, 0.15], [0.15, 0.25, 0.95]], np.float32)
 MEAN, STD = 0.5, 0.25
 
 
 def make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One (3, S, S) uint8 image and its (S, S) uint8 mask.
 
-    The scene (stripe direction of the background) is hidden within a stripe-free margin around each
-    object, so it has to be read from far away; shape interiors are flat, so the shape has to be read
-    from the object's boundary: both need context beyond a small receptive field.
+    The scene is a vote: 16-24 small dots, 65-85 % of them in the scene's colour, spread over the free
+    background. Any window sees a sample of them that can disagree with the whole image; the image mean
+    (what the pooling branch computes) cannot. Objects are flat, lighter or darker than the background,
+    26-102 px across at 128 px: the interior of a large object says nothing about its shape, which has to
+    be read from a boundary far away. An image whose dots do not all fit beside its objects is redrawn.
     """
+    while (drawn := _draw(rng, size)) is None:
+        pass
+    return drawn
+
+
+def _draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray] | None:
     scene = int(rng.integers(len(SCENES)))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    period, phase, contrast = rng.uniform(5, 12), rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.4)
-    coord = yy if SCENES[scene] == "hstripes" else xx
     base = rng.uniform(0.3, 0.7, size=3).astype(np.float32)
-    stripes = contrast * np.sin(2 * np.pi * coord / period + phase)  # (S, S)
-    image = base[:, None, None] + stripes[None]
+    image = np.repeat(base[:, None, None], size, axis=1).repeat(size, axis=2)
     mask = np.zeros((size, size), np.uint8)
-    margin, objects = np.zeros((size, size), bool), []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 5))):  # later objects occlude earlier ones
         shape = int(rng.integers(len(SHAPES)))
-        radius = np.exp(rng.uniform(np.log(0.03 * size), np.log(0.28 * size)))
+        radius = np.exp(rng.uniform(np.log(0.1 * size), np.log(0.4 * size)))
         cy, cx = rng.uniform(0, size, size=2)
         inside = _shape_mask(SHAPES[shape], (yy - cy) / radius, (xx - cx) / radius)
-        margin |= _shape_mask("disk", (yy - cy) / (radius + 0.12 * size), (xx - cx) / (radius + 0.12 * size))
         mask[inside] = 1 + scene * len(SHAPES) + shape
-        objects.append(inside)
-    image[:, margin] = base[:, None]  # flat background around objects: no local scene cue
-    for inside in objects:  # flat colours, drawn alike for every class; later objects occlude earlier ones
-        image[:, inside] = rng.uniform(0.1, 0.9, size=(3, 1)).astype(np.float32)
+        image[:, inside] = np.clip(base + rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4), 0, 1)[:, None]
+    count = int(rng.integers(16, 25))
+    major = round(count * rng.uniform(0.65, 0.85))
+    colours = rng.permutation([scene] * major + [1 - scene] * (count - major))
+    radius, clear = max(1.0, 0.023 * size), max(1.0, 0.023 * size) + max(1.0, size / 64)
+    occupied = mask > 0  # dots keep `clear` px from objects and from each other
+    for colour in colours:
+        for _ in range(100):
+            cy, cx = rng.uniform(radius, size - radius, size=2)
+            y0, y1 = max(int(cy - clear), 0), min(int(cy + clear) + 2, size)
+            x0, x1 = max(int(cx - clear), 0), min(int(cx + clear) + 2, size)
+            d2 = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2
+            if not occupied[y0:y1, x0:x1][d2 <= clear ** 2].any():
+                break
+        else:
+            return None
+        image[:, y0:y1, x0:x1][:, d2 <= radius ** 2] = MARKER_RGB[colour][:, None]
+        occupied[y0:y1, x0:x1] |= d2 <= clear ** 2
     image += rng.normal(0, 0.04, size=image.shape).astype(np.float32)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
 
