@@ -57,7 +57,7 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX))
+        self.log("val/loss", F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX), sync_dist=True)
         self.val_metrics.update(logits.argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:

@@ -25,6 +25,8 @@ class StudyConfig:
     sampler: str = "tpe"
     sampler_seed: int = 0
     pruner: str = "median"
+    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats in the storage
+    grace_period: int = 120  # a trial silent this long is failed and queued again (its worker died)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,12 @@ def validate_sweep(sweep: SweepConfig) -> None:
                                 ("study.direction", s.direction, ("maximize", "minimize"))):
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+    for key in ("heartbeat_interval", "grace_period"):
+        if type(getattr(s, key)) is not int or getattr(s, key) < 1:
+            raise ConfigError(f"study.{key} must be a positive number of seconds; got {getattr(s, key)!r}")
+    if s.grace_period <= s.heartbeat_interval:
+        raise ConfigError(f"study.grace_period={s.grace_period} must be longer than study.heartbeat_interval="
+                          f"{s.heartbeat_interval}, or live trials would be taken for dead ones")
     if not isinstance(sweep.n_trials, int) or isinstance(sweep.n_trials, bool) or sweep.n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer; got {sweep.n_trials!r}")
     seeds = sweep.seeds

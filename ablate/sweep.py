@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -20,23 +21,51 @@ from rich.console import Console
 
 from ablate.config import ConfigError, to_dict
 from ablate.render import effects_to_rich, render, settings, to_rich, varied_keys
-from ablate.space import SweepConfig, grid_choices, load_sweep, suggest, to_plain, trial_config, variant_label
+from ablate.space import (
+    StudyConfig,
+    SweepConfig,
+    grid_choices,
+    load_sweep,
+    suggest,
+    to_plain,
+    trial_config,
+    variant_label,
+)
 from ablate.table import add_deltas, main_effects, study_rows
 from ablate.train import run
+from ablate.workers import WORKER_ENV, Heartbeat, Slots, config_digest, counted, ddp_rank, follow, share, start_workers
 
 console = Console(stderr=True, highlight=False)
 DEFAULT_STORAGE = "sqlite:///runs/ablate.db"
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage; on SQLite, workers that start together create the schema one at a time."""
+def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.storages.RDBStorage:
+    """An RDB storage; on SQLite, workers that start together create the schema one at a time.
+
+    `heartbeat` = (interval, grace period) in seconds: running trials record heartbeats, and a trial whose
+    worker died is failed and queued again with the same parameters.
+    """
+    beat = {}
+    if heartbeat:
+        beat = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback()}
     if not url.startswith("sqlite:///"):
-        return optuna.storages.RDBStorage(url)
+        if not url.startswith("postgresql"):
+            raise ConfigError(f"storage {redact(url)!r}: use sqlite:///PATH (one machine) or "
+                              "postgresql+psycopg2://USER:PASSWORD@HOST/DB (many machines)")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
     path = Path(url.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its own stop: the worker loop stops at exactly n_trials."""
+
+    def after_trial(self, *args) -> None:
+        pass
 
 
 def open_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
@@ -45,11 +74,12 @@ def open_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=s.sampler_seed),
                 "random": lambda: optuna.samplers.RandomSampler(seed=s.sampler_seed),
                 "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s.sampler_seed),
-                "grid": lambda: optuna.samplers.GridSampler(grid_choices(sweep.space), seed=s.sampler_seed)}
+                "grid": lambda: GridSampler(grid_choices(sweep.space), seed=s.sampler_seed)}
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
                "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
                "none": optuna.pruners.NopPruner}
-    study = optuna.create_study(study_name=s.name, storage=make_storage(storage_url), sampler=samplers[s.sampler](),
+    storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period))
+    study = optuna.create_study(study_name=s.name, storage=storage, sampler=samplers[s.sampler](),
                                 pruner=pruners[s.pruner](), direction=s.direction, load_if_exists=True)
     stored = study.user_attrs.get("space")
     if stored is None:
@@ -63,10 +93,8 @@ def open_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
 
 
 def done_trials(study: optuna.Study) -> list:
-    """Trials that count towards n_trials: complete, pruned, or failed for a reason other than an interruption."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))]
+    """Finished trials that count towards n_trials: all but failed trials that were run again."""
+    return [t for t in counted(study.get_trials(deepcopy=False)) if t.state.is_finished()]
 
 
 class Objective:
@@ -84,7 +112,7 @@ class Objective:
         try:
             return self._seeds(trial, cfg, variant)
         except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C / SIGTERM into SystemExit
-            requeue(trial)
+            trial.set_user_attr("interrupted", True)
             raise KeyboardInterrupt(f"trial {trial.number} interrupted") from e
         except optuna.TrialPruned:
             raise
@@ -101,10 +129,15 @@ class Objective:
             wandb_run = {"name": f"t{trial.number}-s{seed}", "group": variant, "job_type": "trial",
                          "tags": [self.sweep.study.name],
                          "config": {"study": self.sweep.study.name, "trial": trial.number}}
-            console.print(f"  trial {trial.number} seed {seed}: {variant}")
+            run_cfg, output = dataclasses.replace(cfg, seed=seed), self.root / f"t{trial.number}-s{seed}"
+            config = to_dict(run_cfg)
+            console.print(f"  trial {trial.number} seed {seed}: {variant} (config {config_digest(config)})")
             Interrupt.check()
-            summary = run(dataclasses.replace(cfg, seed=seed), self.root / f"t{trial.number}-s{seed}",
-                          callbacks=[*prune, Interrupt()], wandb_run=wandb_run)
+            share({"config": config, "output": str(output), "trial_id": trial._trial_id, "number": trial.number,
+                   "variant": variant, "prune": bool(prune)})  # the other ranks of a DDP job train the same
+            summary = run(run_cfg, output, callbacks=[*prune, Interrupt()], wandb_run=wandb_run)
+            for callback in prune:
+                callback.check_pruned()  # under DDP the prune decision comes back through the storage
             best = summary["val/mIoU_best"]
             if summary["val/mIoU"] is None or not math.isfinite(summary["val/mIoU"]):
                 raise FloatingPointError(f"seed {seed}: val/mIoU is {summary['val/mIoU']}")
@@ -150,11 +183,10 @@ class Interrupt(L.Callback):
         self.check()
 
 
-def requeue(trial: optuna.Trial) -> None:
-    """Queue a WAITING copy of `trial` (same params, same grid point) and mark `trial` as interrupted."""
-    (frozen,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
-    optuna.storages.RetryHeartbeatStaleTrialCallback()(trial.study, frozen)
-    trial.set_user_attr("interrupted", True)
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a WAITING copy of a failed `trial` (same params, same grid point): it runs again, and `trial`
+    stops counting towards n_trials (the same as a dead worker's trial, see `ablate.workers`)."""
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
 class StopOnRepeatedFailure:
@@ -174,11 +206,16 @@ class StopOnRepeatedFailure:
             console.print(f"[red]error:[/] the first {self.repeats} trials all failed with:\n  {self.reasons[0]}\n"
                           "stopping the study; fix the cause and run the same command again")
             self.stopped = True
-            study.stop()
 
 
-def sweep_main(sweep: SweepConfig, storage_url: str) -> int:
-    """Run the study up to its n_trials total, then print the table; 0 when every counted trial is done."""
+def sweep_main(sweep: SweepConfig, storage_url: str, workers: int = 1, argv: list[str] = ()) -> int:
+    """Run the study up to its n_trials total, then print the table; 0 when every counted trial is done.
+
+    With `workers` > 1, that many processes of the same command (`argv`) share the study."""
+    if ddp_rank() != 0:  # a rank Lightning started for a DDP trial: it trains what rank 0 hands over
+        s = sweep.study
+        return follow(optuna.load_study(study_name=s.name, sampler=optuna.samplers.RandomSampler(),
+                                        storage=make_storage(storage_url, (s.heartbeat_interval, s.grace_period))))
     study = open_study(sweep, storage_url)
     root = Path("runs") / sweep.study.name
     root.mkdir(parents=True, exist_ok=True)
@@ -187,11 +224,61 @@ def sweep_main(sweep: SweepConfig, storage_url: str) -> int:
     if remaining > 0:
         console.print(f"study {sweep.study.name!r}: {remaining} of {sweep.n_trials} trials to run, "
                       f"{len(sweep.seeds)} seed(s) each")
-        progress = _progress(sweep.n_trials, time.time())
-        study.optimize(Objective(sweep, root), n_trials=remaining, catch=(Exception,),
-                       callbacks=[stopper, progress, lambda *_: Interrupt.check()])
-    report(study, root, storage_url, sweep.baseline)
+        if workers > 1:
+            code = start_workers(workers, argv)
+            report(study, root, storage_url, sweep.baseline)
+            return code
+        try:
+            run_trials(study, Objective(sweep, root), Slots(storage_url, sweep.study.name, sweep.n_trials),
+                       [stopper, _progress(sweep.n_trials, time.time())], stopper, sweep.study)
+        finally:
+            share(None)  # the other ranks of a DDP job, if any, stop
+    if WORKER_ENV not in os.environ:  # one of `--workers N`: the command that started it prints the table
+        report(study, root, storage_url, sweep.baseline)
     return 1 if stopper.stopped else 0
+
+
+def run_trials(study: optuna.Study, objective: Objective, slots: Slots, callbacks: list, stopper,
+               settings: StudyConfig) -> None:
+    """Take trial slots and run them until all `slots.total` are taken and none runs anywhere.
+
+    When every slot is taken but trials still run in other workers, wait: if one of those workers dies,
+    its trial is queued again after the grace period, and this worker runs it.
+    """
+    announced = False
+    while not stopper.stopped:
+        trial = slots.claim(study)
+        if trial is None:
+            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            if not running:
+                return
+            if not announced:
+                console.print(f"every trial slot is taken; waiting for trial(s) {running} in other workers "
+                              f"(a dead worker's trial is queued again after {settings.grace_period} s)")
+            announced = True
+            time.sleep(settings.heartbeat_interval)
+            continue
+        announced = False
+        frozen = run_one(study, trial, objective, settings.heartbeat_interval)
+        for callback in callbacks:
+            callback(study, frozen)
+        Interrupt.check()
+
+
+def run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat_interval: int):
+    """One trial with heartbeats: COMPLETE, PRUNED or FAIL (any error is caught, kept and printed);
+    on Ctrl-C / SIGTERM it is failed, queued again, and the interrupt goes on up."""
+    with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
+        try:
+            frozen = study.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+        except KeyboardInterrupt:
+            requeue(study, study.tell(trial, state=TrialState.FAIL))
+            raise
+        except Exception:
+            frozen = study.tell(trial, state=TrialState.FAIL)
+    return frozen
 
 
 def _progress(total: int, started: float):
@@ -239,8 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help=f"Optuna RDB URL (default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})")
     p.add_argument("--n-trials", type=int, help="study-wide total of trials")
     p.add_argument("--seeds", help="comma-separated seeds every trial trains, e.g. 0,1,2")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine, each training one trial at a time (default 1); "
+                        "the same command on other machines joins the same study")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and a sample config; train nothing")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers {args.workers}: give 1 or more worker processes")
     if args.sweep and "=" in args.sweep:
         args.overrides, args.sweep = [args.sweep, *args.overrides], None
     storage_url = args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE
@@ -250,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = _with_cli(load_sweep(args.sweep, args.overrides), args)
         if args.dry_run:
             return dry_run(sweep)
-        return sweep_main(sweep, storage_url)
+        return sweep_main(sweep, storage_url, args.workers, _without_workers(argv))
     except ConfigError as e:
         console.print(f"[red]error:[/] {e}")
         return 2
@@ -260,9 +353,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _without_workers(argv: list[str]) -> list[str]:
+    """`argv` minus `--workers N` / `--workers=N`: the command each worker process runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--workers="):
+            skip = False
+            continue
+        skip = arg == "--workers"
+        if not skip:
+            out.append(arg)
+    return out
+
+
 def quiet() -> None:
     """Our own progress line says it once: no Optuna per-trial logs, no Lightning banners per run."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, stale trials
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 

@@ -49,6 +49,8 @@ class PlainProgress(L.Callback):
     """One line per validation epoch, for logs that are not a terminal."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  train/loss {m.get('train/loss', float('nan')):.4f}"
               f"  val/loss {m.get('val/loss', float('nan')):.4f}  val/mIoU {m.get('val/mIoU', 0):.4f}"
@@ -107,8 +109,9 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     summary = {**last, "val/mIoU": last.get("val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
                "classes": len(datamodule.classes), "config": to_dict(cfg)}
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    if trainer.is_global_zero:  # under DDP only rank 0 writes the result
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
     _finish_wandb(loggers, {k: v for k, v in summary.items() if k != "config"}, failed=False)
     return summary
 

@@ -1,0 +1,174 @@
+"""Many workers on one study, and Lightning DDP inside a trial.
+
+- Exact totals: a worker takes a trial slot (counts the study's trials and asks for one) under a lock held in
+  the storage (a PostgreSQL advisory lock; a file lock beside a SQLite file), so N workers never overshoot
+  `n_trials`, and the grid sampler, which picks its point while asking, never hands one point out twice.
+- Dead workers: each running trial records a heartbeat; a trial whose worker stopped beating for
+  `grace_period` seconds is failed by the next worker that looks, and re-queued with the same parameters
+  (Optuna's RetryHeartbeatStaleTrialCallback). Re-run trials do not count towards the total.
+- DDP: under `trainer.strategy=ddp` Lightning starts ranks 1..N-1 by running the same command again. Those
+  ranks never ask the study: rank 0 hands each run's config to them (in the environment for the first run,
+  before they exist; by a broadcast afterwards), and they train it until rank 0 says stop.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+JOB_ENV = "ABLATE_DDP_JOB"  # the first run's job, for the ranks Lightning starts
+WORKER_ENV = "ABLATE_WORKER"  # set in the processes `--workers N` starts
+
+
+def counted(trials: list) -> list:
+    """Trials that hold one of the study's `n_trials` slots: everything except failed trials re-run since."""
+    rerun = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if not (t.state == TrialState.FAIL and t.number in rerun)]
+
+
+class Slots:
+    """Takes trial slots of one study so that all workers together run exactly `total` trials."""
+
+    def __init__(self, storage_url: str, study_name: str, total: int):
+        self.url, self.name, self.total = storage_url, study_name, total
+        self._engine = None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Held by one worker at a time, across machines where the storage is a server."""
+        if self.url.startswith("sqlite:///"):
+            with open(f"{self.url.removeprefix('sqlite:///')}.lock", "w") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                yield
+            return
+        import sqlalchemy as sa
+
+        if self._engine is None:
+            self._engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        key = int.from_bytes(hashlib.sha256(f"ablate/{self.name}".encode()).digest()[:8], "big", signed=True)
+        with self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+
+    def claim(self, study: optuna.Study) -> optuna.Trial | None:
+        """A trial to run (a re-queued one first), or None when every slot is taken."""
+        with self.lock():
+            optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
+            trials = counted(study.get_trials(deepcopy=False))
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if not waiting and len(trials) >= self.total:
+                return None
+            return study.ask()  # pops a waiting trial first; the sampler picks its grid point in here
+
+
+class Heartbeat:
+    """Records a running trial's heartbeat every `interval` seconds, from a thread."""
+
+    def __init__(self, storage, trial_id: int, interval: int):
+        self.storage, self.trial_id, self.interval, self.stop = storage, trial_id, interval, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            self.storage.record_heartbeat(self.trial_id)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def start_workers(n: int, argv: list[str]) -> int:
+    """`--workers N`: N processes of the same command on this machine; 0 when all of them succeed."""
+    from ablate.sweep import console
+
+    procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv], env={**os.environ, WORKER_ENV: str(i)})
+             for i in range(n)]
+    console.print(f"started {n} workers: pids {', '.join(str(p.pid) for p in procs)}")
+    codes = [p.wait() for p in procs]
+    return 0 if all(c == 0 for c in codes) else max(codes)
+
+
+# --- DDP inside a trial -------------------------------------------------------------------------------------
+
+def ddp_rank() -> int:
+    """This process's rank in a DDP job that Lightning (or torchrun) started; 0 outside one."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
+def share(job: dict | None) -> None:
+    """Rank 0: hand the next run (or None: stop) to the other ranks of a DDP job, if there is one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list([job], src=0)
+    elif job is not None:
+        os.environ[JOB_ENV] = json.dumps(job)  # Lightning copies the environment into the ranks it starts
+
+
+def receive() -> dict | None:
+    """Ranks > 0: the next run from rank 0 (the first from the environment), or None at the end."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    if JOB_ENV not in os.environ:
+        raise RuntimeError(f"this process has DDP rank {ddp_rank()} but no run from rank 0 (${JOB_ENV}): start "
+                           "`python -m ablate.sweep` once per machine and let Lightning start the other ranks")
+    return json.loads(os.environ.pop(JOB_ENV))
+
+
+def config_digest(config: dict) -> str:
+    """A short hash of a resolved run config, printed by every rank so that they can be compared."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def follow(study: optuna.Study) -> int:
+    """Ranks > 0: train each run rank 0 hands over, with its pruning callback, until rank 0 says stop.
+
+    They never ask the study, never log to W&B and never write a result; the pruning callback only joins
+    rank 0's decision (a broadcast) so that every rank stops at the same epoch.
+    """
+    import dataclasses
+
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from ablate.config import from_dict
+    from ablate.sweep import console
+    from ablate.train import run
+
+    rank = ddp_rank()
+    while (job := receive()) is not None:
+        cfg = from_dict(job["config"])
+        cfg = dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, mode="disabled"))
+        console.print(f"  rank {rank}: trial {job['number']} seed {cfg.seed}: {job['variant']} "
+                      f"(config {config_digest(job['config'])})")
+        trial = optuna.Trial(study, job["trial_id"])
+        prune = [PyTorchLightningPruningCallback(trial, monitor="val/mIoU")] if job["prune"] else []
+        try:
+            run(cfg, Path(job["output"]), callbacks=prune)
+        except Exception as e:  # rank 0 fails the trial; this rank waits for the next run
+            console.print(f"  rank {rank}: trial {job['number']} stopped: {type(e).__name__}: {e}")
+    return 0

@@ -1,0 +1,153 @@
+"""Many workers on one study (SQLite and a real PostgreSQL server), dead workers, and DDP inside a trial."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import TINY
+from conftest import finished_run_info as run_info
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTHS = [8, 10, 12, 14, 16, 18, 20, 22]  # an 8-point grid: every point a different model
+
+
+def write_sweep(n_trials, widths=WIDTHS, overrides=(), path="sweep.yaml", **study):
+    spec = {"base": str(ROOT / "experiments/base.yaml"), "overrides": TINY + list(overrides),
+            "study": {"name": "w", "sampler": "grid", "pruner": "none", **study}, "n_trials": n_trials,
+            "seeds": [0], "space": {"model.neck.out_channels": {"choices": list(widths)}}}
+    Path(path).write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep(*args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ablate.sweep", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def study_trials(storage):
+    return optuna.load_study(study_name="w", storage=storage).get_trials()
+
+
+def fresh(storage: str) -> str:
+    """The session's PostgreSQL database without a study `w` left by an earlier test."""
+    if "w" in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name="w", storage=storage)
+    return storage
+
+
+def test_three_workers_on_postgresql_run_exactly_the_total_and_no_grid_point_twice(postgres_url):
+    storage = fresh(postgres_url)
+    proc = sweep(write_sweep(n_trials=6), "--storage", storage, "--workers", "3")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert out.count("started 3 workers") == 1 and out.count("study w: mean") == 1  # one table, at the end
+    trials = study_trials(storage)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, out  # exactly the total, nothing running
+    widths = [t.params["model.neck.out_channels"] for t in trials]
+    assert len(set(widths)) == 6  # no grid point twice
+
+
+def test_a_worker_killed_mid_trial_is_rerun_by_another(postgres_url):
+    fresh(postgres_url)
+    path = write_sweep(n_trials=3, widths=[8, 12, 16], overrides=["trainer.max_epochs=6"],
+                       heartbeat_interval=1, grace_period=4)
+    victim = sweep(path, "--storage", postgres_url, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(Path("runs/w").glob("t*-s0/hparams.yaml")) and time.time() < deadline:  # its fit has begun
+        time.sleep(0.2)
+    (running,) = [t for t in study_trials(postgres_url) if t.state == TrialState.RUNNING]
+    survivor = sweep(path, "--storage", postgres_url)
+    os.killpg(victim.pid, signal.SIGKILL)  # no handler runs: the trial stays RUNNING in the storage
+    victim.wait()
+    out, _ = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, out
+    trials = {t.number: t for t in study_trials(postgres_url)}
+    assert trials[running.number].state == TrialState.FAIL  # failed as stale by the survivor ...
+    (rerun,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == running.number]
+    assert rerun.state == TrialState.COMPLETE and rerun.params == running.params  # ... and run again
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and {t.params["model.neck.out_channels"] for t in complete} == {8, 12, 16}
+
+
+def _claim_until_full(storage, path, barrier):
+    """A worker with no training at all: take slots as fast as possible, complete each at once."""
+    from ablate.space import load_sweep, suggest
+    from ablate.sweep import open_study
+    from ablate.workers import Slots
+
+    sweep = load_sweep(path)
+    study = open_study(sweep, storage)
+    slots = Slots(storage, "w", sweep.n_trials)
+    barrier.wait()
+    while (trial := slots.claim(study)) is not None:
+        suggest(trial, sweep.space)
+        study.tell(trial, 0.5)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_racing_for_slots_take_exactly_the_total(backend, request):
+    """Six processes claim at the same moment, trials take no time: the lock alone keeps the total exact."""
+    import multiprocessing
+
+    storage = "sqlite:///runs/w.db" if backend == "sqlite" else fresh(request.getfixturevalue("postgres_url"))
+    path = write_sweep(n_trials=24, widths=list(range(8, 48)))
+    from ablate.space import load_sweep
+    from ablate.sweep import open_study
+
+    open_study(load_sweep(path), storage)  # the schema and the study exist before the race
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_claim_until_full, args=(storage, path, barrier)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0] * 6
+    trials = study_trials(storage)
+    assert len(trials) == 24 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.params["model.neck.out_channels"] for t in trials}) == 24  # no grid point twice
+
+
+DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+
+
+def test_ddp_trials_run_the_same_config_on_both_ranks_and_log_once():
+    path = write_sweep(n_trials=2, overrides=[*DDP, "wandb.mode=offline"])
+    proc = sweep(path, "--storage", "sqlite:///runs/w.db")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    trials = study_trials("sqlite:///runs/w.db")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # one trial per DDP job, not one per rank
+    for t in trials:  # rank 1 trained exactly the config rank 0 drew (the second one arrives by broadcast)
+        (digest,) = re.findall(rf"  trial {t.number} seed 0: .* \(config (\w+)\)", out)
+        assert re.search(rf"rank 1: trial {t.number} seed 0: .* \(config {digest}\)", out), out
+    runs = [run_info(p) for p in Path("runs/wandb").glob("offline-run-*")]
+    assert sorted(r["name"] for r in runs) == ["t0-s0", "t1-s0"]  # rank 0 alone logs to W&B
+    assert all(r["exit_code"] == 0 for r in runs)
+
+
+def test_a_ddp_trial_is_pruned_on_every_rank():
+    from optuna.distributions import CategoricalDistribution
+
+    from ablate.space import load_sweep
+    from ablate.sweep import open_study
+
+    path = write_sweep(n_trials=3, widths=[8, 12], overrides=[*DDP, "trainer.max_epochs=4"], sampler="random",
+                       pruner="median")
+    study = open_study(load_sweep(path), "sqlite:///runs/w.db")
+    for _ in range(2):  # two finished trials far ahead at every epoch
+        study.add_trial(optuna.trial.create_trial(
+            params={"model.neck.out_channels": 8}, distributions={"model.neck.out_channels": CategoricalDistribution(
+                [8, 12])}, value=0.99, intermediate_values={e: 0.99 for e in range(4)}))
+    proc = sweep(path, "--storage", "sqlite:///runs/w.db")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out  # both ranks stopped together: no hang, no error
+    last = study_trials("sqlite:///runs/w.db")[-1]
+    assert last.state == TrialState.PRUNED and max(last.intermediate_values) < 3, out
