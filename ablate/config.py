@@ -28,6 +28,8 @@ class ModelConfig:
     head: str = "deeplabv3"  # or "deeplabv3plus" (adds the stride-4 encoder feature)
     classes: int | None = None  # None = as many as the data has
     strict: bool = False  # degenerate dilation rates are an error instead of a warning
+    channels_last: bool = False  # NHWC memory format for the model and its inputs (faster convs on GPUs)
+    compile: bool = False  # torch.compile the model's forward (the first steps compile; see benchmarks/)
 
 
 @dataclass(frozen=True)

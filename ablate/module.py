@@ -25,6 +25,9 @@ class SegmentationModule(L.LightningModule):
         self.model = SegmentationModel(encoder=m.encoder, encoder_weights=m.encoder_weights, classes=len(class_names),
                                        encoder_depth=m.encoder_depth, output_stride=m.output_stride,
                                        neck=m.neck, head=m.head)
+        if m.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model.forward) if m.compile else self.model.forward
         n = len(class_names)
         self.val_metrics = MetricCollection({
             "mIoU": MulticlassJaccardIndex(n, average="macro", ignore_index=IGNORE_INDEX),
@@ -34,7 +37,9 @@ class SegmentationModule(L.LightningModule):
         self.best_miou = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, classes, H, W)
-        return self.model(x)
+        if self.cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._forward(x)
 
     def model_stats(self) -> dict[str, float]:
         """Neck and total parameter counts and GFLOPs at the configured input size."""

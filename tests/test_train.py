@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import finished_run_info as run_info
 
-from ablate.config import ConfigError, load_config
+from ablate.config import ConfigError, load_config, to_dict
 from ablate.module import SegmentationModule
 from ablate.train import check_rates, run
 
@@ -72,6 +72,15 @@ def test_degenerate_rates_warn_and_strict_errors(capsys):
 ])
 def test_variants_train_end_to_end(tiny, extra):
     summary = run(load_config(None, tiny + extra), "out")
+    assert summary["val/mIoU"] is not None and summary["epochs"] == 1
+
+
+def test_speed_options_train_and_take_effect(tiny):
+    """channels_last puts the weights in NHWC; bf16-mixed trains too (benchmarks/run.py times both)."""
+    cfg = load_config(None, tiny + ["model.channels_last=true", "trainer.precision=bf16-mixed"])
+    conv = SegmentationModule(to_dict(cfg), ["a"] * 7).model.encoder.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    summary = run(cfg, "out")
     assert summary["val/mIoU"] is not None and summary["epochs"] == 1
 
 
