@@ -256,7 +256,7 @@ def run_trials(study: optuna.Study, objective: Objective, slots: Slots, callback
                 console.print(f"every trial slot is taken; waiting for trial(s) {running} in other workers "
                               f"(a dead worker's trial is queued again after {settings.grace_period} s)")
             announced = True
-            time.sleep(settings.heartbeat_interval)
+            time.sleep(min(2, settings.heartbeat_interval))  # most often the others just finish
             continue
         announced = False
         frozen = run_one(study, trial, objective, settings.heartbeat_interval)

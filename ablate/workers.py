@@ -100,8 +100,9 @@ def start_workers(n: int, argv: list[str]) -> int:
     """`--workers N`: N processes of the same command on this machine; 0 when all of them succeed."""
     from ablate.sweep import console
 
-    procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv], env={**os.environ, WORKER_ENV: str(i)})
-             for i in range(n)]
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))  # no oversubscription
+    procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv],
+                              env={**os.environ, WORKER_ENV: str(i), "OMP_NUM_THREADS": threads}) for i in range(n)]
     console.print(f"started {n} workers: pids {', '.join(str(p.pid) for p in procs)}")
     codes = [p.wait() for p in procs]
     return 0 if all(c == 0 for c in codes) else max(codes)
