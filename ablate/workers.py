@@ -104,14 +104,17 @@ def start_workers(n: int, argv: list[str]) -> int:
     procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv],
                               env={**os.environ, WORKER_ENV: str(i), "OMP_NUM_THREADS": threads}) for i in range(n)]
     console.print(f"started {n} workers: pids {', '.join(str(p.pid) for p in procs)}")
-    codes = [p.wait() for p in procs]
-    return 0 if all(c == 0 for c in codes) else max(codes)
+    codes = [p.wait() for p in procs]  # a worker killed by signal N reports -N: the shell's 128 + N
+    return max(c if c >= 0 else 128 - c for c in codes)
 
 
 # --- DDP inside a trial -------------------------------------------------------------------------------------
 
 def ddp_rank() -> int:
-    """This process's rank in a DDP job that Lightning (or torchrun) started; 0 outside one."""
+    """0 in the process that runs the study (outside DDP, or global rank 0); not 0 in every other DDP rank.
+
+    Lightning's launcher sets LOCAL_RANK and NODE_RANK, torchrun sets RANK; the sum is not the global rank
+    on many nodes, but it is 0 exactly on rank 0."""
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
