@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import logging
 import math
 import os
@@ -33,14 +32,25 @@ from ablate.space import (
 )
 from ablate.table import add_deltas, main_effects, study_rows
 from ablate.train import run
-from ablate.workers import WORKER_ENV, Heartbeat, Slots, config_digest, counted, ddp_rank, follow, share, start_workers
+from ablate.workers import (
+    WORKER_ENV,
+    Heartbeat,
+    Slots,
+    config_digest,
+    counted,
+    ddp_rank,
+    follow,
+    share,
+    sqlite_lock,
+    start_workers,
+)
 
 console = Console(stderr=True, highlight=False)
 DEFAULT_STORAGE = "sqlite:///runs/ablate.db"
 
 
 def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.storages.RDBStorage:
-    """An RDB storage; on SQLite, workers that start together create the schema one at a time.
+    """An RDB storage: SQLite (one machine) or PostgreSQL (many).
 
     `heartbeat` = (interval, grace period) in seconds: running trials record heartbeats, and a trial whose
     worker died is failed and queued again with the same parameters.
@@ -54,10 +64,7 @@ def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.s
             raise ConfigError(f"storage {redact(url)!r}: use sqlite:///PATH (one machine) or "
                               "postgresql+psycopg2://USER:PASSWORD@HOST/DB (many machines)")
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
-    path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with sqlite_lock(url):  # workers that start together create the schema one at a time
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
 
 

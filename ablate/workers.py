@@ -35,6 +35,16 @@ def counted(trials: list) -> list:
     return [t for t in trials if not (t.state == TrialState.FAIL and t.number in rerun)]
 
 
+@contextlib.contextmanager
+def sqlite_lock(url: str):
+    """An exclusive lock on a file beside a SQLite database: one process of this machine at a time."""
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 class Slots:
     """Takes trial slots of one study so that all workers together run exactly `total` trials."""
 
@@ -46,8 +56,7 @@ class Slots:
     def lock(self):
         """Held by one worker at a time, across machines where the storage is a server."""
         if self.url.startswith("sqlite:///"):
-            with open(f"{self.url.removeprefix('sqlite:///')}.lock", "w") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
+            with sqlite_lock(self.url):
                 yield
             return
         import sqlalchemy as sa
