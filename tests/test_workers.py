@@ -9,21 +9,17 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
-from conftest import TINY
 from conftest import finished_run_info as run_info
 from optuna.trial import TrialState
+from test_sweep import write_sweep as sweep_file
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = [8, 10, 12, 14, 16, 18, 20, 22]  # an 8-point grid: every point a different model
 
 
-def write_sweep(n_trials, widths=WIDTHS, overrides=(), path="sweep.yaml", **study):
-    spec = {"base": str(ROOT / "experiments/base.yaml"), "overrides": TINY + list(overrides),
-            "study": {"name": "w", "sampler": "grid", "pruner": "none", **study}, "n_trials": n_trials,
-            "seeds": [0], "space": {"model.neck.out_channels": {"choices": list(widths)}}}
-    Path(path).write_text(yaml.safe_dump(spec))
-    return path
+def write_sweep(n_trials, widths=WIDTHS, overrides=(), **study):
+    """test_sweep's sweep file, over a grid of neck widths, one seed, study `w`."""
+    return sweep_file(space={"model.neck.out_channels": {"choices": list(widths)}}, n_trials=n_trials, seeds=(0,),
+                      overrides=overrides, name="w", **study)
 
 
 def sweep(*args, **kwargs) -> subprocess.Popen:
