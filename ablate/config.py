@@ -34,15 +34,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "shapes"
+    name: str = "shapes"  # or voc, cityscapes, ade20k, folder: files under `root` (README, "Your data")
     root: str | None = None
-    image_size: int = 128
+    image_size: int = 128  # synthetic: the generated side; files: the training crop (DeepLab's crop_size)
     batch_size: int = 8
     num_workers: int = 0
     train_size: int = 512  # synthetic data only
     val_size: int = 128
     seed: int = 0  # the data's own seed: the same images for every run seed
-    classes: list | None = None  # class names, for data that does not name them itself
+    classes: list | None = None  # folder only: class names (line k = mask value k), instead of classes.txt
+    train_split: str | None = None  # files: null = the dataset's standard (voc: train; train_aug = +SBD)
+    val_split: str | None = None
+    scale_range: list = field(default_factory=lambda: [0.5, 2.0])  # files: random scale of the training image
+    hflip: bool = True  # files: random horizontal flip
+    jitter: float = 0.0  # files: colour jitter strength (brightness, contrast, saturation); 0 = off
+    val_mode: str = "full"  # files: "full" = whole image; "slide" = image_size tiles, 2/3 overlap stride
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,9 @@ class RunConfig:
     imports: list = field(default_factory=list)
 
 
+DATASETS = ("shapes", "voc", "cityscapes", "ade20k", "folder")
 CHOICES = {"model.head": ("deeplabv3", "deeplabv3plus"), "model.output_stride": (8, 16, 32),
+           "data.name": DATASETS, "data.val_mode": ("full", "slide"),
            "optim.name": ("adamw", "sgd"), "optim.schedule": ("poly", "cosine", "none"),
            "wandb.mode": (None, "offline", "online", "disabled")}
 SET_BY_ABLATE = ("logger", "callbacks", "default_root_dir")  # Trainer arguments ablate passes itself
@@ -209,9 +217,23 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be >= 1; got {flat[key]}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0; got {cfg.optim.lr}")
+    _validate_data(cfg.data)
     _validate_encoder(cfg.model)
     _validate_neck(cfg)
     _validate_trainer(cfg.trainer)
+
+
+def _validate_data(data: DataConfig) -> None:
+    scale = data.scale_range
+    if len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale) \
+            or not 0 < scale[0] <= scale[1]:
+        raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, e.g. [0.5, 2.0]; got {scale!r}")
+    if not 0 <= data.jitter <= 1:
+        raise ConfigError(f"data.jitter must be in [0, 1] (0 = off); got {data.jitter}")
+    if data.classes is not None and data.name != "folder":
+        raise ConfigError(f"data.classes is for data.name='folder'; {data.name!r} names its own classes")
+    if data.classes is not None and (not data.classes or len(set(map(str, data.classes))) < len(data.classes)):
+        raise ConfigError(f"data.classes must be a non-empty list of distinct names; got {data.classes!r}")
 
 
 def _validate_encoder(model: ModelConfig) -> None:

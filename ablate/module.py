@@ -8,6 +8,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ablate.config import from_dict
+from ablate.data.recipe import sliding_logits
 from ablate.model import SegmentationModel, count_gflops, count_params
 
 IGNORE_INDEX = 255
@@ -59,11 +60,14 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        d = self.cfg.data
+        logits = sliding_logits(self, x, d.image_size, max(1, d.image_size * 2 // 3)) if d.val_mode == "slide" else self(x)
         self.log("val/loss", F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX), sync_dist=True)
-        self.val_metrics.update(logits.argmax(1), y)
+        preds = logits.argmax(1)  # (B, H, W)
+        self.val_metrics.update(preds, y)
+        return preds  # for callbacks: ablate.visuals.RunVisuals
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute()

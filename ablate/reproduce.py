@@ -16,8 +16,9 @@ console = Console(stderr=True, highlight=False)
 KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "rows")
 
 
-def load_experiment(path: str | Path) -> tuple[SweepConfig, float]:
-    """An experiment file as a grid study over its named rows, and its tolerance (in mIoU)."""
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, float]:
+    """An experiment file as a grid study over its named rows, and its tolerance (in mIoU); `overrides`
+    (e.g. data.root=...) apply to the base after the file's own."""
     path = Path(path)
     raw = read_spec(path, KEYS, "experiment file")
     rows = raw.get("rows") or {}
@@ -26,7 +27,7 @@ def load_experiment(path: str | Path) -> tuple[SweepConfig, float]:
     bad = [name for name in rows if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name))]
     if bad:
         raise ConfigError(f"{path}: row names {bad} may only use letters, digits and _ . + - (they become columns)")
-    base = load_base(path, raw.get("base", "base.yaml"), list(raw.get("overrides") or []))
+    base = load_base(path, raw.get("base", "base.yaml"), [*(raw.get("overrides") or []), *overrides])
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
@@ -79,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m ablate.reproduce", description=__doc__)
     p.add_argument("experiment", help="experiment file, e.g. experiments/aspp_components.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the base run config, e.g. data.root=/data/pascal")
     p.add_argument("--storage", help=f"Optuna RDB URL (default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})")
     p.add_argument("--reference", help="reference table (default: the experiment file with .md)")
     args = p.parse_args(argv)
     Interrupt.install()
     quiet()
     try:
-        sweep, tolerance = load_experiment(args.experiment)
+        sweep, tolerance = load_experiment(args.experiment, args.overrides)
         reference = Path(args.reference or Path(args.experiment).with_suffix(".md"))
         expected = reference_means(reference) if reference.is_file() else None  # read before hours of training
         status = sweep_main(sweep, args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE)

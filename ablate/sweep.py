@@ -18,7 +18,8 @@ import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ablate.config import ConfigError, to_dict
+from ablate.config import ConfigError, from_dict, to_dict
+from ablate.data import create_datamodule
 from ablate.render import effects_to_rich, render, settings, to_rich, varied_keys
 from ablate.space import (
     StudyConfig,
@@ -231,6 +232,7 @@ def sweep_main(sweep: SweepConfig, storage_url: str, workers: int = 1, argv: lis
     if remaining > 0:
         console.print(f"study {sweep.study.name!r}: {remaining} of {sweep.n_trials} trials to run, "
                       f"{len(sweep.seeds)} seed(s) each")
+        create_datamodule(from_dict(sweep.base))  # files on disk are read and checked before any trial starts
         if workers > 1:
             code = start_workers(workers, argv)
             report(study, root, storage_url, sweep.baseline)

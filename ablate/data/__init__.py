@@ -8,13 +8,10 @@ from ablate.config import ConfigError, RunConfig
 
 def create_datamodule(cfg: RunConfig):
     """The LightningDataModule for `cfg.data.name`, set up (data read and checked) and ready to train."""
+    from ablate.data.files import FilesDataModule
     from ablate.data.shapes import ShapesDataModule
 
-    datamodules = {"shapes": ShapesDataModule}
-    if cfg.data.name not in datamodules:
-        raise ConfigError(f"data.name={cfg.data.name!r} is not a known dataset; choose one of "
-                          f"{', '.join(map(repr, datamodules))}")
-    dm = datamodules[cfg.data.name](cfg.data)
+    dm = ShapesDataModule(cfg.data) if cfg.data.name == "shapes" else FilesDataModule(cfg.data)
     dm.setup("fit")
     if cfg.model.classes is not None and cfg.model.classes != len(dm.classes):
         raise ConfigError(f"model.classes={cfg.model.classes} but data {cfg.data.name!r} has {len(dm.classes)} "
