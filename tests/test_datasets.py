@@ -336,6 +336,12 @@ def test_missing_root_and_split_file(tmp_path):
     make_voc(tmp_path)
     with pytest.raises(ConfigError, match=r"train_aug.txt does not exist; split files there: train, val"):
         datamodule(tmp_path, "voc", "data.train_split=train_aug")
+    (tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2008_000002.png").unlink()
+    with pytest.raises(ConfigError, match=r"SegmentationClass/2008_000002.png does not exist, but val.txt lists it"):
+        datamodule(tmp_path, "voc")
+    (tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2008_000002.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"cannot read .*2008_000002.png"):
+        datamodule(tmp_path, "voc")
     with pytest.raises(ConfigError, match="data.name='coco' is not valid; choose one of 'shapes', 'voc'"):
         load_config(None, ["data.name=coco"])
     with pytest.raises(ConfigError, match="data.classes is for data.name='folder'"):

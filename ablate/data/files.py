@@ -39,7 +39,14 @@ class FileSegmentation(Dataset):
 
 
 def check_pair(image_path: Path, mask_path: Path, layout: Layout) -> str | None:
-    """What is wrong with one pair (size mismatch, mask mode, mask values), or None."""
+    """What is wrong with one pair (unreadable file, size mismatch, mask mode, mask values), or None."""
+    try:
+        return _check_open_pair(image_path, mask_path, layout)
+    except OSError as e:  # a truncated or non-image file
+        return f"cannot read {image_path} or its mask {mask_path.name}: {e}"
+
+
+def _check_open_pair(image_path: Path, mask_path: Path, layout: Layout) -> str | None:
     with Image.open(image_path) as im, Image.open(mask_path) as m:
         if m.mode not in MASK_MODES:
             return (f"{mask_path}: mask mode {m.mode!r}; expected a palette (P) or single-channel 8-bit (L) PNG of "

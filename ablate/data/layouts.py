@@ -60,8 +60,13 @@ def voc(root: Path, classes: tuple[str, ...] | None = None) -> Layout:
 
     def find(split: str) -> list[tuple[Path, Path]]:
         masks = base / ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass")
-        stems = read_split_file(base / "ImageSets" / "Segmentation" / f"{split}.txt")
-        return [(base / "JPEGImages" / f"{s}.jpg", masks / f"{s}.png") for s in stems]
+        listed = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+        pairs = [(base / "JPEGImages" / f"{s}.jpg", masks / f"{s}.png") for s in read_split_file(listed)]
+        missing = [path for pair in pairs for path in pair if not path.is_file()]
+        if missing:
+            raise ConfigError(f"{missing[0]} does not exist, but {listed.name} lists it ({len(missing)} missing "
+                              "file(s)); every listed image needs its JPEG and its mask PNG")
+        return pairs
 
     return Layout(VOC_CLASSES, identity_lut(21), "0..20 and 255 (boundary)", ("train", "val"), find)
 
