@@ -1,8 +1,15 @@
-"""Receptive-field checks for atrous convs: valid 3x3 taps vs rate, as in DeepLabv3 (Chen et al. 2017) Fig. 4."""
+"""Receptive fields of a neck: valid 3x3 taps vs rate (DeepLabv3, Chen et al. 2017, Fig. 4), theoretical and
+effective receptive fields (Luo et al. 2016) and gridding holes (HDC, Wang et al. 2018)."""
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 TAP_COUNTS = (9, 6, 4, 3, 2, 1)  # possible valid taps of a 3x3 kernel: (1|2|3 rows) x (1|2|3 columns)
 
@@ -78,3 +85,168 @@ def config_rate_message(cfg) -> str | None:
 
     stride = min(cfg.model.output_stride, 2 ** cfg.model.encoder_depth)  # stages deeper than stride are dilated
     return degenerate_rate_message(check_rates(rates), feature_size(cfg.data.image_size, stride))
+
+
+def _window(module: nn.Module) -> tuple[int, int] | None:
+    """(kernel, dilation) along the height of a conv or pooling window; None for any other module."""
+    first = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+        return first(module.kernel_size), first(module.dilation)
+    if isinstance(module, nn.AvgPool2d):
+        return first(module.kernel_size), 1
+    return None
+
+
+def encoder_receptive_field(encoder: nn.Module, probe: int = 64) -> tuple[int, int]:
+    """(theoretical receptive field in input pixels, stride) of the encoder's last feature.
+
+    Runs the encoder on a probe image, notes each conv and pooling window that ran (dilated where the output
+    stride made it so) and what it adds: (k - 1) x dilation x the stride of its input. The receptive field is
+    1 + the largest sum along any path of the autograd graph from the last feature back to the image, so
+    layers that do not feed it, 1x1 shortcuts and parallel paths count as they should. Channel gates that
+    pool the whole map (squeeze-excitation) rescale channels and are not counted.
+    """
+    adds = {}  # autograd node of a window's output -> pixels it adds to the receptive field
+
+    def hook(module, inputs, output):
+        kernel, dilation = _window(module)
+        adds[output.grad_fn] = (kernel - 1) * dilation * (probe // inputs[0].shape[-2])
+
+    handles = [m.register_forward_hook(hook) for m in encoder.modules() if _window(m)]
+    try:
+        last = encoder.eval()(torch.zeros(1, 3, probe, probe, requires_grad=True))[-1]  # (1, C, probe/s, probe/s)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return 1 + _longest_path(last.grad_fn, adds), probe // last.shape[-2]
+
+
+def _longest_path(root, weight: dict) -> int:
+    """Largest sum of `weight` over the nodes of any path from autograd node `root` down to the leaves."""
+    best, stack = {}, [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node is None or node in best:
+            continue
+        children = [child for child, _ in node.next_functions if child is not None]
+        if expanded:
+            best[node] = weight.get(node, 0) + max((best[c] for c in children), default=0)
+        else:
+            stack += [(node, True)] + [(c, False) for c in children if c not in best]
+    return best.get(root, 0)
+
+
+def pooled_span(side: int, bins: int) -> int:
+    """Most feature positions along a side that one output of adaptive-average-pool to `bins` cells and
+    bilinear upsampling back (PSPNet's PPM, ASPP's image pooling at bins=1) depends on."""
+    def pool_up(x):  # (1, 1, side, 1) -> (1, 1, side, 1)
+        return F.interpolate(F.adaptive_avg_pool2d(x, (bins, 1)), size=(side, 1), mode="bilinear", align_corners=False)
+
+    jacobian = torch.autograd.functional.jacobian(pool_up, torch.ones(1, 1, side, 1)).reshape(side, side)
+    return max(int(row.nonzero().max() - row.nonzero().min()) + 1 for row in jacobian != 0)
+
+
+def _branches(name: str, options: dict, side: int) -> list[tuple[str, int | None, int, bool]]:
+    """(branch, rate, feature positions it spans through the neck, sees the whole map) for each branch."""
+    if name == "identity":
+        return [("1x1", None, 1, False)]
+    if name == "aspp":  # the 1x1 projection after fusion adds nothing
+        rows = [("1x1", None, 1, False)] + [(f"rate{r}", r, 2 * r + 1, False) for r in options["rates"]]
+        return rows + ([("image_pool", None, side, True)] if options["image_pooling"] else [])
+    if name == "ppm":  # the 3x3 bottleneck after the concat adds 2 positions to every branch
+        bins = [(f"bin{b}", None, pooled_span(side, b) + 2, b == 1) for b in options["bins"]]
+        return [("features", None, 3, False)] + bins
+    raise ValueError(f"receptive-field analysis knows the necks aspp, identity and ppm; not {name!r}")
+
+
+def config_encoder_rf(cfg) -> tuple[int, int, tuple[int, int]]:
+    """(encoder receptive field in input pixels, stride, (H, W) of the neck's input) for a run config; the
+    encoder is built at random init (nothing is downloaded) only to walk its layers."""
+    rf, stride = _smp_encoder_rf(cfg.model.encoder, cfg.model.encoder_depth, cfg.model.output_stride)
+    return rf, stride, feature_size(cfg.data.image_size, stride)
+
+
+@functools.lru_cache(maxsize=16)
+def _smp_encoder_rf(name: str, depth: int, output_stride: int) -> tuple[int, int]:
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    return encoder_receptive_field(get_encoder(name, in_channels=3, depth=depth, weights=None,
+                                               output_stride=output_stride))
+
+
+def neck_receptive_fields(cfg) -> list[dict]:
+    """One dict per branch of the config's neck: `branch`, `rate` (None if not atrous), `rf_px` (theoretical
+    receptive field in input pixels through that branch to the neck's output; the encoder's for `identity`),
+    `global` (pools the whole map) and `taps` (valid_tap_shares at the configured feature-map size for
+    atrous 3x3 branches, else None)."""
+    from ablate.necks import neck_options
+
+    enc_rf, stride, size = config_encoder_rf(cfg)
+    options = {**neck_options(cfg.model.neck["name"]), **cfg.model.neck}
+    return [{"branch": branch, "rate": rate, "rf_px": enc_rf + (span - 1) * stride, "global": whole,
+             "taps": valid_tap_shares(size, rate) if rate else None}
+            for branch, rate, span, whole in _branches(cfg.model.neck["name"], options, max(size))]
+
+
+def gridding_holes(rates: Iterable[int], kernel: int = 3) -> list[int]:
+    """Offsets (1-D, in feature positions) within the largest branch's window that no branch samples:
+    the gridding of Hybrid Dilated Convolution (Wang et al. 2018) for parallel kernel x kernel branches."""
+    from ablate.necks.aspp import check_rates
+
+    rates = check_rates(list(rates))
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel must be a positive odd int (1, 3, 5, ...); got {kernel!r}")
+    half = kernel // 2
+    sampled = {i * r for r in rates for i in range(-half, half + 1)}
+    return [o for o in range(-half * max(rates), half * max(rates) + 1) if o not in sampled]
+
+
+def neck_summary(cfg) -> dict[str, float]:
+    """Flat numbers for W&B summaries and reports: `rf/encoder` and `rf/<branch>` (px), `taps9/<branch>` (share
+    of positions where an atrous branch sees all 9 taps), `gridding_holes` (how many offsets no branch samples)."""
+    enc_rf, _, size = config_encoder_rf(cfg)
+    branches = neck_receptive_fields(cfg)
+    out = {"rf/encoder": float(enc_rf), "feature_px": float(max(size))}
+    for b in branches:
+        out[f"rf/{b['branch']}"] = float(b["rf_px"])
+        if b["taps"] is not None:
+            out[f"taps9/{b['branch']}"] = b["taps"][9]
+    rates = [b["rate"] for b in branches if b["rate"]]
+    out["gridding_holes"] = float(len(gridding_holes(rates))) if rates else 0.0
+    return out
+
+
+def effective_receptive_field(module: nn.Module, images: torch.Tensor, chunk: int = 8) -> np.ndarray:
+    """Luo et al. 2016: |d(centre output, summed over channels) / d(input)|, summed over the input channels,
+    averaged over `images` (N, 3, H, W) and scaled to a maximum of 1 -> (H, W) float array in [0, 1].
+    `module` maps (B, 3, H, W) to (B, C, h, w); it runs in eval mode, so images do not mix through BatchNorm."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (N, C, H, W) batch; got shape {tuple(images.shape)}")
+    was_training = module.training
+    module.eval()
+    total = torch.zeros(images.shape[-2:], dtype=torch.float64)
+    try:
+        for batch in images.split(chunk):
+            x = batch.detach().float().requires_grad_(True)
+            out = module(x)  # (B, C, h, w)
+            centre = out[..., out.shape[-2] // 2, out.shape[-1] // 2].sum()
+            (grad,) = torch.autograd.grad(centre, x)
+            total += grad.abs().sum(1).sum(0).double()
+    finally:
+        module.train(was_training)
+    peak = total.max()
+    return (total / peak if peak > 0 else total).numpy()
+
+
+def erf_radius(erf: np.ndarray, share: float = 0.9) -> float:
+    """Smallest distance (px) from the centre pixel (H // 2, W // 2) within which `share` of the ERF's mass lies."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1]; got {share!r}")
+    h, w = erf.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    distance = np.hypot(yy - h // 2, xx - w // 2).ravel()
+    order = np.argsort(distance, kind="stable")
+    mass = np.cumsum(erf.ravel()[order])
+    if mass[-1] <= 0:
+        return 0.0
+    return float(distance[order][np.searchsorted(mass, share * mass[-1] * (1 - 1e-12))])
