@@ -44,7 +44,8 @@ def read_checkpoint(path: str):
     from ablate.module import SegmentationModule
 
     if not Path(path).is_file():
-        raise ConfigError(f"--checkpoint {path!r} does not exist (a run keeps its checkpoints in <run>/checkpoints/*.ckpt)")
+        raise ConfigError(f"--checkpoint {path!r} does not exist "
+                          "(a run keeps its checkpoints in <run>/checkpoints/*.ckpt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike: it is not a checkpoint we can read
