@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ablate.config import ConfigError, from_dict, to_dict
+from ablate.config import ConfigError, flatten, from_dict, to_dict
 from ablate.data import create_datamodule
 from ablate.render import effects_to_rich, render, settings, to_rich, varied_keys
 from ablate.space import (
@@ -33,6 +33,7 @@ from ablate.space import (
 )
 from ablate.table import add_deltas, main_effects, study_rows
 from ablate.train import run
+from ablate.visuals import swept_columns, swept_keys
 from ablate.workers import (
     WORKER_ENV,
     Heartbeat,
@@ -136,7 +137,8 @@ class Objective:
             prune = [PyTorchLightningPruningCallback(trial, monitor="val/mIoU")] if i == 0 else []
             wandb_run = {"name": f"t{trial.number}-s{seed}", "group": variant, "job_type": "trial",
                          "tags": [self.sweep.study.name],
-                         "config": {"study": self.sweep.study.name, "trial": trial.number}}
+                         "config": {"study": self.sweep.study.name, "trial": trial.number,
+                                    "swept": swept_columns(flatten(to_dict(cfg)), swept_keys(self.sweep.space, self.sweep.rows))}}
             run_cfg, output = dataclasses.replace(cfg, seed=seed), self.root / f"t{trial.number}-s{seed}"
             config = to_dict(run_cfg)
             console.print(f"  trial {trial.number} seed {seed}: {variant} (config {config_digest(config)})")
@@ -316,7 +318,8 @@ def report(study: optuna.Study, root: Path, storage_url: str, baseline: dict | N
     console.print(f"table: {root / 'table.md'}\nlook further:\n"
                   f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
                   f"  python -m ablate.table --study {study.study_name} --format md|latex|csv|json|html\n"
-                  f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs")
+                  f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"
+                  f"  python -m ablate.dashboard --study {study.study_name} --entity E --project P   # W&B workspace")
 
 
 def redact(url: str) -> str:

@@ -14,7 +14,9 @@ from rich.console import Console
 from ablate.analysis import config_rate_message
 from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
 from ablate.data import create_datamodule
+from ablate.model import measure_latency_ms
 from ablate.module import SegmentationModule
+from ablate.visuals import RunVisuals, neck_columns
 
 console = Console(stderr=True)
 
@@ -71,7 +73,7 @@ def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:
     settings = wandb.Settings(x_disable_meta=True, x_disable_stats=True, disable_git=True, save_code=False,
                               x_save_requirements=False, silent=True)
     run = {"name": output.name, "job_type": "train", **(wandb_run or {})}
-    config = {**flatten(to_dict(cfg)), **run.pop("config", {})}
+    config = {**flatten(to_dict(cfg)), "neck": neck_columns(cfg.model.neck), **run.pop("config", {})}
     save_dir = Path(cfg.wandb.dir).resolve()  # absolute: W&B's service process keeps the cwd it started in
     save_dir.mkdir(parents=True, exist_ok=True)
     loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=mode,
@@ -96,9 +98,10 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     module = SegmentationModule(to_dict(cfg), list(datamodule.classes))
     stats = module.model_stats()
     timer, loggers = StepTimer(), make_loggers(cfg, output, wandb_run)
+    visuals = RunVisuals(output, list(datamodule.classes))  # best epoch's confusion matrix and masks
     tty = sys.stdout.isatty()
     progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
-    trainer = L.Trainer(default_root_dir=output, logger=loggers, callbacks=[timer, *progress, *callbacks],
+    trainer = L.Trainer(default_root_dir=output, logger=loggers, callbacks=[timer, visuals, *progress, *callbacks],
                         enable_progress_bar=tty, **cfg.trainer)
     try:
         trainer.fit(module, datamodule=datamodule)
@@ -108,8 +111,9 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}  # last epoch
     summary = {**last, "val/mIoU": last.get("val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
-               "classes": len(datamodule.classes), "config": to_dict(cfg)}
+               "classes": len(datamodule.classes), **visuals.summary(), "config": to_dict(cfg)}
     if trainer.is_global_zero:  # under DDP only rank 0 writes the result
+        summary["latency_ms"] = measure_latency_ms(module.model, cfg.data.image_size)  # batch 1, eval mode
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
     _finish_wandb(loggers, {k: v for k, v in summary.items() if k != "config"}, failed=False)
