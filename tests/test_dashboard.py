@@ -1,0 +1,99 @@
+"""The W&B workspace spec of a study, built from a real tiny sweep, against what its W&B runs really hold."""
+import json
+from pathlib import Path
+
+import pytest
+from conftest import finished_run_info
+from test_sweep import STORAGE, write_sweep
+
+from ablate.dashboard import main as dashboard
+from ablate.data.shapes import CLASSES
+from ablate.sweep import main as sweep
+
+SPACE = {"model.neck.fusion": {"choices": ["concat", "sum"]}, "optim.lr": {"choices": [0.001, 0.002]}}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A finished 2-trial study (fusion x lr grid, one seed) with offline W&B runs, in its own folder."""
+    folder = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        path = write_sweep(space=SPACE, seeds=(0,), overrides=["wandb.mode=offline"])
+        assert sweep([path, "--storage", STORAGE]) == 0
+        runs = [finished_run_info(d) for d in sorted(Path("runs/wandb").glob("offline-run-*"))]
+    return folder, runs
+
+
+def _spec(folder, capsys, *args) -> dict:
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        assert dashboard(["--study", "t", "--storage", STORAGE, "--dry-run", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _panels(spec: dict) -> dict[str, list]:
+    sections = spec["spec"]["section"]["panelBankConfig"]["sections"]
+    return {s["name"]: s["panels"] for s in sections}
+
+
+def _resolve(accessor: str, run: dict):
+    """A parallel-coordinates accessor (config:a.value.b | summary:k) looked up in an offline run."""
+    section, _, name = accessor.partition(":")
+    if section == "summary":
+        return run["summary"].get(name)
+    top, _, rest = name.partition(".value")
+    value = run["config"].get(top)
+    return value.get(rest.lstrip(".")) if rest else value
+
+
+def test_dry_run_spec_groups_by_variant_and_shows_what_the_runs_log(study, capsys):
+    folder, runs = study
+    spec = _spec(folder, capsys, "--entity", "E", "--project", "P")
+    assert (spec["entity"], spec["project"], spec["displayName"]) == ("E", "P", "ablate: t")
+    (runset,) = spec["spec"]["section"]["runSets"]
+    assert runset["grouping"] == [{"section": "run", "name": "group"}]  # a W&B run's group is its variant
+    (tags,) = runset["filters"]["filters"]
+    assert (tags["key"]["name"], tags["op"], tags["value"]) == ("tags", "IN", ["t"])
+    panels = _panels(spec)
+    assert list(panels) == ["Variants", "Per-class IoU", "Best epoch"]
+    kinds = {p["viewType"]: p["config"] for p in panels["Variants"]}
+    bar = kinds["Bar Chart"]
+    assert bar["metrics"] == ["summary_metrics.val/mIoU_best"]
+    assert (bar["groupAgg"], bar["groupArea"]) == ("mean", "stddev")  # mean ± std over seeds
+    columns = [c["accessor"] for c in kinds["Parallel Coordinates Plot"]["columns"]]
+    assert columns == ["config:neck.value.fusion", "config:swept.value.optim/lr", "summary:val/mIoU_best"]
+    scatters = [(p["config"]["xAxis"], p["config"]["yAxis"]) for p in panels["Variants"] if p["viewType"] == "Scatter Plot"]
+    assert ("summary:params/neck", "summary:val/mIoU_best") in scatters
+    assert len(runs) == 2
+    for run in runs:  # grouped by the variant; every axis and point of the panels exists in every run
+        assert run["group"] == f"model.neck.fusion={run['config']['model.neck.fusion']} optim.lr={run['config']['optim.lr']}"
+        values = {c: _resolve(c, run) for c in columns}
+        assert None not in values.values(), values
+        assert values["config:neck.value.fusion"] == run["config"]["model.neck.fusion"]
+        assert values["config:swept.value.optim/lr"] == run["config"]["optim.lr"]
+        for key in (x.partition(":")[2] for pair in scatters for x in pair):
+            assert key in run["summary"], key
+        assert any("val/predictions/_type" in h for h in run["history"])
+
+
+def test_per_class_panels_name_the_classes_the_runs_logged(study, capsys):
+    folder, runs = study
+    plots = _panels(_spec(folder, capsys, "--entity", "E"))["Per-class IoU"]
+    metrics = [m for p in plots for m in p["config"]["metrics"]]
+    assert metrics and all(m.startswith("val/IoU/") and m.removeprefix("val/IoU/") in CLASSES for m in metrics)
+    assert "val/IoU/background" in metrics
+    logged = {k for run in runs for h in run["history"] for k in h}
+    assert set(metrics) <= logged
+    (media,) = _panels(_spec(folder, capsys, "--entity", "E"))["Best epoch"]
+    assert media["viewType"] == "Media Browser" and media["config"]["mediaKeys"] == ["val/predictions"]
+
+
+def test_clear_errors_for_an_unknown_study_and_an_unknown_entity(study, capsys, monkeypatch):
+    folder, _ = study
+    monkeypatch.chdir(folder)
+    assert dashboard(["--study", "nope", "--storage", STORAGE, "--dry-run"]) == 2
+    assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
+    assert dashboard(["--study", "t", "--storage", STORAGE, "--dry-run"]) == 2  # wandb.entity is null
+    assert "--entity" in capsys.readouterr().err
