@@ -16,7 +16,7 @@ from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
 from ablate.data import create_datamodule
 from ablate.model import measure_latency_ms
 from ablate.module import SegmentationModule
-from ablate.visuals import RunVisuals, neck_columns
+from ablate.visuals import RunVisuals, neck_columns, receptive_fields
 
 console = Console(stderr=True)
 
@@ -111,7 +111,8 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}  # last epoch
     summary = {**last, "val/mIoU": last.get("val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
-               "classes": len(datamodule.classes), **visuals.summary(), "config": to_dict(cfg)}
+               "classes": len(datamodule.classes), **visuals.summary(), **receptive_fields(cfg),
+               "config": to_dict(cfg)}
     if trainer.is_global_zero:  # under DDP only rank 0 writes the result
         summary["latency_ms"] = measure_latency_ms(module.model, cfg.data.image_size)  # batch 1, eval mode
         output.mkdir(parents=True, exist_ok=True)

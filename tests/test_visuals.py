@@ -9,6 +9,7 @@ from conftest import finished_run_info
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from ablate.analysis import neck_summary
 from ablate.config import load_config
 from ablate.data import create_datamodule
 from ablate.train import run
@@ -66,7 +67,7 @@ def test_visuals_need_the_predictions_of_validation_step():
 
 
 def _tiny_run(tiny, output, extra=(), wandb=False):
-    overrides = [t for t in tiny if not (wandb and t.startswith("wandb"))] + ["trainer.max_epochs=3", *extra]
+    overrides = [t for t in tiny if not (wandb and t.startswith("wandb"))] + ["trainer.max_epochs=2", *extra]
     cfg = load_config(None, overrides + (["wandb.mode=offline"] if wandb else []))
     return cfg, run(cfg, output)
 
@@ -76,7 +77,7 @@ def test_run_writes_the_best_epochs_confusion_matrix_and_fixed_predictions(tiny)
     dm = create_datamodule(cfg)
     confusion = json.loads(Path("a/confusion.json").read_text())
     matrix = np.array(confusion["matrix"])
-    assert confusion["classes"] == list(dm.classes) and matrix.shape == (7, 7) and 0 <= confusion["epoch"] < 3
+    assert confusion["classes"] == list(dm.classes) and matrix.shape == (7, 7) and 0 <= confusion["epoch"] < 2
     masks = dm.val_set.masks
     assert matrix.sum() == int((masks != 255).sum())  # every labelled validation pixel, once
     iou = class_iou(matrix)
@@ -94,22 +95,24 @@ def test_run_writes_the_best_epochs_confusion_matrix_and_fixed_predictions(tiny)
     png = Image.open("a/predictions.png")
     assert png.size[0] == 3 * 128 + 8 and png.size[1] > 4 * 128  # image | true | predicted, 4 rows, legend
 
-    _, other = _tiny_run(tiny, "b", ["seed=1", "model.neck.fusion=sum"])
+    _, other = _tiny_run(tiny, "b", ["seed=1", "model.neck.fusion=sum", "trainer.max_epochs=1"])
     again = np.load("b/predictions.npz")  # another variant and seed: the same images and true masks
     np.testing.assert_array_equal(again["images"], shown["images"])
     np.testing.assert_array_equal(again["true"], shown["true"])
 
 
 def test_wandb_run_shows_curves_media_confusion_and_config_columns(tiny):
-    _tiny_run(tiny, "w", wandb=True)
+    cfg, _ = _tiny_run(tiny, "w", wandb=True)
     (run_dir,) = Path("runs/wandb").glob("offline-run-*")
     info = finished_run_info(run_dir)
     assert info["config"]["neck"] == neck_columns({"name": "aspp", "out_channels": 16, "rates": [1, 2, 3]})
     assert info["config"]["neck"]["rates"] == "1,2,3" and info["config"]["neck"]["image_pooling"] is True
     for key in ("latency_ms", "params/neck", "params/total", "gflops", "val/IoU_best/background"):
         assert key in info["summary"], key
+    rf = neck_summary(cfg)  # the receptive fields of part A's analysis, per branch
+    assert {"rf/rate3", "gridding_holes"} <= set(rf) and {k: info["summary"][k] for k in rf} == pytest.approx(rf)
     curves = [h for h in info["history"] if "val/IoU/background" in h]
-    assert len(curves) == 3 and all("val/mIoU" in h for h in curves)  # one point per epoch
+    assert len(curves) == 2 and all("val/mIoU" in h for h in curves)  # one point per epoch
     (media,) = [h for h in info["history"] if "val/predictions/_type" in h]  # nested values come flattened
     assert media["val/predictions/_type"] == "images/separated" and media["val/predictions/count"] == 4
     assert [set(m) for m in media["val/predictions/all_masks"]] == [{"predictions", "ground_truth"}] * 4
