@@ -1,0 +1,178 @@
+"""`python -m ablate.report` on a real small study, rendered in a real headless Chromium (no network)."""
+import base64
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import optuna
+import pytest
+from test_sweep import write_sweep
+
+from ablate.report import main
+
+ARTIFACTS = Path(tempfile.gettempdir()) / "ablate-test-artifacts"
+SPACE = {"model.neck.fusion": {"choices": ["concat", "sum"]}, "model.neck.norm": {"choices": ["bn", "none"]}}
+PLOTS = ("history", "importances", "parallel", "cost", "iou")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """3 variants x 2 seeds of a real sweep (two swept settings), and its report; built once for the module."""
+    root = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        from ablate.sweep import main as sweep
+
+        assert sweep([write_sweep(space=SPACE, n_trials=3, seeds=(0, 1)), "--storage", "sqlite:///runs/test.db"]) == 0
+        worst = min(optuna.load_study(study_name="t", storage="sqlite:///runs/test.db").trials, key=lambda t: t.value)
+        baseline = ",".join(f"{k}={v}" for k, v in worst.params.items())  # best and baseline differ
+        assert main(["--study", "t", "--storage", "sqlite:///runs/test.db", "--baseline", baseline]) == 0
+    return root
+
+
+def chromium(url: str, *args: str, profile: Path) -> tuple[str, list[str]]:
+    """(stdout, console messages) of headless Chromium on `url`, with every host name unresolvable."""
+    exe = shutil.which("chromium")
+    assert exe, "chromium not found: apt-get install -y chromium (Debian's package; .ci/run installs it)"
+    done = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
+                           "--virtual-time-budget=10000", *args, url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+
+
+class PlotSvgs(HTMLParser):
+    """Counts plotly's rendered `svg.main-svg` inside each `div.plotly-graph-div`, by the div's id."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.counts = [], {}
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "div":
+            plot = "plotly-graph-div" in (a.get("class") or "").split()
+            self.stack.append(a["id"] if plot else (self.stack[-1] if self.stack else None))
+            if plot:
+                self.counts.setdefault(a["id"], 0)
+        elif tag == "svg" and "main-svg" in (a.get("class") or "").split() and self.stack and self.stack[-1]:
+            self.counts[self.stack[-1]] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "div":
+            self.stack.pop()
+
+
+def rendered_plots(dom: str) -> dict[str, int]:
+    parser = PlotSvgs()
+    parser.feed(dom)
+    return parser.counts
+
+
+def test_report_renders_offline_in_chromium_with_every_plot_and_no_console_message(study, tmp_path, capsys):
+    report = study / "runs/t/report.html"
+    text = report.read_text()
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"?(https?:)?//", text)  # nothing fetched
+    assert text.count("* plotly.js v") == 1  # plotly.js inline, once
+    dom, console = chromium(report.as_uri(), "--dump-dom", profile=tmp_path / "profile")
+    assert console == []  # plotly logs nothing when it renders; any message (an uncaught error) fails here
+    counts = rendered_plots(dom)
+    assert set(counts) == {f"plot-{p}" for p in PLOTS} and all(n >= 1 for n in counts.values()), counts
+    shot = tmp_path / "report.png"
+    chromium(report.as_uri(), f"--screenshot={shot}", "--window-size=1400,3200", "--hide-scrollbars",
+             profile=tmp_path / "profile")
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1400, 3200) and len(image.convert("RGB").getcolors(1 << 24)) > 100  # not blank
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "report.png")
+    with capsys.disabled():
+        print(f"\nreport screenshot: {ARTIFACTS / 'report.png'}")
+
+
+def test_console_check_catches_a_script_error_and_a_plot_that_did_not_render(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text('<div id="p" class="plotly-graph-div"></div><script>Plotly.newPlot("p", [])</script>')
+    dom, console = chromium(page.as_uri(), "--dump-dom", profile=tmp_path / "profile")
+    assert len(console) == 1 and "Uncaught ReferenceError: Plotly is not defined" in console[0]
+    assert rendered_plots(dom) == {"p": 0}
+
+
+def figure_data(text: str, div_id: str) -> list[dict]:
+    """The traces the report hands to Plotly.newPlot for one plot div."""
+    call = re.search(rf'Plotly\.newPlot\(\s*"{div_id}",\s*', text)
+    return json.JSONDecoder().raw_decode(text, call.end())[0]
+
+
+def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
+    text = (study / "runs/t/report.html").read_text()
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials
+    (iou,), cost = figure_data(text, "plot-iou"), figure_data(text, "plot-cost")
+    for t in trials:
+        values = t.user_attrs["values"]
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        assert f"<td>{mean:.4f} ± {std:.4f}</td>" in text
+        label = " ".join(f"{k.removeprefix('model.neck.')}={v}" for k, v in t.params.items())
+        for trace, x in zip(cost, ("params/neck", "gflops")):
+            i = trace["text"].index(label)
+            assert trace["x"][i] == t.user_attrs[x] and trace["y"][i] == pytest.approx(mean)
+            assert trace["error_y"]["array"][i] == pytest.approx(std)
+        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in (0, 1)]
+        assert iou["x"] == [k.removeprefix("val/IoU_best/") for k in runs[0] if k.startswith("val/IoU_best/")]
+        row = iou["z"][iou["y"].index(label)]
+        for c, shown in zip(iou["x"], row):  # IoU at each seed's best epoch, mean over the seeds
+            assert shown == pytest.approx(statistics.fmean(r[f"val/IoU_best/{c}"] for r in runs))
+    assert len(iou["y"]) == len(trials) == 3
+
+
+def test_best_and_baseline_predictions_are_the_run_folders_images(study):
+    text = (study / "runs/t/report.html").read_text()
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials
+    for t in (max(trials, key=lambda t: t.value), min(trials, key=lambda t: t.value)):  # best, baseline
+        png = (study / f"runs/t/t{t.number}-s0/predictions.png").read_bytes()  # the lowest seed
+        assert f"src=\"data:image/png;base64,{base64.b64encode(png).decode()}\"" in text
+
+
+def test_receptive_fields_are_the_analysis_numbers(study):
+    from ablate.analysis import neck_summary
+    from ablate.config import from_dict
+
+    text = (study / "runs/t/report.html").read_text()
+    for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials:
+        numbers = neck_summary(from_dict(t.user_attrs["config"]))
+        assert numbers and "".join(f"<td>{v:g}</td>" for v in numbers.values()) in text
+
+
+def test_a_study_too_small_to_plot_gets_notes_and_still_renders(tmp_path):
+    from test_sweep import STORAGE
+
+    from ablate.sweep import main as sweep
+
+    assert sweep([write_sweep(n_trials=1, seeds=(0,)), "--storage", STORAGE]) == 0
+    shutil.rmtree("runs/t/t0-s0")  # a variant whose run folder is gone
+    assert main(["--study", "t", "--storage", STORAGE, "--out", "small.html"]) == 0
+    text = Path("small.html").read_text()
+    assert "Optuna cannot rank the settings of this study: 0 swept setting(s) varied, 2 needed" in text
+    assert "no complete trial with a varied setting to draw" in text
+    assert "no run folder of this study has per-class IoU" in text and "no run folder has predictions.png" in text
+    dom, console = chromium(Path("small.html").resolve().as_uri(), "--dump-dom", profile=tmp_path / "profile")
+    assert console == [] and set(rendered_plots(dom)) == {"plot-history", "plot-cost"}
+    assert all(n >= 1 for n in rendered_plots(dom).values())
+
+
+def test_bad_input_is_a_clear_error_before_anything_is_written(study, capsys):
+    url = f"sqlite:///{study}/runs/test.db"
+    assert main(["--study", "nope", "--storage", url, "--runs", str(study / "runs")]) == 2
+    assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
+    assert main(["--study", "t", "--storage", url, "--runs", "missing"]) == 2
+    assert "--runs 'missing' is not a folder" in capsys.readouterr().err
+    assert main(["--study", "t", "--storage", url, "--runs", str(study / "runs"), "--baseline",
+                 "model.neck.fusion=mean"]) == 2
+    assert "matches 0 rows" in capsys.readouterr().err
+    assert not Path("runs").exists()
