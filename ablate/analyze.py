@@ -139,7 +139,7 @@ def print_report(r: dict) -> None:
                   f"{r['stride']}: the neck sees a {h}x{w} map; encoder receptive field {r['encoder_rf_px']} px",
                   highlight=False)
     table = Table("branch", "rate", "RF px", *map(str, analysis.TAP_COUNTS), box=box.SIMPLE_HEAD,
-                  title=f"neck {r['neck']!r}: receptive field, valid 3x3 taps (share of positions)",
+                  title=f"neck {r['neck']!r}: receptive field, share of valid 3x3 taps",
                   caption="* pools the whole map" if any(b["global"] for b in r["branches"]) else None)
     for b in r["branches"]:
         taps = [f"{b['taps'][t]:.0%}" if b["taps"] else "" for t in analysis.TAP_COUNTS]
