@@ -146,6 +146,11 @@ def print_report(r: dict) -> None:
         table.add_row(b["branch"], str(b["rate"] or ""), f"{b['rf_px']}{'*' if b['global'] else ''}", *taps)
     if r["branches"]:
         console.print(table)
+    _print_lines(r)
+
+
+def _print_lines(r: dict) -> None:
+    """Gridding holes, notes and the ERF, one line each."""
     holes = r["gridding_holes"]
     if holes is not None:
         reach = max(b["rate"] or 0 for b in r["branches"])
