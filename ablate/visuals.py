@@ -91,14 +91,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
     return out.round().astype(np.uint8)
 
 
-def to_uint8(x: torch.Tensor, mean=None, std=None) -> np.ndarray:
-    """A normalized image (3, H, W) back to (H, W, 3) uint8: with the data's mean/std when it has them,
-    else stretched to [0, 255] (the same picture up to contrast)."""
-    x = x.detach().float().cpu()
-    if mean is not None and std is not None:
-        x = x * torch.as_tensor(std).reshape(-1, 1, 1) + torch.as_tensor(mean).reshape(-1, 1, 1)
-    else:
-        x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
+def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
+    """A normalized image (3, H, W) back to (H, W, 3) uint8, with the data's per-channel mean and std."""
+    x = x.detach().float().cpu() * torch.as_tensor(std).reshape(-1, 1, 1) + torch.as_tensor(mean).reshape(-1, 1, 1)
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
@@ -159,9 +154,8 @@ class RunVisuals(L.Callback):
         x, y = batch
         self.confusion.update(outputs, y)
         dm = trainer.datamodule
-        mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
         for i in range(min(len(x), self.samples - len(self._seen))):
-            self._seen.append((to_uint8(x[i], mean, std), y[i].byte().cpu().numpy(), outputs[i].byte().cpu().numpy()))
+            self._seen.append((to_uint8(x[i], dm.mean, dm.std), y[i].byte().cpu().numpy(), outputs[i].byte().cpu().numpy()))
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:

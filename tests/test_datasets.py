@@ -249,13 +249,17 @@ BUILDERS = {"voc": make_voc, "cityscapes": make_cityscapes, "ade20k": make_ade20
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_one_epoch_on_each_layout(tmp_path, name):
-    BUILDERS[name](tmp_path / "data")
+    masks = BUILDERS[name](tmp_path / "data")
     extra = ["data.val_mode=slide"] if name == "cityscapes" else []
     summary = run(load_config(None, [f"data.name={name}", f"data.root={tmp_path / 'data'}", *FILE_TINY, *extra]),
                   tmp_path / "out")
     assert summary["classes"] == {"voc": 21, "cityscapes": 19, "ade20k": 150, "folder": 3}[name]
     assert 0 <= summary["val/mIoU"] <= 1 and summary["epochs"] == 1
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["config"]["data"]["name"] == name
+    shown = np.load(tmp_path / "out" / "predictions.npz")  # the first val images, un-normalized, with their masks
+    if name == "folder":  # PNG images: the saved picture is the file's pixels
+        np.testing.assert_allclose(shown["images"][0].astype(int), colour_of(masks["val0"]).astype(int), atol=1)
+        np.testing.assert_array_equal(shown["true"][0], masks["val0"])
 
 
 def test_train_command_on_a_user_folder(tmp_path):

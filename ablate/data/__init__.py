@@ -1,4 +1,5 @@
-"""Datamodules by `data.name`; every one exposes `.classes` (names) before training starts."""
+"""Datamodules by `data.name`; every one exposes `.classes` (names) before training starts, and the `.mean`
+and `.std` its images are normalized with."""
 from __future__ import annotations
 
 import torch

@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 
 from ablate.config import ConfigError
 from ablate.data.layouts import LAYOUTS, Layout
-from ablate.data.recipe import train_transform, val_transform
+from ablate.data.recipe import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
 
 MASK_MODES = ("P", "L")  # palette or 8-bit single-channel PNGs of class ids
 
@@ -87,6 +87,8 @@ def open_layout(name: str, root: str | None, classes: tuple | None) -> Layout:
 
 class FilesDataModule(L.LightningDataModule):
     """A dataset on disk in one of the layouts of `layouts.py`, with the DeepLab training recipe."""
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # of the normalization, to show images as they were
 
     def __init__(self, data_cfg):
         super().__init__()

@@ -96,6 +96,7 @@ class ShapesDataModule(L.LightningDataModule):
     """The built-in synthetic data: generated once from `data.seed`, kept in memory."""
 
     classes = CLASSES
+    mean, std = (MEAN,) * 3, (STD,) * 3  # of the normalization, to show images as they were
 
     def __init__(self, data_cfg):
         super().__init__()
