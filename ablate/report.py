@@ -24,7 +24,8 @@ from ablate.render import common_prefix, render
 from ablate.table import _load, add_deltas, parse_baseline, study_rows
 
 console = Console(stderr=True, highlight=False)
-STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}p.note{color:#8a4b00}"
          "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}")
 
@@ -149,10 +150,11 @@ def note(text: str) -> str:
 
 
 def add_latency(rows: list[dict], runs: dict[str, list[dict]]) -> None:
-    """Each row's latency_ms: the mean over its runs' summary.json (measured when each run trained)."""
+    """Each row's latency_ms: the least of its runs' summary.json values (measured as each run ended; other work
+    on the machine only ever slows a measurement down, so the least is the closest to the model's own cost)."""
     for r in rows:
         values = [run["summary"]["latency_ms"] for run in runs[r["variant"]] if "latency_ms" in run["summary"]]
-        r["latency_ms"] = statistics.fmean(values) if values else None
+        r["latency_ms"] = min(values) if values else None
 
 
 def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:

@@ -117,13 +117,14 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
     for t in trials:
         values = t.user_attrs["values"]
         mean, std = statistics.fmean(values), statistics.stdev(values)
-        assert f"<td>{mean:.4f} ± {std:.4f}</td>" in text
+        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in (0, 1)]
+        latency = min(r["latency_ms"] for r in runs)  # the least of the seeds' measurements
+        assert f"<td>{mean:.4f} ± {std:.4f}</td>" in text and f"<td>{latency:.1f}</td>" in text
         label = " ".join(f"{k.removeprefix('model.neck.')}={v}" for k, v in t.params.items())
         for trace, x in zip(cost, ("params/neck", "gflops")):
             i = trace["text"].index(label)
             assert trace["x"][i] == t.user_attrs[x] and trace["y"][i] == pytest.approx(mean)
             assert trace["error_y"]["array"][i] == pytest.approx(std)
-        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in (0, 1)]
         assert iou["x"] == [k.removeprefix("val/IoU_best/") for k in runs[0] if k.startswith("val/IoU_best/")]
         row = iou["z"][iou["y"].index(label)]
         for c, shown in zip(iou["x"], row):  # IoU at each seed's best epoch, mean over the seeds
