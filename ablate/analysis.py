@@ -238,6 +238,20 @@ def effective_receptive_field(module: nn.Module, images: torch.Tensor, chunk: in
     return (total / peak if peak > 0 else total).numpy()
 
 
+def val_images(datamodule, size: int, n: int) -> torch.Tensor:
+    """The first `n` validation images (N, 3, S, S), centre-cropped to S = min(`size`, their smallest side)."""
+    images = []
+    for x, _ in datamodule.val_dataloader():
+        images += list(x[: n - len(images)])
+        if len(images) == n:
+            break
+    if not images:
+        raise ValueError("the data has no validation images")
+    side = min(size, *(min(image.shape[-2:]) for image in images))
+    crops = [image[:, (image.shape[-2] - side) // 2:, (image.shape[-1] - side) // 2:][:, :side, :side] for image in images]
+    return torch.stack(crops)
+
+
 def erf_radius(erf: np.ndarray, share: float = 0.9) -> float:
     """Smallest distance (px) from the centre pixel (H // 2, W // 2) within which `share` of the ERF's mass lies."""
     if not 0 < share <= 1:

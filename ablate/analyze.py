@@ -83,30 +83,13 @@ def load_checkpoint(path: str, cfg_path: str | None, overrides: list[str]):
     return cfg, module
 
 
-def val_images(datamodule, size: int, n: int) -> torch.Tensor:
-    """The first `n` validation images (N, 3, S, S), centre-cropped to `size` where larger."""
-    images = []
-    for x, _ in datamodule.val_dataloader():
-        for image in x:
-            h, w = image.shape[-2:]
-            if h < size or w < size:
-                raise ConfigError(f"a validation image is {h}x{w}, smaller than data.image_size={size}")
-            top, left = (h - size) // 2, (w - size) // 2
-            images.append(image[:, top:top + size, left:left + size])
-            if len(images) == n:
-                return torch.stack(images)
-    if not images:
-        raise ConfigError("the data has no validation images")
-    return torch.stack(images)
-
-
 def erf_report(cfg: RunConfig, module, n: int, out: str | None) -> dict:
     """ERF of `module` (a random-init model at cfg.seed when None) over `n` val images; PNG to `out`."""
     from ablate.data import create_datamodule
     from ablate.module import SegmentationModule
 
     datamodule = create_datamodule(cfg)
-    images, source = val_images(datamodule, cfg.data.image_size, n), "checkpoint"
+    images, source = analysis.val_images(datamodule, cfg.data.image_size, n), "checkpoint"
     if module is None:
         torch.manual_seed(cfg.seed)
         module = SegmentationModule(to_dict(cfg), list(datamodule.classes))

@@ -27,7 +27,8 @@ console = Console(stderr=True, highlight=False)
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
          "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}p.note{color:#8a4b00}"
-         "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}")
+         "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}"
+         "img.erf{width:96px;height:96px}")
 
 
 def run_folders(runs: Path, study: str, rows: list[dict]) -> dict[str, list[dict]]:
@@ -117,19 +118,35 @@ def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str,
                              height=180 + 40 * len(shown))
 
 
-def receptive_fields(rows: list[dict], labels: dict[str, str]) -> str:
-    """A table of each variant's receptive-field numbers (ablate.analysis.neck_summary)."""
+def receptive_fields(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]) -> str:
+    """Each variant's theoretical receptive fields (ablate.analysis.neck_summary), the effective receptive field's
+    radii (mean over its runs) and the lowest seed's ERF image (erf.png)."""
     from ablate.analysis import neck_summary
     from ablate.config import from_dict
 
     numbers = {r["variant"]: neck_summary(from_dict(r["config"])) for r in rows if "config" in r}
+    for variant, n in numbers.items():
+        for key in ("erf/r50_px", "erf/r90_px"):
+            values = [run["summary"][key] for run in runs[variant] if key in run["summary"]]
+            if values:
+                n[key] = statistics.fmean(values)
     keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
     if not keys:
         return note("no variant has a config to compute receptive fields from")
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys, "ERF (final model)"])
     body = "".join("<tr><td>" + html.escape(labels[v]) + "</td>" + "".join(
-        f"<td>{n[k]:g}</td>" if k in n else "<td></td>" for k in keys) + "</tr>" for v, n in numbers.items())
+        f"<td>{n[k]:g}</td>" if k in n else "<td></td>" for k in keys) + f"<td>{erf_image(runs[v])}</td></tr>"
+        for v, n in numbers.items())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def erf_image(runs: list[dict]) -> str:
+    """The lowest seed's erf.png, inline, or nothing."""
+    for run in runs:
+        png = run["folder"] / "erf.png"
+        if png.is_file():
+            return f'<img class="erf" alt="ERF" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
+    return ""
 
 
 def predictions(row: dict, runs: list[dict], role: str, label: str) -> str:
@@ -178,7 +195,7 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path) ->
     parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", "<h2>Comparison table</h2>", render(rows, "html")]
     parts += plot_sections(optuna_figures(study) + [("cost", "Accuracy vs cost", cost_figure(rows, labels)),
                                                     ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels))])
-    parts += ["<h2>Receptive fields</h2>", receptive_fields(rows, labels), "<h2>Example predictions</h2>"]
+    parts += ["<h2>Receptive fields</h2>", receptive_fields(rows, runs, labels), "<h2>Example predictions</h2>"]
     best = next(r for r in rows if r["mean"] is not None)
     shown = [(best, "best")] + ([(base, "baseline")] if base is not best else [])
     parts += [predictions(r, runs[r["variant"]], role, labels[r["variant"]]) for r, role in shown]

@@ -1,4 +1,5 @@
-"""What a run shows (DeepLabv3, Chen et al. 2017): the best epoch's confusion matrix, masks on fixed images, config columns."""
+"""What a run shows (DeepLabv3, Chen et al. 2017): the best epoch's confusion matrix, masks on fixed images, the
+final model's effective receptive field (Luo et al. 2016), config columns."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from ablate.analysis import effective_receptive_field, erf_radius, val_images
+
 IGNORE_INDEX = 255
 SAMPLES = 4  # validation images shown per run: the first ones, the same for every run of the same data
+ERF_IMAGES = 4  # validation images the effective receptive field is averaged over
 
 
 def scalar(value):
@@ -137,7 +141,7 @@ class RunVisuals(L.Callback):
         self.output, self.classes, self.samples = Path(output), list(classes), samples
         # validate_args=False: the module's own metrics already check the same predictions and masks
         self.confusion = MulticlassConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX, validate_args=False)
-        self.best_miou, self.best_epoch, self.matrix, self.shown = None, None, None, None
+        self.best_miou, self.best_epoch, self.matrix, self.shown, self.erf = None, None, None, None, None
         self._seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
@@ -169,11 +173,16 @@ class RunVisuals(L.Callback):
         """`val/IoU_best/<class>` at the best epoch, for the classes present in prediction or target."""
         if self.matrix is None:
             return {}
-        return {f"val/IoU_best/{c}": float(v) for c, v in zip(self.classes, class_iou(self.matrix)) if not np.isnan(v)}
+        out = {f"val/IoU_best/{c}": float(v) for c, v in zip(self.classes, class_iou(self.matrix)) if not np.isnan(v)}
+        if self.erf is not None:
+            out.update({"erf/r50_px": erf_radius(self.erf, 0.5), "erf/r90_px": erf_radius(self.erf, 0.9)})
+        return out
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.is_global_zero or self.matrix is None:
             return
+        images = val_images(trainer.datamodule, module.cfg.data.image_size, ERF_IMAGES).to(module.device)
+        self.erf = effective_receptive_field(module, images)  # of the final model, on the first val images
         self.write(self.output)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
@@ -187,6 +196,8 @@ class RunVisuals(L.Callback):
         images, true, pred = self.shown
         np.savez_compressed(output / "predictions.npz", images=images, true=true, pred=pred, classes=np.array(self.classes))
         render_predictions(images, true, pred, self.classes).save(output / "predictions.png")
+        if self.erf is not None:
+            Image.fromarray(np.round(self.erf * 255).astype(np.uint8), mode="L").save(output / "erf.png")
 
     def wandb_media(self) -> dict:
         """`val/predictions` (images with true and predicted masks) and `val/confusion_matrix` (a W&B chart)."""
@@ -203,4 +214,8 @@ class RunVisuals(L.Callback):
         chart = wandb.plot_table("wandb/confusion_matrix/v1", table,
                                  {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
                                  {"title": f"confusion matrix (pixels), best epoch {self.best_epoch}"})
-        return {"val/predictions": shown, "val/confusion_matrix": chart}
+        media = {"val/predictions": shown, "val/confusion_matrix": chart}
+        if self.erf is not None:
+            media["val/erf"] = wandb.Image(np.round(self.erf * 255).astype(np.uint8),
+                                           caption="effective receptive field of the final model (centre pixel)")
+        return media

@@ -147,7 +147,11 @@ def test_receptive_fields_are_the_analysis_numbers(study):
     text = (study / "runs/t/report.html").read_text()
     for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials:
         numbers = neck_summary(from_dict(t.user_attrs["config"]))
-        assert numbers and "".join(f"<td>{v:g}</td>" for v in numbers.values()) in text
+        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in (0, 1)]
+        numbers.update({k: statistics.fmean(r[k] for r in runs) for k in ("erf/r50_px", "erf/r90_px")})
+        erf = base64.b64encode((study / f"runs/t/t{t.number}-s0/erf.png").read_bytes()).decode()
+        assert "".join(f"<td>{v:g}</td>" for v in numbers.values()) + f'<td><img class="erf" alt="ERF" ' \
+            f'src="data:image/png;base64,{erf}"></td>' in text
 
 
 def test_a_study_too_small_to_plot_gets_notes_and_still_renders(tmp_path):

@@ -9,7 +9,7 @@ from conftest import finished_run_info
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from ablate.analysis import neck_summary
+from ablate.analysis import erf_radius, neck_summary
 from ablate.config import load_config
 from ablate.data import create_datamodule
 from ablate.train import run
@@ -94,6 +94,9 @@ def test_run_writes_the_best_epochs_confusion_matrix_and_fixed_predictions(tiny)
     assert shown["pred"].shape == (4, 32, 32) and shown["pred"].max() < 7 and list(shown["classes"]) == list(dm.classes)
     png = Image.open("a/predictions.png")
     assert png.size[0] == 3 * 128 + 8 and png.size[1] > 4 * 128  # image | true | predicted, 4 rows, legend
+    erf = np.asarray(Image.open("a/erf.png"))  # the final model's ERF on the first val images, peak 255
+    assert erf.shape == (32, 32) and erf.max() == 255 and summary["erf/r50_px"] <= summary["erf/r90_px"]
+    assert erf[16, 16] > 0 and summary["erf/r90_px"] == pytest.approx(erf_radius(erf / 255.0, 0.9), abs=1.5)
 
     _, other = _tiny_run(tiny, "b", ["seed=1", "model.neck.fusion=sum", "trainer.max_epochs=1"])
     again = np.load("b/predictions.npz")  # another variant and seed: the same images and true masks
@@ -107,7 +110,8 @@ def test_wandb_run_shows_curves_media_confusion_and_config_columns(tiny):
     info = finished_run_info(run_dir)
     assert info["config"]["neck"] == neck_columns({"name": "aspp", "out_channels": 16, "rates": [1, 2, 3]})
     assert info["config"]["neck"]["rates"] == "1,2,3" and info["config"]["neck"]["image_pooling"] is True
-    for key in ("latency_ms", "params/neck", "params/total", "gflops", "val/IoU_best/background"):
+    assert "val/erf/_type" in {k for h in info["history"] for k in h}
+    for key in ("latency_ms", "params/neck", "params/total", "gflops", "val/IoU_best/background", "erf/r90_px"):
         assert key in info["summary"], key
     rf = neck_summary(cfg)  # the receptive fields of part A's analysis, per branch
     assert {"rf/rate3", "gridding_holes"} <= set(rf) and {k: info["summary"][k] for k in rf} == pytest.approx(rf)
