@@ -231,7 +231,7 @@ def effective_receptive_field(module: nn.Module, images: torch.Tensor, chunk: in
             out = module(x)  # (B, C, h, w)
             centre = out[..., out.shape[-2] // 2, out.shape[-1] // 2].sum()
             (grad,) = torch.autograd.grad(centre, x)
-            total += grad.abs().sum(1).sum(0).double()
+            total += grad.abs().sum(1).sum(0).double().cpu()  # the model may be on a GPU
     finally:
         module.train(was_training)
     peak = total.max()
