@@ -254,7 +254,7 @@ def test_erf_of_identity_is_smaller_than_of_aspp_on_the_same_encoder():
 
     images = make_split(4, 128, seed=0)[0].float() / 255  # (4, 3, 128, 128): real shapes images
     identity, aspp = {"name": "identity", "out_channels": 16}, {"name": "aspp", "out_channels": 16,
-                                                                "rates": [2, 4, 6], "image_pooling": False}
+                                                                "rates": [2, 4, 6]}  # the full ASPP, pooling too
     r90 = {"identity": analysis.erf_radius(erf_of(identity, 0, images)),
            "aspp": analysis.erf_radius(erf_of(aspp, 0, images))}
     control = analysis.erf_radius(erf_of(identity, 1, images))  # the same architecture, another init
