@@ -21,14 +21,14 @@ from rich.console import Console
 
 from ablate.config import ConfigError
 from ablate.render import common_prefix, render
-from ablate.table import _load, add_deltas, parse_baseline, study_rows
+from ablate.table import _load, add_deltas, main_effects, parse_baseline, study_rows
 
 console = Console(stderr=True, highlight=False)
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
          "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}p.note{color:#8a4b00}"
          "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}"
-         "img.erf{width:96px;height:96px}")
+         "img.erf{width:128px;height:128px}figure.erf{width:140px;font-size:11px;margin:0 8px 8px 0}")
 
 
 def run_folders(runs: Path, study: str, rows: list[dict]) -> dict[str, list[dict]]:
@@ -69,10 +69,12 @@ def optuna_figures(study: optuna.Study) -> list[tuple[str, str, object]]:
     out = [("history", "Optimization history", plot_optimization_history(study))]
     with warnings.catch_warnings(record=True) as caught:  # Optuna warns when it cannot tell settings apart
         warnings.simplefilter("always")
-        if len(varied) > 1:
-            optuna.importance.get_param_importances(study)
-    if len(varied) < 2 or caught:
-        why = "; ".join(str(w.message) for w in caught) or f"{len(varied)} swept setting(s) varied, 2 needed"
+        shares = list(optuna.importance.get_param_importances(study).values()) if len(varied) > 1 else []
+    flat = len(shares) > 1 and max(shares) - min(shares) < 1e-9  # Optuna's evaluator found nothing to split on
+    if len(varied) < 2 or caught or flat:
+        why = "; ".join(str(w.message) for w in caught) or (
+            f"its evaluator gives every setting the same share (1/{len(shares)}) on {len(done)} trials; "
+            "see the main effects above" if flat else f"{len(varied)} swept setting(s) varied, 2 needed")
         out.append(("importances", "Parameter importances", f"Optuna cannot rank the settings of this study: {why}"))
     else:
         out.append(("importances", "Parameter importances", plot_param_importances(study)))
@@ -133,19 +135,24 @@ def receptive_fields(rows: list[dict], runs: dict[str, list[dict]], labels: dict
     keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
     if not keys:
         return note("no variant has a config to compute receptive fields from")
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys, "ERF (final model)"])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys])
     body = "".join("<tr><td>" + html.escape(labels[v]) + "</td>" + "".join(
-        f"<td>{n[k]:g}</td>" if k in n else "<td></td>" for k in keys) + f"<td>{erf_image(runs[v])}</td></tr>"
-        for v, n in numbers.items())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<td>{n[k]:.4g}</td>" if k in n else "<td></td>" for k in keys) + "</tr>" for v, n in numbers.items())
+    images = [erf_image(runs[v], labels[v]) for v in numbers]
+    gallery = "".join(images) if any(images) else note("no run folder has erf.png")
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<p>Effective receptive field of each variant's final model (lowest seed; the centre pixel's gradient "
+            f"on the first validation images):</p>{gallery}")
 
 
-def erf_image(runs: list[dict]) -> str:
-    """The lowest seed's erf.png, inline, or nothing."""
+def erf_image(runs: list[dict], label: str) -> str:
+    """The lowest seed's erf.png as a captioned inline figure, or nothing."""
     for run in runs:
         png = run["folder"] / "erf.png"
         if png.is_file():
-            return f'<img class="erf" alt="ERF" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
+            data = base64.b64encode(png.read_bytes()).decode()
+            return (f'<figure class="erf"><img class="erf" alt="ERF" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(label)}</figcaption></figure>")
     return ""
 
 
@@ -159,6 +166,19 @@ def predictions(row: dict, runs: list[dict], role: str, label: str) -> str:
             return (f'<figure><figcaption>{html.escape(caption)}</figcaption>'
                     f'<img alt="{html.escape(role)} predictions" src="data:image/png;base64,{data}"></figure>')
     return note(f"{role} ({label}): no run folder has predictions.png")
+
+
+def effects_table(rows: list[dict]) -> str:
+    """Each swept setting's mean val/mIoU over every run with that value (ablate.table.main_effects), or a note."""
+    effects = main_effects(rows)
+    if len({e["setting"] for e in effects}) < 2:
+        return note("one swept setting: the comparison table is its effect")
+    cell = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    body = "".join(f"<tr><td>{html.escape(e['setting'])}</td><td>{html.escape(str(e['value']))}</td><td>{e['n']}</td>"
+                   f"<td>{cell(e['mean'], '.4f')} ± {cell(e['std'], '.4f')}</td><td>{cell(e['p_value'], '.3g')}</td></tr>"
+                   for e in effects)
+    return ("<table><thead><tr><th>setting</th><th>value</th><th>n runs</th><th>val/mIoU mean ± std</th>"
+            f"<th>p (Welch)</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def note(text: str) -> str:
@@ -192,7 +212,8 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path) ->
     """The whole report as one HTML document; plotly.js is embedded once, inline."""
     runs, labels = run_folders(runs_root, study.study_name, rows), short_labels(rows)
     add_latency(rows, runs)
-    parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", "<h2>Comparison table</h2>", render(rows, "html")]
+    parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", "<h2>Comparison table</h2>", render(rows, "html"),
+             "<h2>Main effects</h2>", effects_table(rows)]
     parts += plot_sections(optuna_figures(study) + [("cost", "Accuracy vs cost", cost_figure(rows, labels)),
                                                     ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels))])
     parts += ["<h2>Receptive fields</h2>", receptive_fields(rows, runs, labels), "<h2>Example predictions</h2>"]

@@ -318,6 +318,7 @@ def report(study: optuna.Study, root: Path, storage_url: str, baseline: dict | N
     console.print(f"table: {root / 'table.md'}\nlook further:\n"
                   f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
                   f"  python -m ablate.table --study {study.study_name} --format md|latex|csv|json|html\n"
+                  f"  python -m ablate.report --study {study.study_name}   # one HTML file with the plots\n"
                   f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"
                   f"  python -m ablate.dashboard --study {study.study_name} --entity E --project P   # W&B workspace")
 

@@ -132,6 +132,36 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
     assert len(iou["y"]) == len(trials) == 3
 
 
+def test_main_effects_are_the_seeds_of_every_variant_with_that_value(study):
+    text = (study / "runs/t/report.html").read_text()
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials
+    for key, choices in SPACE.items():
+        for value in choices["choices"]:
+            seeds = [v for t in trials if t.params.get(key) == value for v in t.user_attrs["values"]]
+            if seeds:  # 3 of the 4 grid points ran
+                cells = f"<td>{key}</td><td>{value}</td><td>{len(seeds)}</td><td>{statistics.fmean(seeds):.4f} ± "
+                assert cells in text
+
+
+def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from ablate.report import optuna_figures
+
+    study = optuna.create_study(direction="maximize")  # the default sweep's 2x2x2 grid, one seed, as measured
+    values = [0.6881, 0.6627, 0.5143, 0.3768, 0.3891, 0.3500, 0.3896, 0.3702]  # README, the fresh-clone run
+    grid = [(p, n, r) for p in ("true", "false") for n in ("bn", "none") for r in ("2,4,6", "1,2,3")]
+    dists = {k: CategoricalDistribution(c) for k, c in (("pool", ("true", "false")), ("norm", ("bn", "none")),
+                                                        ("rates", ("2,4,6", "1,2,3")))}
+    for (p, n, r), v in zip(grid, values):
+        study.add_trial(create_trial(params={"pool": p, "norm": n, "rates": r}, distributions=dists, value=v))
+    shares = optuna.importance.get_param_importances(study)
+    assert len(set(shares.values())) == 1  # Optuna's own numbers: 1/3 each
+    figures = {name: fig for name, _, fig in optuna_figures(study)}
+    assert isinstance(figures["importances"], str) and "same share (1/3) on 8 trials" in figures["importances"]
+
+
 def test_best_and_baseline_predictions_are_the_run_folders_images(study):
     text = (study / "runs/t/report.html").read_text()
     trials = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials
@@ -150,8 +180,8 @@ def test_receptive_fields_are_the_analysis_numbers(study):
         runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in (0, 1)]
         numbers.update({k: statistics.fmean(r[k] for r in runs) for k in ("erf/r50_px", "erf/r90_px")})
         erf = base64.b64encode((study / f"runs/t/t{t.number}-s0/erf.png").read_bytes()).decode()
-        assert "".join(f"<td>{v:g}</td>" for v in numbers.values()) + f'<td><img class="erf" alt="ERF" ' \
-            f'src="data:image/png;base64,{erf}"></td>' in text
+        assert "".join(f"<td>{v:.4g}</td>" for v in numbers.values()) in text
+        assert f'<img class="erf" alt="ERF" src="data:image/png;base64,{erf}">' in text
 
 
 def test_a_study_too_small_to_plot_gets_notes_and_still_renders(tmp_path):
