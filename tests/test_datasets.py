@@ -181,6 +181,14 @@ def test_folder_reads_palette_and_single_channel_masks(tmp_path, palette):
         np.testing.assert_array_equal(mask, masks[stem])
 
 
+def test_folder_splits_may_reuse_file_names(tmp_path):
+    masks = make_folder(tmp_path)
+    for split in ("images", "masks"):  # val0 also names a (different) training image: allowed, not a leak
+        (tmp_path / split / "train" / "train3.png").rename(tmp_path / split / "train" / "val0.png")
+    dm = datamodule(tmp_path, "folder")
+    assert len(dm.train_set) == 4 and val_masks(dm)["val0"].tolist() == masks["val0"].tolist()
+
+
 def test_folder_classes_from_config(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "classes.txt").unlink()
@@ -315,16 +323,12 @@ def break_tree(root: Path, case: str) -> str:
     if case == "no classes.txt":
         (root / "classes.txt").unlink()
         return "classes.txt does not exist"
-    if case == "train and val overlap":
-        for split in ("images", "masks"):
-            (root / split / "train" / "train3.png").rename(root / split / "train" / "val0.png")
-        return "share 1 image(s) (e.g. val0)"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["image without mask", "mask without image", "values outside the classes",
                                   "size mismatch", "rgb mask", "empty split", "missing split folder",
-                                  "no classes.txt", "train and val overlap"])
+                                  "no classes.txt"])
 def test_bad_folder_trees_name_the_file(tmp_path, case):
     expected = break_tree(tmp_path / "data", case)
     with pytest.raises(ConfigError) as e:
@@ -346,12 +350,25 @@ def test_missing_root_and_split_file(tmp_path):
     (tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2008_000002.png").write_bytes(b"not a png")
     with pytest.raises(ConfigError, match=r"cannot read .*2008_000002.png"):
         datamodule(tmp_path, "voc")
+    save_mask(tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2008_000002.png", raw_mask([0, 3], 0), palette=True)
+    with (tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt").open("a") as f:
+        f.write("2008_000001\n")  # a val image listed for training too
+    with pytest.raises(ConfigError, match=r"share 1 image\(s\) \(e.g. .*2008_000001.jpg\)"):
+        datamodule(tmp_path, "voc")
     with pytest.raises(ConfigError, match="data.name='coco' is not valid; choose one of 'shapes', 'voc'"):
         load_config(None, ["data.name=coco"])
     with pytest.raises(ConfigError, match="data.classes is for data.name='folder'"):
         load_config(None, ["data.name=voc", "data.classes=[a, b]"])
     with pytest.raises(ConfigError, match="data.scale_range must be"):
         load_config(None, ["data.scale_range=[2, 0.5]"])
+
+
+def test_a_mask_changed_after_a_good_scan_is_checked_again(tmp_path):
+    make_folder(tmp_path)
+    datamodule(tmp_path, "folder")
+    save_mask(tmp_path / "masks" / "val" / "val1.png", raw_mask([0, 9], 0), palette=True)
+    with pytest.raises(ConfigError, match="val1.png: mask values \\[9\\]"):
+        datamodule(tmp_path, "folder")
 
 
 def test_bad_data_stops_a_sweep_before_its_first_trial(tmp_path, capsys):

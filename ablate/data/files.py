@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +16,7 @@ from ablate.data.layouts import LAYOUTS, Layout
 from ablate.data.recipe import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
 
 MASK_MODES = ("P", "L")  # palette or 8-bit single-channel PNGs of class ids
+CHECKED: set[tuple] = set()  # pairs found valid in this process: a sweep reads each mask once, not once a run
 
 
 class FileSegmentation(Dataset):
@@ -60,18 +60,21 @@ def _check_open_pair(image_path: Path, mask_path: Path, layout: Layout) -> str |
     return None
 
 
-@lru_cache(maxsize=16)  # a sweep checks the same split once per process, not once per run
 def scan(name: str, root: str, split: str, classes: tuple | None) -> tuple[Layout, tuple]:
-    """The checked pairs of one split: every image has a mask of the same size with valid values."""
+    """The checked pairs of one split: every image has a mask of the same size with valid values. A pair
+    already found valid in this process, unchanged since (path, size, mtime), is not read again."""
     layout = open_layout(name, root, classes)
     pairs = tuple(layout.find(split))
     if not pairs:
         raise ConfigError(f"data.name={name!r} split {split!r} under {root} has no images; check data.root and the split")
+    keys = [tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in pair) + (layout.valid,) for pair in pairs]
+    todo = [(pair, key) for pair, key in zip(pairs, keys) if key not in CHECKED]
     with ThreadPoolExecutor(max_workers=8) as pool:  # decoding releases the GIL
-        problems = [p for p in pool.map(lambda pair: check_pair(*pair, layout), pairs) if p]
+        problems = [p for p in pool.map(lambda item: check_pair(*item[0], layout), todo) if p]
     if problems:
         more = f" (and {len(problems) - 1} more file(s) with problems)" if len(problems) > 1 else ""
         raise ConfigError(f"{problems[0]}{more}")
+    CHECKED.update(key for _, key in todo)
     return layout, pairs
 
 
@@ -108,7 +111,7 @@ class FilesDataModule(L.LightningDataModule):
         train_split, val_split = self.splits(open_layout(c.name, c.root, classes))
         layout, train = scan(c.name, str(c.root), train_split, classes)
         _, val = scan(c.name, str(c.root), val_split, classes)
-        shared = sorted({i.stem for i, _ in train} & {i.stem for i, _ in val})
+        shared = sorted({i.resolve() for i, _ in train} & {i.resolve() for i, _ in val})  # the same files
         if shared:
             raise ConfigError(f"splits {train_split!r} and {val_split!r} share {len(shared)} image(s) (e.g. "
                               f"{shared[0]}): validation would measure training images")
