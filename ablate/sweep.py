@@ -315,12 +315,14 @@ def report(study: optuna.Study, root: Path, storage_url: str, baseline: dict | N
     out.print(to_rich(rows, f"study {study.study_name}: mean ± std over seeds, best first"))
     if len(rows) > 2 and len(varied_keys(rows)) > 1:  # one swept key: the table already is its effect
         out.print(effects_to_rich(main_effects(rows)))
+    where = f"--study {study.study_name}" + (f" --storage {redact(storage_url)}" if storage_url != DEFAULT_STORAGE else "")
     console.print(f"table: {root / 'table.md'}\nlook further:\n"
                   f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
-                  f"  python -m ablate.table --study {study.study_name} --format md|latex|csv|json|html\n"
-                  f"  python -m ablate.report --study {study.study_name}   # one HTML file with the plots\n"
+                  f"  python -m ablate.table {where} --format md|latex|csv|json|html\n"
+                  f"  python -m ablate.report {where}   # one HTML file with the plots\n"
                   f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"
-                  f"  python -m ablate.dashboard --study {study.study_name} --entity E --project P   # W&B workspace")
+                  f"  python -m ablate.dashboard {where} --entity E --project P   # W&B workspace",
+                  soft_wrap=True)  # commands stay on one line, to copy
 
 
 def redact(url: str) -> str:

@@ -59,7 +59,9 @@ def test_resume_runs_only_the_missing_trials(capsys):
     assert main([path, "--storage", STORAGE]) == 0
     first = trials()[0]
     assert main([path, "--storage", STORAGE]) == 0  # finished: only prints the table
-    assert len(trials()) == 1 and "fusion=" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert len(trials()) == 1 and "fusion=" in out
+    assert f"  python -m ablate.report --study t --storage {STORAGE}   # one HTML" in err  # one line, to copy
     assert main([path, "--storage", STORAGE, "--n-trials", "2"]) == 0
     after = trials()
     assert len(after) == 2 and after[0].datetime_complete == first.datetime_complete
