@@ -111,19 +111,21 @@ def stack(arrays: list[np.ndarray], fill: int) -> np.ndarray:
 
 
 def render_predictions(images: np.ndarray, true: np.ndarray, pred: np.ndarray, classes: list[str]) -> Image.Image:
-    """One row per image: image | true mask overlaid | predicted mask overlaid; a colour legend below."""
-    colours, gap = palette(len(classes)), 4
-    scale = max(1, 128 // max(images.shape[1:3]))  # tiny test images are drawn large enough to see
-    k, h, w = images.shape[0], images.shape[1] * scale, images.shape[2] * scale
-    legend = 14 * len(classes) + gap
-    canvas = Image.new("RGB", (3 * w + 2 * gap, k * (h + gap) + legend), "white")
+    """One row per image: image | true mask overlaid | predicted mask overlaid; below, a colour legend of the
+    classes that appear. Tiny images are drawn larger, large ones (Cityscapes) at most 512 px a side."""
+    colours, gap, side = palette(len(classes)), 4, max(images.shape[1:3])
+    scale = max(1, 128 // side) if side <= 512 else 512 / side
+    k, h, w = images.shape[0], round(images.shape[1] * scale), round(images.shape[2] * scale)
+    shown = [c for c in range(len(classes)) if (true == c).any() or (pred == c).any()]
+    canvas = Image.new("RGB", (3 * w + 2 * gap, k * (h + gap) + 14 * len(shown) + gap), "white")
     for i in range(k):
         tiles = (images[i], overlay(images[i], true[i], colours), overlay(images[i], pred[i], colours))
         for j, tile in enumerate(tiles):
-            canvas.paste(Image.fromarray(tile).resize((w, h), Image.NEAREST), (j * (w + gap), i * (h + gap)))
+            resized = Image.fromarray(tile).resize((w, h), Image.NEAREST if scale >= 1 else Image.BOX)
+            canvas.paste(resized, (j * (w + gap), i * (h + gap)))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    for c, name in enumerate(classes):
-        y = k * (h + gap) + 14 * c
+    for row, c in enumerate(shown):
+        name, y = classes[c], k * (h + gap) + 14 * row
         draw.rectangle((2, y + 2, 12, y + 12), fill=tuple(int(v) for v in colours[c]))
         draw.text((16, y), name, fill="black", font=font)
     return canvas

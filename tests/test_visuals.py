@@ -20,9 +20,18 @@ from ablate.visuals import (
     neck_columns,
     overlay,
     palette,
+    render_predictions,
     swept_columns,
     swept_keys,
 )
+
+
+def test_large_images_are_drawn_at_most_512_px_with_a_legend_of_the_classes_shown():
+    images = np.zeros((2, 1024, 2048, 3), np.uint8)  # Cityscapes-sized
+    true, pred = np.full((2, 1024, 2048), 255, np.uint8), np.zeros((2, 1024, 2048), np.uint8)
+    true[:, :10, :10], pred[:, 500:] = 3, 7
+    png = render_predictions(images, true, pred, [f"c{i}" for i in range(150)])  # ADE20K's 150 names
+    assert png.size == (3 * 512 + 8, 2 * (256 + 4) + 14 * 3 + 4)  # legend rows: c0, c3, c7 only
 
 
 def test_class_iou_matches_torchmetrics_and_leaves_absent_classes_out():
