@@ -64,7 +64,9 @@ def build_workspace(facts: dict, entity: str, project: str, name: str | None = N
     import wandb_workspaces.workspaces as ws
 
     best = [wr.MediaBrowser(title="validation images at the best epoch (true and predicted masks)",
-                            media_keys=["val/predictions"], gallery_axis="run")]
+                            media_keys=["val/predictions"], gallery_axis="run"),
+            wr.MediaBrowser(title="effective receptive field of the final model", media_keys=["val/erf"],
+                            gallery_axis="run")]
     sections = [ws.Section(name="Variants", panels=variant_panels(facts), is_open=True),
                 ws.Section(name="Per-class IoU", panels=class_panels(facts), is_open=True),
                 ws.Section(name="Best epoch", panels=best, is_open=True)]

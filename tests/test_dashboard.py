@@ -86,8 +86,11 @@ def test_per_class_panels_name_the_classes_the_runs_logged(study, capsys):
     assert "val/IoU/background" in metrics
     logged = {k for run in runs for h in run["history"] for k in h}
     assert set(metrics) <= logged
-    (media,) = _panels(_spec(folder, capsys, "--entity", "E"))["Best epoch"]
-    assert media["viewType"] == "Media Browser" and media["config"]["mediaKeys"] == ["val/predictions"]
+    media = _panels(_spec(folder, capsys, "--entity", "E"))["Best epoch"]
+    assert [(m["viewType"], m["config"]["mediaKeys"]) for m in media] == [
+        ("Media Browser", ["val/predictions"]), ("Media Browser", ["val/erf"])]
+    assert all(any(f"{key}/_type" in h for h in run["history"]) for key in ("val/predictions", "val/erf")
+               for run in runs)  # what the panels show, every run logged
 
 
 def test_clear_errors_for_an_unknown_study_and_an_unknown_entity(study, capsys, monkeypatch):
