@@ -146,6 +146,9 @@ def pooled_span(side: int, bins: int) -> int:
     return max(int(row.nonzero().max() - row.nonzero().min()) + 1 for row in jacobian != 0)
 
 
+ANALYZED_NECKS = ("aspp", "identity", "ppm")  # the necks whose branches `_branches` knows
+
+
 def _branches(name: str, options: dict, side: int) -> list[tuple[str, int | None, int, bool]]:
     """(branch, rate, feature positions it spans through the neck, sees the whole map) for each branch."""
     if name == "identity":
@@ -156,7 +159,7 @@ def _branches(name: str, options: dict, side: int) -> list[tuple[str, int | None
     if name == "ppm":  # the 3x3 bottleneck after the concat adds 2 positions to every branch
         bins = [(f"bin{b}", None, pooled_span(side, b) + 2, b == 1) for b in options["bins"]]
         return [("features", None, 3, False)] + bins
-    raise ValueError(f"receptive-field analysis knows the necks aspp, identity and ppm; not {name!r}")
+    raise ValueError(f"receptive-field analysis knows the necks {', '.join(ANALYZED_NECKS)}; not {name!r}")
 
 
 def config_encoder_rf(cfg) -> tuple[int, int, tuple[int, int]]:
@@ -203,7 +206,10 @@ def gridding_holes(rates: Iterable[int], kernel: int = 3) -> list[int]:
 
 def neck_summary(cfg) -> dict[str, float]:
     """Flat numbers for W&B summaries and reports: `rf/encoder` and `rf/<branch>` (px), `taps9/<branch>` (share
-    of positions where an atrous branch sees all 9 taps), `gridding_holes` (how many offsets no branch samples)."""
+    of positions where an atrous branch sees all 9 taps), `gridding_holes` (how many offsets no branch samples);
+    empty for a neck the analysis does not know (a third-party neck), so runs and reports of it go on."""
+    if cfg.model.neck["name"] not in ANALYZED_NECKS:
+        return {}
     enc_rf, _, size = config_encoder_rf(cfg)
     branches = neck_receptive_fields(cfg)
     out = {"rf/encoder": float(enc_rf), "feature_px": float(max(size))}

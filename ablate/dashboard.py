@@ -83,7 +83,7 @@ def workspace_spec(workspace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Command line: read the study, build the workspace, print its spec (--dry-run) or save it and print the URL."""
     from ablate.sweep import DEFAULT_STORAGE, make_storage, redact
-    from ablate.table import _load
+    from ablate.table import load_study
 
     p = argparse.ArgumentParser(prog="python -m ablate.dashboard", description=__doc__)
     p.add_argument("--study", required=True, help="the study's name (as in python -m ablate.sweep --study)")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     storage_url = args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE
     try:
-        facts = study_facts(_load(args.study, make_storage(storage_url)))
+        facts = study_facts(load_study(args.study, make_storage(storage_url)))
         entity, project = args.entity or facts["entity"], args.project or facts["project"]
         if not entity or not project:
             raise ConfigError(f"the W&B {'entity' if not entity else 'project'} is not known: give --entity E "

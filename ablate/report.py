@@ -21,7 +21,7 @@ from rich.console import Console
 
 from ablate.config import ConfigError
 from ablate.render import common_prefix, render
-from ablate.table import _load, add_deltas, main_effects, parse_baseline, study_rows
+from ablate.table import add_deltas, load_study, main_effects, parse_baseline, study_rows
 
 console = Console(stderr=True, highlight=False)
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not Path(args.runs).is_dir():
             raise ConfigError(f"--runs {args.runs!r} is not a folder; it should hold {args.study}/t<trial>-s<seed>/")
-        study = _load(args.study, make_storage(args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE))
+        study = load_study(args.study, make_storage(args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE))
         rows = study_rows(study.get_trials(deepcopy=False))
         if not any(r["mean"] is not None for r in rows):
             raise ConfigError(f"study {args.study!r} has no complete trial yet")

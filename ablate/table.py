@@ -213,10 +213,11 @@ def _storage_rows(args) -> list[dict]:
 
     storage = make_storage(args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE)
     names = args.study or [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    return study_rows([t for name in names for t in _load(name, storage).get_trials(deepcopy=False)], args.metric)
+    return study_rows([t for name in names for t in load_study(name, storage).get_trials(deepcopy=False)], args.metric)
 
 
-def _load(name: str, storage) -> optuna.Study:
+def load_study(name: str, storage) -> optuna.Study:
+    """The stored study `name`; an unknown name is a ConfigError listing the studies there."""
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

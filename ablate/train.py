@@ -11,12 +11,12 @@ from pathlib import Path
 import lightning as L
 from rich.console import Console
 
-from ablate.analysis import config_rate_message
+from ablate.analysis import config_rate_message, neck_summary
 from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
 from ablate.data import create_datamodule
 from ablate.model import measure_latency_ms
 from ablate.module import SegmentationModule
-from ablate.visuals import RunVisuals, neck_columns, receptive_fields
+from ablate.visuals import RunVisuals, neck_columns
 
 console = Console(stderr=True)
 
@@ -111,7 +111,7 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}  # last epoch
     summary = {**last, "val/mIoU": last.get("val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
                "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
-               "classes": len(datamodule.classes), **visuals.summary(), **receptive_fields(cfg),
+               "classes": len(datamodule.classes), **visuals.summary(), **neck_summary(cfg),
                "config": to_dict(cfg)}
     if trainer.is_global_zero:  # under DDP only rank 0 writes the result
         summary["latency_ms"] = measure_latency_ms(module.model, cfg.data.image_size)  # batch 1, eval mode

@@ -55,19 +55,6 @@ def swept_columns(flat_config: dict, keys) -> dict:
     return {k.replace(".", "/"): scalar(flat_config.get(k)) for k in keys if not config_column(k).startswith("neck.")}
 
 
-def receptive_fields(cfg) -> dict[str, float]:
-    """`ablate.analysis.neck_summary` (rf/<branch> px, taps9/<branch>, gridding_holes) for the summary; empty
-    for a neck that analysis does not know (a third-party neck)."""
-    from ablate.analysis import neck_summary
-
-    try:
-        return neck_summary(cfg)
-    except ValueError as e:
-        if "receptive-field analysis knows" not in str(e):
-            raise
-        return {}
-
-
 def class_iou(matrix: np.ndarray) -> np.ndarray:
     """Per-class IoU from a confusion matrix (rows = true class); NaN where a class is in neither."""
     tp = np.diag(matrix).astype(np.float64)
