@@ -258,6 +258,13 @@ def val_images(datamodule, size: int, n: int) -> torch.Tensor:
     return torch.stack(crops)
 
 
+def erf_image(erf: np.ndarray):
+    """An ERF map in [0, 1] as a grayscale PIL image (peak = 255), for erf.png and W&B."""
+    from PIL import Image
+
+    return Image.fromarray(np.round(erf * 255).astype(np.uint8), mode="L")
+
+
 def erf_radius(erf: np.ndarray, share: float = 0.9) -> float:
     """Smallest distance (px) from the centre pixel (H // 2, W // 2) within which `share` of the ERF's mass lies."""
     if not 0 < share <= 1:

@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich import box
 from rich.console import Console
@@ -96,10 +95,8 @@ def erf_report(cfg: RunConfig, module, n: int, out: str | None) -> dict:
         source = f"random init, seed {cfg.seed}: no --checkpoint"
     erf = analysis.effective_receptive_field(module, images)
     if out:
-        from PIL import Image
-
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(erf * 255).astype(np.uint8), mode="L").save(out)
+        analysis.erf_image(erf).save(out)
     return {"source": source, "images": len(images), "radius50_px": analysis.erf_radius(erf, 0.5),
             "radius90_px": analysis.erf_radius(erf, 0.9), "png": out}
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from ablate.analysis import effective_receptive_field, erf_radius, val_images
+from ablate.analysis import effective_receptive_field, erf_image, erf_radius, val_images
 
 IGNORE_INDEX = 255
 SAMPLES = 4  # validation images shown per run: the first ones, the same for every run of the same data
@@ -186,7 +186,7 @@ class RunVisuals(L.Callback):
         np.savez_compressed(output / "predictions.npz", images=images, true=true, pred=pred, classes=np.array(self.classes))
         render_predictions(images, true, pred, self.classes).save(output / "predictions.png")
         if self.erf is not None:
-            Image.fromarray(np.round(self.erf * 255).astype(np.uint8), mode="L").save(output / "erf.png")
+            erf_image(self.erf).save(output / "erf.png")
 
     def wandb_media(self) -> dict:
         """`val/predictions` (images with true and predicted masks) and `val/confusion_matrix` (a W&B chart)."""
@@ -205,6 +205,6 @@ class RunVisuals(L.Callback):
                                  {"title": f"confusion matrix (pixels), best epoch {self.best_epoch}"})
         media = {"val/predictions": shown, "val/confusion_matrix": chart}
         if self.erf is not None:
-            media["val/erf"] = wandb.Image(np.round(self.erf * 255).astype(np.uint8),
+            media["val/erf"] = wandb.Image(erf_image(self.erf),
                                            caption="effective receptive field of the final model (centre pixel)")
         return media
