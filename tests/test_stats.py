@@ -1,0 +1,181 @@
+"""ablate.results.stats on simulated truth: normal runs with a known Δ and bimodal runs like the built-in data."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from ablate.results.stats import (MAX_SEEDS, ROW_FIELDS, annotate, check_margin, compare, factorial_effects, holm,
+                                  seeds_needed, verdict)
+
+
+def paired_runs(rng, delta, seeds, seed_sd=0.03, noise=0.01):
+    """(row, baseline) {seed: value}: a seed moves both variants alike (init, data order), then noise."""
+    shared = rng.normal(0.7, seed_sd, len(seeds))
+    base = {str(s): float(v + rng.normal(0, noise)) for s, v in zip(seeds, shared)}
+    row = {str(s): float(v + delta + rng.normal(0, noise)) for s, v in zip(seeds, shared)}
+    return row, base
+
+
+def bimodal_runs(rng, q, seeds):
+    """Like our data: with probability q a run learns the scene (~0.75), else it stays near 0.40."""
+    return {str(s): float(np.where(rng.random() < q, 0.75, 0.40) + rng.normal(0, 0.01)) for s in seeds}
+
+
+def decide(row, base, *, margin=None, direction="maximize"):
+    result = compare(row, base, margin=margin)
+    return result, verdict(result, result["p_value"], direction=direction)
+
+
+def test_holm_matches_a_hand_step_down():
+    p = [0.01, 0.04, 0.03, None, 0.005]
+    tested = sorted((v, i) for i, v in enumerate(p) if v is not None)
+    m, running, expected = len(tested), 0.0, list(p)
+    for rank, (v, i) in enumerate(tested):  # step down: (m - rank) * p, never below the previous, at most 1
+        running = max(running, min(1.0, (m - rank) * v))
+        expected[i] = running
+    got = holm(p)
+    assert got[3] is None
+    assert all(abs(g - e) < 1e-12 for g, e in zip(got, expected) if e is not None)
+    assert expected == [0.03, 0.06, 0.06, None, 0.02]  # the hand calculation itself, written out
+    assert holm([]) == [] and holm([None]) == [None]
+
+
+@pytest.mark.parametrize("row_seeds, test", [(range(5), "paired"), (range(2), "paired"), (range(4, 9), "welch"),
+                                             (range(10, 15), "welch")])
+def test_paired_exactly_when_two_seeds_are_shared(row_seeds, test):
+    rng = np.random.default_rng(0)
+    base = {str(s): float(rng.normal(0.7, 0.02)) for s in range(5)}
+    row = {str(s): float(rng.normal(0.72, 0.02)) for s in row_seeds}
+    result = compare(row, base, margin=1.0)
+    assert result["test"] == test
+    x, y = np.array(list(row.values())) * 100, np.array(list(base.values())) * 100
+    if test == "paired":
+        shared = sorted(set(row) & set(base))
+        diffs = [100 * (row[s] - base[s]) for s in shared]
+        assert result["p_value"] == pytest.approx(scipy_stats.ttest_1samp(diffs, 0).pvalue, rel=1e-12)
+        assert result["delta"] == pytest.approx(np.mean(diffs)) and result["n_pairs"] == len(shared)
+    else:
+        assert result["p_value"] == pytest.approx(scipy_stats.ttest_ind(x, y, equal_var=False).pvalue, rel=1e-12)
+        assert result["delta"] == pytest.approx(x.mean() - y.mean()) and result["n_pairs"] == 0
+
+
+def test_equivalence_is_the_90_percent_interval_inside_the_margin():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        result = compare(*paired_runs(rng, 0.004, range(6)), margin=1.0)
+        lo, hi = result["ci"]
+        assert (result["p_equivalence"] < 0.05) == (-1.0 < lo and hi < 1.0)
+        assert lo < result["delta"] < hi
+
+
+@pytest.mark.parametrize("delta, direction, expected", [(0.05, "maximize", "better"), (-0.05, "maximize", "worse"),
+                                                        (0.05, "minimize", "worse"), (-0.05, "minimize", "better")])
+def test_a_large_true_difference_is_decided_with_8_seeds(delta, direction, expected):
+    rng = np.random.default_rng(1)
+    assert decide(*paired_runs(rng, delta, range(8)), direction=direction)[1] == expected
+    q_row, q_base = (0.9, 0.1) if delta > 0 else (0.1, 0.9)
+    row, base = bimodal_runs(rng, q_row, range(8)), bimodal_runs(rng, q_base, range(8, 16))
+    assert decide(row, base, direction=direction)[1] == expected
+
+
+def test_identical_distributions_with_many_seeds_are_equivalent():
+    rng = np.random.default_rng(2)
+    result, decision = decide(*paired_runs(rng, 0.0, range(30)), margin=1.0)
+    assert decision == "equivalent" and result["test"] == "paired"
+    assert decide(*paired_runs(rng, 0.0, range(30)))[1] == "undecided"  # without a margin nothing shows sameness
+
+
+def test_tiny_n_is_undecided_with_a_finite_seed_estimate():
+    rng = np.random.default_rng(4)
+    row, base = bimodal_runs(rng, 0.6, range(3)), bimodal_runs(rng, 0.4, range(3, 6))
+    result, decision = decide(row, base, margin=1.0)
+    needed = seeds_needed(result, margin=1.0)
+    assert decision == "undecided" and result["test"] == "welch"
+    assert isinstance(needed, int) and 3 < needed <= MAX_SEEDS
+    assert seeds_needed(result | {"delta": 0.0}) is None  # Δ = 0 and no margin: nothing could be shown
+
+
+@pytest.mark.parametrize("kind", ["paired normal", "welch bimodal", "paired bimodal"])
+def test_false_verdicts_on_a_null_comparison_stay_near_alpha(kind):
+    rng, reps, wrong = np.random.default_rng(5), 400, 0
+    for _ in range(reps):
+        if kind == "paired normal":
+            row, base = paired_runs(rng, 0.0, range(5))
+        else:
+            row, base = bimodal_runs(rng, 0.5, range(5)), bimodal_runs(rng, 0.5, range(5 if "paired" in kind else 9))
+        wrong += decide(row, base, margin=1.0)[1] in ("better", "worse")
+    assert wrong / reps <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps)  # α plus three binomial sds
+
+
+@pytest.mark.parametrize("delta, margin", [(0.02, None), (0.0, 1.0)])
+def test_seeds_needed_reaches_the_promised_power(delta, margin):
+    """With the truth equal to the estimate, a study of seeds_needed seeds decides about 80 % of the time."""
+    rng, spread = np.random.default_rng(6), 100 * 0.016 * math.sqrt(2)  # sd of a difference, points
+    truth = {"test": "paired", "delta": 100 * delta, "sd": spread, "n_pairs": 3, "n": 3, "n_base": 3}
+    n = seeds_needed(truth, margin=margin)
+    decided = [decide(*paired_runs(rng, delta, range(n), noise=0.016), margin=margin)[1] != "undecided"
+               for _ in range(300)]
+    assert 0.8 - 0.1 < np.mean(decided) < 0.8 + 0.12  # the TOST power is a lower bound: slack above
+
+
+def test_annotate_sets_every_field_and_corrects_over_the_non_baseline_rows():
+    rng = np.random.default_rng(7)
+    runs = [paired_runs(rng, d, range(6)) for d in (0.05, 0.01, 0.0)]
+    rows = [{"variant": "a=0", "seeds": runs[0][1]}] + [{"variant": f"a={i + 1}", "seeds": r} for i, (r, _) in
+                                                       enumerate(runs)]
+    rows.append({"variant": "a=9", "seeds": {"0": 0.5}})  # one seed: no test, still a verdict
+    annotate(rows, rows[0], margin=1.0, alpha=0.05)
+    assert all(set(ROW_FIELDS) <= set(r) for r in rows)
+    assert rows[0]["verdict"] == "baseline" and rows[0]["delta"] == 0.0
+    assert [r["p_adjusted"] for r in rows[1:]] == holm([r["p_value"] for r in rows[1:]])
+    assert rows[1]["verdict"] == "better" and rows[1]["test"] == "paired"
+    assert rows[-1]["verdict"] == "undecided" and rows[-1]["test"] is None and rows[-1]["seeds_needed"] is None
+    assert all(r["seeds_needed"] is None for r in rows if r["verdict"] != "undecided")
+
+
+def factorial_rows(rng, effect, seeds=4, noise=0.015):
+    """A 2×2×2 study over dotted keys; effect(settings) is the true mean of a cell."""
+    rows = []
+    for norm in ("bn", "none"):
+        for fusion in ("concat", "sum"):
+            for pooling in ("true", "false"):
+                variant = f"model.neck.norm={norm} model.neck.fusion={fusion} model.neck.image_pooling={pooling}"
+                mean = effect({"norm": norm, "fusion": fusion, "pooling": pooling})
+                rows.append({"variant": variant, "seeds": {str(s): float(mean + rng.normal(0, noise))
+                                                           for s in range(seeds)}})
+    return rows
+
+
+def test_factorial_finds_the_main_effect_and_not_the_others():
+    rows = factorial_rows(np.random.default_rng(11), lambda s: 0.70 + 0.05 * (s["norm"] == "bn"))
+    terms = {t["term"]: t for t in factorial_effects(rows)}
+    assert terms["model.neck.norm"]["p_value"] < 0.01
+    assert terms["model.neck.norm"]["effect"] == pytest.approx(5.0, abs=1.5)
+    assert {lv["value"]: lv["n"] for lv in terms["model.neck.norm"]["levels"]} == {"bn": 16, "none": 16}
+    assert all(t["p_value"] > 0.01 for name, t in terms.items() if name != "model.neck.norm")
+    assert "model.neck.fusion × model.neck.image_pooling" in terms  # 32 runs: room for pairwise interactions
+
+
+def test_factorial_detects_an_injected_interaction():
+    sum_without_pooling = lambda s: 0.70 + 0.06 * (s["fusion"] == "sum" and s["pooling"] == "false")  # noqa: E731
+    terms = {t["term"]: t for t in factorial_effects(factorial_rows(np.random.default_rng(9), sum_without_pooling))}
+    interaction = terms["model.neck.fusion × model.neck.image_pooling"]
+    assert interaction["p_value"] < 0.01 and interaction["effect"] == pytest.approx(6.0, abs=2.0)
+    assert terms["model.neck.norm"]["p_value"] > 0.01
+    assert terms["model.neck.fusion × model.neck.norm"]["p_value"] > 0.01
+
+
+def test_factorial_without_room_for_interactions_keeps_the_main_effects():
+    rows = factorial_rows(np.random.default_rng(10), lambda s: 0.7, seeds=1)[:4]  # 2×2 cells, one run each
+    terms = factorial_effects(rows)
+    assert [t["term"] for t in terms] == ["model.neck.fusion", "model.neck.image_pooling"]
+    assert factorial_effects(rows[:1]) == []  # one cell: nothing varies
+
+
+@pytest.mark.parametrize("margin", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_a_margin_that_is_not_positive_is_a_clear_error(margin):
+    with pytest.raises(ValueError, match=r"margin must be a positive number of points .* got " + repr(margin)[:3]):
+        check_margin(margin)
+    with pytest.raises(ValueError, match="margin must be a positive number"):
+        annotate([{"variant": "a=1", "seeds": {"0": 0.5, "1": 0.6}}], {"variant": "a=1", "seeds": {}}, margin=margin)
