@@ -1,4 +1,5 @@
 """Tests of the neck registry and necks: ASPP (DeepLabv3, Chen et al. 2017) vs torchvision, smp and seed 000."""
+import inspect
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -140,6 +141,81 @@ def test_duplicate_registration_raises(monkeypatch):
         register_neck(tiny_test_neck)
 
 
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the registry for the test to register into (undone after the test)."""
+    monkeypatch.setattr(necks, "_NECKS", dict(necks._NECKS))
+
+
+def test_a_neck_written_as_users_write_functions_takes_its_options(registry):
+    @register_neck
+    def my_neck(in_channels, out_channels=32, norm: str = "bn"):  # ordinary parameters, not keyword-only
+        neck = nn.Conv2d(in_channels, out_channels, 1, bias=norm == "none")
+        neck.out_channels = out_channels
+        return neck
+
+    assert neck_options("my_neck") == {"out_channels": 32, "norm": "bn"}
+    assert create_neck("my_neck", C_IN).out_channels == 32
+    assert create_neck("my_neck", C_IN, out_channels=5, norm="none").out_channels == 5
+    with pytest.raises(ValueError, match=r"'out_chanels' \(did you mean 'out_channels'\?\); valid options: "
+                                         r"out_channels, norm"):
+        create_neck("my_neck", C_IN, out_chanels=5)
+
+
+def test_a_neck_class_registers_under_its_name_with_its_init_options(registry):
+    @register_neck
+    class MyNeck(nn.Conv2d):
+        def __init__(self, in_channels: int, *, out_channels: int = 4):
+            super().__init__(in_channels, out_channels, 1)
+
+    assert neck_options("MyNeck") == {"out_channels": 4}
+    assert isinstance(create_neck("MyNeck", C_IN, out_channels=3), MyNeck)
+
+
+def test_a_neck_without_options_says_it_takes_none(registry):
+    @register_neck
+    def plain(in_channels):
+        neck = nn.Identity()
+        neck.out_channels = in_channels
+        return neck
+
+    assert neck_options("plain") == {}
+    with pytest.raises(ValueError, match="neck 'plain' has no option 'out_channels'; it takes no options") as err:
+        create_neck("plain", C_IN, out_channels=3)
+    assert "valid options" not in str(err.value)
+
+
+def no_in_channels(channels, out_channels=4): ...
+def kwargs_only(in_channels, **kwargs): ...
+def kwargs_to_a_plain_module(in_channels, **kwargs) -> nn.Module: ...
+def option_without_default(in_channels, out_channels): ...
+def keyword_option_without_default(in_channels, *, out_channels): ...
+def star_args(in_channels, *sizes): ...
+def nothing(): ...
+
+
+@pytest.mark.parametrize("factory,says", [
+    (no_in_channels, "the first parameter must be `in_channels`"), (nothing, "the first parameter must be"),
+    (kwargs_only, "takes **kwargs"), (kwargs_to_a_plain_module, "takes **kwargs"),
+    (option_without_default, "option 'out_channels' must be a keyword parameter with a default"),
+    (keyword_option_without_default, "option 'out_channels' must be a keyword parameter with a default"),
+    (star_args, "option 'sizes' must be")])
+def test_a_factory_whose_options_cannot_be_listed_is_refused_at_registration_saying_how(registry, factory, says):
+    with pytest.raises(TypeError) as err:
+        register_neck(factory)
+    assert says in str(err.value)
+    assert f"def {factory.__name__}(in_channels, out_channels=256, ...)" in str(err.value)  # how to write it
+    assert factory.__name__ not in list_necks()
+
+
+def test_builtin_necks_are_thin_factories_over_their_classes():
+    for name, cls in [("aspp", necks.ASPP), ("ppm", necks.PPM), ("identity", necks.Identity)]:
+        assert type(create_neck(name, C_IN)) is cls
+        params = list(inspect.signature(cls).parameters.values())
+        assert neck_options(name) == {p.name: p.default for p in params[1:]}
+        assert all(p.kind is p.KEYWORD_ONLY and p.annotation is not p.empty for p in params[1:])
+
+
 @pytest.mark.parametrize("options", [dict(fusion="sum"), dict(image_pooling=False), dict(separable=True),
                                      dict(norm="gn"), dict(norm="none", act="none"), dict(rates=(1,)),
                                      dict(rates="2,4,6,8")])
@@ -268,9 +344,14 @@ def test_norm_layers_follow_convs_without_bias(name, options, norm, layer):
     assert len(norms) == len(full)  # one norm after each full conv
 
 
-def test_gn_aspp_trains_at_batch_one():
+def test_gn_aspp_trains_at_batch_one_where_bn_cannot():
+    x = torch.randn(1, C_IN, 5, 5)
     neck = create_neck("aspp", C_IN, out_channels=C_OUT, norm="gn").train()
-    neck(torch.randn(1, C_IN, 5, 5)).sum().backward()
+    neck(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+               for p in neck.parameters())
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # BN of the pooled 1x1 branch
+        create_neck("aspp", C_IN, out_channels=C_OUT, norm="bn").train()(x)
 
 
 @pytest.mark.parametrize("out_channels", [2, 5, 6, 9, 17, 64])

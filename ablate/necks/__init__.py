@@ -1,4 +1,4 @@
-"""Neck registry: a dict plus a bare decorator keyed by the factory's name (timm style)."""
+"""Neck registry: a dict plus a bare decorator keyed by the factory's name (timm style); built-in necks are classes."""
 from __future__ import annotations
 
 import difflib
@@ -8,13 +8,21 @@ from typing import Callable
 import torch.nn as nn
 
 _NECKS: dict[str, Callable[..., nn.Module]] = {}
+_HOW = ("write it as `def {name}(in_channels, out_channels=256, ...)`: the input width first, then each option "
+        "with its default (or `def {name}(in_channels, **options) -> NeckClass` to take NeckClass's options)")
 
 
 def register_neck(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register `factory(in_channels, **options) -> nn.Module` under its function name."""
+    """Register `factory(in_channels, **options) -> nn.Module` (a function or a class) under its `__name__`.
+
+    Options are the parameters after `in_channels`, each with a default: `def my_neck(in_channels, out_channels=32)`
+    or a class's `__init__(self, in_channels, *, out_channels=32)`; `def aspp(in_channels, **options) -> ASPP`
+    takes ASPP's. The built-in classes (`ASPP`, `PPM`, `Identity`) are what a LightningCLI `class_path` names.
+    """
     name = factory.__name__
     if name in _NECKS:
         raise ValueError(f"neck {name!r} is already registered (by {_NECKS[name].__module__})")
+    _options_of(factory, name)  # refuses, with how to write it, a factory whose options cannot be listed
     _NECKS[name] = factory
     return factory
 
@@ -26,8 +34,7 @@ def list_necks() -> list[str]:
 
 def neck_options(name: str) -> dict[str, object]:
     """The options neck `name` takes, with their defaults."""
-    params = inspect.signature(_get(name)).parameters
-    return {p.name: p.default for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return _options_of(_get(name), name)
 
 
 def create_neck(name: str, in_channels: int, **options) -> nn.Module:
@@ -35,12 +42,48 @@ def create_neck(name: str, in_channels: int, **options) -> nn.Module:
     valid = neck_options(name)
     for key in options:
         if key not in valid:
-            raise ValueError(f"neck {name!r} has no option {key!r}{_closest(key, valid)}; "
-                             f"valid options: {', '.join(valid)}")
+            listed = f"valid options: {', '.join(valid)}" if valid else "it takes no options"
+            raise ValueError(f"neck {name!r} has no option {key!r}{_closest(key, valid)}; {listed}")
     neck = _get(name)(in_channels, **options)
     if not isinstance(getattr(neck, "out_channels", None), int):
         raise TypeError(f"neck {name!r} must set an int `.out_channels` on the module it returns")
     return neck
+
+
+def _options_of(factory: Callable, name: str) -> dict[str, object]:
+    """The keyword options of `factory` after its `in_channels`; a factory that cannot be called so is refused."""
+    params = list(_signature(factory, name).parameters.values())
+    if not params or params[0].name != "in_channels" or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"neck {name!r}: the first parameter must be `in_channels` (the input width); "
+                        + _HOW.format(name=name))
+    if params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        return _options_of(_returned_class(factory, name, params), name)
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.default is p.empty:
+            raise TypeError(f"neck {name!r}: option {p.name!r} must be a keyword parameter with a default; "
+                            + _HOW.format(name=name))
+    return {p.name: p.default for p in params[1:]}
+
+
+def _signature(factory: Callable, name: str) -> inspect.Signature:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"neck {name!r}: cannot read its signature ({e}); " + _HOW.format(name=name)) from None
+
+
+def _returned_class(factory: Callable, name: str, params: list[inspect.Parameter]) -> type:
+    """For `def f(in_channels, **options) -> NeckClass`: NeckClass; any other `**kwargs` factory is refused."""
+    try:
+        returned = inspect.signature(factory, eval_str=True).return_annotation
+    except (NameError, TypeError, SyntaxError):
+        returned = None
+    if inspect.isclass(factory) or len(params) != 2 or not (
+            inspect.isclass(returned) and issubclass(returned, nn.Module) and returned is not nn.Module):
+        raise TypeError(f"neck {name!r} takes **kwargs, so its options cannot be listed or checked; "
+                        + _HOW.format(name=name))
+    return returned
 
 
 def _get(name: str) -> Callable[..., nn.Module]:
@@ -55,4 +98,10 @@ def _closest(word: str, choices) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-from ablate.necks import aspp, identity, ppm  # noqa: E402,F401  (registers the built-in necks)
+from ablate.necks.aspp import ASPP  # noqa: E402  (registers the built-in necks)
+from ablate.necks.identity import Identity  # noqa: E402
+from ablate.necks.ppm import PPM  # noqa: E402
+from ablate.necks.swap import SwapNeck, swap_neck  # noqa: E402
+
+__all__ = ["ASPP", "PPM", "Identity", "SwapNeck", "create_neck", "list_necks", "neck_options", "register_neck",
+           "swap_neck"]

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
 
 from ablate.necks import register_neck
 
-NORMS = ("bn", "gn", "none")
-FUSIONS = ("concat", "sum")
-ACTS = ("relu", "none")
+Norm = Literal["bn", "gn", "none"]
+Fusion = Literal["concat", "sum"]
+Act = Literal["relu", "none"]
+NORMS, FUSIONS, ACTS = get_args(Norm), get_args(Fusion), get_args(Act)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module | None:
@@ -44,19 +46,33 @@ class ASPP(nn.Module):
     """Parallel 1x1 + dilated 3x3 branches (+ image pooling), fused by concat or sum, then 1x1 projection.
 
     Parameter names follow torchvision's `ASPP` (`convs.*`, `project.*`), so state dicts move across.
+
+    Args:
+        in_channels: input width (given by the model, not by the config).
+        out_channels: width of every branch and of the output.
+        rates: dilation rates of the 3x3 branches; any number >= 1 of distinct positive integers.
+        norm: norm after each conv: BatchNorm, GroupNorm or none (then the convs have a bias).
+        fusion: concat = concatenate the branches then 1x1 projection; sum = add them then 1x1 projection.
+        image_pooling: add the global-average-pooled branch (image-level context).
+        separable: depthwise-separable dilated convs (DeepLabv3+).
+        dropout: dropout probability after the projection, in [0, 1).
+        act: activation after each norm; act=none with norm=none is the seed article's linear ASPP.
     """
 
-    def __init__(self, in_channels: int, *, out_channels: int, rates: tuple[int, ...], norm: str,
-                 fusion: str, image_pooling: bool, separable: bool, dropout: float, act: str):
+    def __init__(self, in_channels: int, *, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18),
+                 norm: Norm = "bn", fusion: Fusion = "concat", image_pooling: bool = True, separable: bool = False,
+                 dropout: float = 0.1, act: Act = "relu"):
         super().__init__()
-        self.out_channels, self.rates, self.fusion = out_channels, rates, fusion
+        _check_options(out_channels=out_channels, norm=norm, fusion=fusion, act=act, image_pooling=image_pooling,
+                       separable=separable, dropout=dropout)
+        self.out_channels, self.rates, self.fusion = out_channels, check_rates(rates), fusion
         bias = norm == "none"  # conv bias exactly when there is no norm
 
         def branch(conv):
             return nn.Sequential(*conv_norm_act(conv, out_channels, norm, act))
 
         self.convs = nn.ModuleList([branch(nn.Conv2d(in_channels, out_channels, 1, bias=bias))])
-        for r in rates:
+        for r in self.rates:
             self.convs.append(branch(_atrous(in_channels, out_channels, r, separable, bias)))
         if image_pooling:  # GroupNorm of a 1x1 map only sees a group's few channels: use a biased conv instead
             pool_norm = "none" if norm == "gn" else norm
@@ -64,7 +80,7 @@ class ASPP(nn.Module):
             self.convs.append(ImagePooling(nn.AdaptiveAvgPool2d(1), *conv_norm_act(pool_conv, out_channels, pool_norm, act)))
         fused = out_channels * len(self.convs) if fusion == "concat" else out_channels
         project = conv_norm_act(nn.Conv2d(fused, out_channels, 1, bias=bias), out_channels, norm, act)
-        self.project = nn.Sequential(*project, nn.Dropout(dropout))
+        self.project = nn.Sequential(*project, nn.Dropout(float(dropout)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, out, H, W)
         if self.fusion == "concat":
@@ -100,23 +116,24 @@ def check_rates(rates) -> tuple[int, ...]:
     return tuple(rates)
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"aspp {name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+def check_choice(neck: str, name: str, value, choices) -> None:
+    """Raise naming `neck`'s option `name`, the bad value and the valid choices unless `value` is one of them."""
+    if isinstance(value, bool) != isinstance(choices[0], bool) or value not in choices:
+        raise ValueError(f"{neck} {name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
 
 
-@register_neck
-def aspp(in_channels: int, *, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18), norm: str = "bn",
-         fusion: str = "concat", image_pooling: bool = True, separable: bool = False, dropout: float = 0.1,
-         act: str = "relu") -> nn.Module:
-    """DeepLabv3 ASPP. `act="none"` with `norm="none"` is the seed article's linear, BN-free ASPP."""
+def _check_options(*, out_channels, norm, fusion, act, image_pooling, separable, dropout) -> None:
     for name, value, choices in (("norm", norm, NORMS), ("fusion", fusion, FUSIONS), ("act", act, ACTS),
                                  ("image_pooling", image_pooling, (True, False)),
                                  ("separable", separable, (True, False))):
-        _check_choice(name, value, choices)
+        check_choice("aspp", name, value, choices)
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"aspp out_channels must be a positive integer; got {out_channels!r}")
-    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"aspp dropout must be in [0, 1); got {dropout!r}")
-    return ASPP(in_channels, out_channels=out_channels, rates=check_rates(rates), norm=norm, fusion=fusion,
-                image_pooling=image_pooling, separable=separable, dropout=float(dropout), act=act)
+
+
+@register_neck
+def aspp(in_channels: int, **options) -> ASPP:
+    """DeepLabv3 ASPP by name: `ASPP`'s options, defaults and checks."""
+    return ASPP(in_channels, **options)
