@@ -3,24 +3,24 @@ valid-tap shares (Chen et al. 2017, Fig. 4) and HDC gridding holes (Wang et al. 
 --out, the effective receptive field (Luo et al. 2016) over validation images, as numbers and a PNG."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 from rich import box
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from ablate import analysis, config
+from ablate import cli, config
+from ablate.run import analysis
 from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
 
-console, errors = Console(), Console(stderr=True)
+console = cli.make_console(stderr=False)
 ARCHITECTURE = ("encoder", "encoder_depth", "output_stride", "neck", "head", "classes")  # what the weights depend on
 
 
-def receptive_fields(cfg: RunConfig) -> dict:
+def rf_report(cfg: RunConfig) -> dict:
     """The theoretical part of the report: encoder and branch receptive fields, tap shares, gridding holes."""
     enc_rf, stride, size = analysis.config_encoder_rf(cfg)
     report = {"encoder": cfg.model.encoder, "encoder_depth": cfg.model.encoder_depth, "stride": stride,
@@ -40,7 +40,7 @@ def receptive_fields(cfg: RunConfig) -> dict:
 
 def read_checkpoint(path: str):
     """The trained SegmentationModule in a run's .ckpt (read with weights_only); clear errors for anything else."""
-    from ablate.module import SegmentationModule
+    from ablate.run.module import SegmentationModule
 
     if not Path(path).is_file():
         raise ConfigError(f"--checkpoint {path!r} does not exist "
@@ -85,7 +85,7 @@ def load_checkpoint(path: str, cfg_path: str | None, overrides: list[str]):
 def erf_report(cfg: RunConfig, module, n: int, out: str | None) -> dict:
     """ERF of `module` (a random-init model at cfg.seed when None) over `n` val images; PNG to `out`."""
     from ablate.data import create_datamodule
-    from ablate.module import SegmentationModule
+    from ablate.run.module import SegmentationModule
 
     datamodule = create_datamodule(cfg)
     images, source = analysis.val_images(datamodule, cfg.data.image_size, n), "checkpoint"
@@ -139,37 +139,35 @@ def _print_lines(r: dict) -> None:
                       highlight=False)
     for line in (r["degenerate"], r["note"]):
         if line:
-            console.print(f"[yellow]note:[/] {line}", highlight=False)
+            console.print(Text.assemble(("note: ", "yellow"), line))
     if "erf" in r:
         e = r["erf"]
         console.print(f"effective receptive field ({e['source']}, {e['images']} val images): half the gradient mass "
                       f"within {e['radius50_px']:.1f} px of the centre, 90% within {e['radius90_px']:.1f} px"
-                      + (f"; image: {e['png']}" if e["png"] else ""), highlight=False)
+                      + (f"; image: {e['png']}" if e["png"] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: parse, analyse, print (or --json)."""
-    parser = argparse.ArgumentParser(prog="python -m ablate.analyze", description=__doc__)
-    parser.add_argument("config", nargs="?", help="YAML run config (default: the checkpoint's, else the defaults)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.neck.rates=[6,12,18]")
-    parser.add_argument("--checkpoint", help="a run's Lightning .ckpt (<run>/checkpoints/): ERF of the trained model")
-    parser.add_argument("--out", help="write the ERF as a PNG here (without --checkpoint: of the random-init model)")
-    parser.add_argument("--images", type=int, default=16, help="validation images the ERF averages over (default 16)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
-    args = parser.parse_args(argv)
-    if args.config and "=" in args.config:  # no config file, only overrides
-        args.overrides, args.config = [args.config, *args.overrides], None
-    try:
-        if args.images < 1:
-            raise ConfigError(f"--images must be >= 1; got {args.images}")
-        cfg, module = load_checkpoint(args.checkpoint, args.config, args.overrides) if args.checkpoint \
-            else (load_config(args.config, args.overrides), None)
-        report = receptive_fields(cfg)
-        if module is not None or args.out:
-            report["erf"] = erf_report(cfg, module, args.images, args.out)
-    except ConfigError as e:
-        errors.print(f"[red]error:[/] {e}", highlight=False)
-        return 2
+    p = cli.parser("analyze", __doc__, "YAML run config (default: the checkpoint's, else the defaults) and dotted "
+                   "overrides, e.g. model.neck.rates=[6,12,18], in any order")
+    p.add_argument("--checkpoint", help="a run's Lightning .ckpt (<run>/checkpoints/): ERF of the trained model")
+    p.add_argument("--out", help="write the ERF as a PNG here (without --checkpoint: of the random-init model)")
+    p.add_argument("--images", type=int, default=16, help="validation images the ERF averages over (default 16)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    args = cli.parse(p, argv)
+    return cli.guarded(lambda: _analyze(args))
+
+
+def _analyze(args) -> int:
+    if args.images < 1:
+        raise ConfigError(f"--images must be >= 1; got {args.images}")
+    path, overrides = cli.split_inputs(args.inputs)
+    cfg, module = load_checkpoint(args.checkpoint, path, overrides) if args.checkpoint \
+        else (load_config(path, overrides), None)
+    report = rf_report(cfg)
+    if module is not None or args.out:
+        report["erf"] = erf_report(cfg, module, args.images, args.out)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
+from ablate.errors import ConfigError, check_choice, did_you_mean
 
-class ConfigError(ValueError):
-    """A configuration value that is not valid; the message names the key and what would be."""
+__all__ = ["ConfigError", "RunConfig", "load_config", "from_dict", "to_dict", "apply_overrides", "flatten"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class DataConfig:
     hflip: bool = True  # files: random horizontal flip
     jitter: float = 0.0  # files: colour jitter strength (brightness, contrast, saturation); 0 = off
     val_mode: str = "full"  # files: "full" = whole image; "slide" = image_size tiles, 2/3 overlap stride
+    on_device: bool = False  # shapes: images on the training device, batches sliced there (no DataLoader)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     schedule: str = "poly"  # "poly" (power 0.9, per step), "cosine" or "none"
     poly_power: float = 0.9
+    fused: bool = False  # torch's fused AdamW/SGD: one kernel for all parameters instead of one per tensor
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,8 @@ def _build(cls, raw, path: str):
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
-            near = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {path}{near[0]}?)" if near else ""
-            raise ConfigError(f"unknown config key {path}{key}{hint}; valid keys here: {', '.join(fields)}")
+            raise ConfigError(f"unknown config key {path}{key}{did_you_mean(key, fields, path)}; "
+                              f"valid keys here: {', '.join(fields)}")
     values = {}
     for name, value in raw.items():
         kind = hints[name]
@@ -210,8 +211,7 @@ def validate(cfg: RunConfig) -> None:
     """Cross-field checks that need no data and no model: choices, ranges, neck and Trainer options."""
     flat = flatten(dataclasses.asdict(cfg))
     for key, choices in CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"{key}={flat[key]!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+        check_choice(key, flat[key], choices)
     for key in ("data.image_size", "data.batch_size", "data.train_size", "data.val_size", "model.encoder_depth"):
         if flat[key] < 1:
             raise ConfigError(f"{key} must be >= 1; got {flat[key]}")
@@ -230,6 +230,9 @@ def _validate_data(data: DataConfig) -> None:
         raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, e.g. [0.5, 2.0]; got {scale!r}")
     if not 0 <= data.jitter <= 1:
         raise ConfigError(f"data.jitter must be in [0, 1] (0 = off); got {data.jitter}")
+    if data.on_device and data.name != "shapes":
+        raise ConfigError(f"data.on_device is for the built-in synthetic data (data.name=shapes), not {data.name!r}; "
+                          "data read from files goes through a DataLoader (data.num_workers)")
     if data.classes is not None and data.name != "folder":
         raise ConfigError(f"data.classes is for data.name='folder'; {data.name!r} names its own classes")
     if data.classes is not None and (not data.classes or len(set(map(str, data.classes))) < len(data.classes)):
@@ -265,8 +268,7 @@ def _validate_neck(cfg: RunConfig) -> None:
         raise ConfigError(f"model.neck.name: {e}") from None
     for key in neck:
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean model.neck.{near[0]}?)" if near else ""
+            hint = did_you_mean(key, valid, "model.neck.")
             raise ConfigError(f"unknown option model.neck.{key} for neck {name!r}{hint}; valid: {', '.join(valid)}")
     try:  # building it on a few channels checks every option value the way training would
         create_neck(name, 8, **neck)
@@ -289,6 +291,5 @@ def _validate_trainer(trainer: dict) -> None:
         if key in SET_BY_ABLATE:
             raise ConfigError(f"trainer.{key} is set by ablate itself; remove it from the config")
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean trainer.{near[0]}?)" if near else ""
-            raise ConfigError(f"unknown Trainer argument trainer.{key}{hint}; see lightning.Trainer for valid ones")
+            raise ConfigError(f"unknown Trainer argument trainer.{key}{did_you_mean(key, valid, 'trainer.')}; "
+                              "see lightning.Trainer for valid ones")

@@ -1,19 +1,18 @@
 """`python -m ablate.reproduce experiments/X.yaml`: re-run a published table and diff it against its reference."""
 from __future__ import annotations
 
-import argparse
-import os
 import re
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from rich.text import Text
 
-from ablate.config import ConfigError
-from ablate.space import StudyConfig, SweepConfig, load_base, read_spec, validate_sweep
+from ablate import cli
+from ablate.errors import ConfigError
+from ablate.study.space import StudyConfig, SweepConfig, load_base, read_spec
+from ablate.study.targets import make_target
 
-console = Console(stderr=True, highlight=False)
-KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "rows")
+KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "margin", "rows")
 
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, float]:
@@ -32,10 +31,11 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> tuple[SweepC
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
     sweep = SweepConfig(base=base, space={"row": {"choices": list(rows)}}, rows=rows,
-                        study=StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none"),
+                        study=StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none",
+                                          margin=raw.get("margin")),
                         n_trials=len(rows), seeds=tuple(raw.get("seeds", [0])),
                         baseline=None if baseline is None else {"row": baseline})
-    validate_sweep(sweep)
+    make_target(sweep)  # every row's config is checked before anything trains
     tolerance = raw.get("tolerance", 0.01)
     if not isinstance(tolerance, (int, float)) or tolerance < 0:
         raise ConfigError(f"{path}: tolerance must be a non-negative number (mIoU); got {tolerance!r}")
@@ -64,48 +64,58 @@ def compare(reproduced: dict, reference: dict, tolerance: float) -> list[str]:
         ref, new = reference.get(row), reproduced.get(row)
         if row not in reference or row not in reproduced or ref is None or new is None:
             failures.append(f"{row}: reference {ref}, reproduced {new}")
-            verdict = "[red]missing[/]"
+            verdict = ("missing", "red")
         elif abs(new - ref) > tolerance:
             failures.append(f"{row}: reproduced {new:.4f}, reference {ref:.4f}, |Δ| {abs(new - ref):.4f} > {tolerance}")
-            verdict = "[red]differs[/]"
+            verdict = ("differs", "red")
         else:
-            verdict = "[green]reproduces[/]"
-        console.print(f"  {verdict}  {row}: reproduced {new}, reference {ref}")
+            verdict = ("reproduces", "green")
+        cli.console.print(Text.assemble("  ", verdict, f"  {row}: reproduced {new}, reference {ref}"))
     return failures
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run every row x seed as a resumable study, then diff against experiments/X.md."""
-    from ablate.sweep import DEFAULT_STORAGE, Interrupt, quiet, sweep_main
-
-    p = argparse.ArgumentParser(prog="python -m ablate.reproduce", description=__doc__)
-    p.add_argument("experiment", help="experiment file, e.g. experiments/aspp_components.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted overrides of the base run config, e.g. data.root=/data/pascal")
-    p.add_argument("--storage", help=f"Optuna RDB URL (default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})")
+    p = cli.parser("reproduce", __doc__, "experiment file, e.g. experiments/aspp_components.yaml, and dotted "
+                   "overrides of its base run config, e.g. data.root=/data/pascal, in any order")
+    cli.add_storage_argument(p)
     p.add_argument("--reference", help="reference table (default: the experiment file with .md)")
-    args = p.parse_args(argv)
+    cli.add_verdict_arguments(p, until_decided=True)
+    args = cli.parse(p, argv)
+    return cli.guarded(lambda: _reproduce(args))
+
+
+def _reproduce(args) -> int:
+    import dataclasses
+
+    from ablate.results.summary import run_and_show
+    from ablate.study.decide import with_verdict_flags
+    from ablate.study.engine import Interrupt, quiet
+    from ablate.study.storage import resolve
+
     Interrupt.install()
     quiet()
+    path, overrides = cli.split_inputs(args.inputs)
+    if path is None:
+        raise ConfigError("give an experiment file, e.g. experiments/aspp_components.yaml")
+    sweep, tolerance = load_experiment(path, overrides)
+    sweep = dataclasses.replace(sweep, study=with_verdict_flags(sweep.study, args))
+    reference = Path(args.reference or Path(path).with_suffix(".md"))
+    expected = reference_means(reference) if reference.is_file() else None  # read before hours of training
     try:
-        sweep, tolerance = load_experiment(args.experiment, args.overrides)
-        reference = Path(args.reference or Path(args.experiment).with_suffix(".md"))
-        expected = reference_means(reference) if reference.is_file() else None  # read before hours of training
-        status = sweep_main(sweep, args.storage or os.environ.get("ABLATE_STORAGE") or DEFAULT_STORAGE)
-        produced = reference_means(Path("runs") / sweep.study.name / "table.md")
-    except ConfigError as e:
-        console.print(f"[red]error:[/] {e}")
-        return 2
+        status = run_and_show(sweep, make_target(sweep), resolve(args.storage))
     except KeyboardInterrupt as e:
-        console.print(f"[yellow]interrupted:[/] {e}; run the same command to finish")
+        cli.warn(f"interrupted: {e}; run the same command to finish")
         return 130
+    produced = reference_means(Path("runs") / sweep.study.name / "table.md")
     if expected is None:
-        console.print(f"[yellow]no reference table {reference} yet:[/] check in "
-                      f"runs/{sweep.study.name}/table.md as {reference} to make this run the reference")
+        cli.warn(f"no reference table {reference} yet: check in runs/{sweep.study.name}/table.md as {reference} "
+                 "to make this run the reference")
         return 1
-    console.print(f"compare with {reference} (tolerance {tolerance} mIoU):")
+    cli.console.print(f"compare with {reference} (tolerance {tolerance} mIoU):")
     failures = compare(produced, expected, tolerance)
     for failure in failures:
-        console.print(f"[red]does not reproduce:[/] {failure}")
+        cli.error(f"does not reproduce: {failure}")
     return 1 if failures or status else 0
 
 

@@ -85,7 +85,7 @@ def bench_necks(device: torch.device, quick: bool) -> dict:
     from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP as SmpASPP
     from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
-    from ablate.model import count_params
+    from ablate.run.model import count_params
     from ablate.necks import create_neck
 
     rates, cin, cout = (6, 12, 18), 256, 256  # DeepLabv3's ASPP: BN, concat, image pooling, dropout 0.5
@@ -136,7 +136,7 @@ def plain_loop(cfg, device: torch.device) -> float:
     import torch.nn.functional as F
 
     from ablate.data import create_datamodule
-    from ablate.model import SegmentationModel
+    from ablate.run.model import SegmentationModel
 
     dm = create_datamodule(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -205,7 +205,7 @@ def bench_peak(device: torch.device, quick: bool) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ablate.config import to_dict
-    from ablate.module import SegmentationModule
+    from ablate.run.module import SegmentationModule
 
     cfg = small_config(device, quick)
     module = SegmentationModule(to_dict(cfg), [f"c{i}" for i in range(7)]).to(device).train()
@@ -281,7 +281,7 @@ def bench_sweep(quick: bool) -> dict:
     for the variants to differ, so it measures compute (trials, epochs, wall) and not the search."""
     import optuna
 
-    from ablate.space import load_sweep
+    from ablate.study.space import load_sweep
     from ablate.sweep import quiet, sweep_main
 
     quiet()

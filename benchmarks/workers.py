@@ -49,9 +49,9 @@ def storage_ms_per_trial(url: str, n: int = 40) -> tuple[float, float]:
     """(ablate's slot + heartbeat + tell, Optuna's bare ask + tell), milliseconds per trial."""
     import optuna
 
-    from ablate.space import load_sweep, suggest
+    from ablate.study.space import load_sweep, suggest
     from ablate.sweep import open_study, quiet
-    from ablate.workers import Slots
+    from ablate.study.workers import Slots
 
     quiet()
     with tempfile.TemporaryDirectory() as tmp:

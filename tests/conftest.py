@@ -28,7 +28,7 @@ def finished_run_info(run_dir, timeout: float = 30.0) -> dict:
     """`run_info` once W&B's service has written the run's exit record (it writes asynchronously)."""
     import time
 
-    from ablate.wandb_files import run_info
+    from ablate.results.wandb_files import run_info
 
     deadline = time.time() + timeout
     while True:

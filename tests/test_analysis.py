@@ -1,4 +1,4 @@
-"""Tests of ablate.analysis and ablate.analyze: valid 3x3 taps (DeepLabv3 Fig. 4), receptive fields, gridding, ERF."""
+"""Tests of ablate.run.analysis and ablate.analyze: valid 3x3 taps (DeepLabv3 Fig. 4), receptive fields, gridding, ERF."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ablate import analysis
-from ablate.analysis import degenerate_rate_message, degenerate_rates, feature_size, valid_tap_shares
+from ablate.run import analysis
+from ablate.run.analysis import degenerate_rate_message, degenerate_rates, feature_size, valid_tap_shares
 from ablate.config import load_config
 
 TAPS = (9, 6, 4, 3, 2, 1)
@@ -240,7 +240,7 @@ def test_erf_radius_by_hand():
 
 
 def erf_of(neck: dict, seed: int, images: torch.Tensor) -> np.ndarray:
-    from ablate.model import SegmentationModel
+    from ablate.run.model import SegmentationModel
 
     torch.manual_seed(seed)
     model = SegmentationModel(encoder="resnet18", classes=7, neck=neck, encoder_depth=3, output_stride=8)
@@ -297,7 +297,7 @@ def checkpoint(tmp_path_factory):
     """A real checkpoint of a tiny one-epoch run (Lightning's ModelCheckpoint, as every run keeps one)."""
     from conftest import TINY
 
-    from ablate.train import run
+    from ablate.run.fit import run
 
     root = tmp_path_factory.mktemp("trained")
     here = os.getcwd()

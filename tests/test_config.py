@@ -77,7 +77,7 @@ def test_imports_register_third_party_necks(tmp_path, monkeypatch):
     (tmp_path / "c.yaml").write_text("imports: [my_necks]\nmodel:\n  neck: {name: my_conv, out_channels: 16}\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.model.neck == {"name": "my_conv", "out_channels": 16}
-    from ablate.analysis import neck_summary  # runs and reports of a neck the analysis does not know go on
+    from ablate.run.analysis import neck_summary  # runs and reports of a neck the analysis does not know go on
 
     assert neck_summary(cfg) == {} and "rf/encoder" in neck_summary(load_config(None))
     with pytest.raises(ConfigError, match="model.neck.width"):

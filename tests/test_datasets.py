@@ -18,7 +18,7 @@ from ablate.data import create_datamodule
 from ablate.data.layouts import CITYSCAPES, VOC_CLASSES
 from ablate.data.recipe import IMAGENET_MEAN, IMAGENET_STD, sliding_logits, train_transform
 from ablate.sweep import main as sweep_main
-from ablate.train import run
+from ablate.run.fit import run
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (40, 52)  # (H, W): not square, so a transposed mask would show

@@ -147,7 +147,7 @@ def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 
-    from ablate.report import optuna_figures
+    from ablate.results.html_report import optuna_figures
 
     study = optuna.create_study(direction="maximize")  # the default sweep's 2x2x2 grid, one seed, as measured
     values = [0.6881, 0.6627, 0.5143, 0.3768, 0.3891, 0.3500, 0.3896, 0.3702]  # README, the fresh-clone run
@@ -171,7 +171,7 @@ def test_best_and_baseline_predictions_are_the_run_folders_images(study):
 
 
 def test_receptive_fields_are_the_analysis_numbers(study):
-    from ablate.analysis import neck_summary
+    from ablate.run.analysis import neck_summary
     from ablate.config import from_dict
 
     text = (study / "runs/t/report.html").read_text()

@@ -13,7 +13,8 @@ from conftest import finished_run_info as run_info
 from optuna.trial import TrialState
 
 from ablate.config import ConfigError
-from ablate.space import load_sweep
+from ablate.study.space import load_sweep
+from ablate.study.targets import make_target
 from ablate.sweep import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def test_reusing_a_study_name_with_another_space_shows_both():
     assert main([write_sweep(n_trials=1, seeds=(0,)), "--storage", STORAGE]) == 0
     other = write_sweep("other.yaml", space={"model.neck.norm": {"choices": ["bn", "none"]}})
     with pytest.raises(ConfigError, match="another search space") as e:
-        from ablate.sweep import open_study
+        from ablate.study.storage import open_study
         open_study(load_sweep(other), STORAGE)
     assert "model.neck.fusion" in str(e.value) and "model.neck.norm" in str(e.value)
 
@@ -124,7 +125,7 @@ def test_reusing_a_study_name_with_another_space_shows_both():
 def test_bad_spaces_are_refused_before_training(space, words):
     path = write_sweep(space=space, sampler="tpe", overrides=["data.image_size=128"])
     with pytest.raises(ConfigError) as e:
-        load_sweep(path)
+        make_target(load_sweep(path))
     for word in words:
         assert word in str(e.value), str(e.value)
 
@@ -156,7 +157,7 @@ def test_a_study_whose_first_trials_all_fail_the_same_way_stops(capsys):
 def test_a_trial_behind_the_median_is_pruned_on_its_first_seed():
     from optuna.distributions import CategoricalDistribution
 
-    from ablate.sweep import open_study
+    from ablate.study.storage import open_study
 
     path = write_sweep(n_trials=3, seeds=(0, 1), sampler="random", pruner="median",
                        overrides=["trainer.max_epochs=4"])

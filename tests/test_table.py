@@ -127,7 +127,7 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
 
 
 def test_main_effects_average_each_level_over_the_other_settings():
-    from ablate.table import main_effects
+    from ablate.results.rows import main_effects
 
     rows = [{"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1}}
             for (a, b, v0, v1) in [(1, "x", 0.1, 0.2), (1, "y", 0.3, 0.4), (2, "x", 0.5, 0.6), (2, "y", 0.7, 0.9)]]

@@ -9,8 +9,8 @@ import torch
 from conftest import finished_run_info as run_info
 
 from ablate.config import ConfigError, load_config, to_dict
-from ablate.module import SegmentationModule
-from ablate.train import check_rates, run
+from ablate.run.module import SegmentationModule
+from ablate.run.fit import run, warn_degenerate_rates
 
 KEYS = {"val/mIoU", "val/mIoU_best", "params/neck", "params/total", "gflops", "config"}
 
@@ -55,13 +55,13 @@ def _cfg_dict():
 
 
 def test_degenerate_rates_warn_and_strict_errors(capsys):
-    check_rates(load_config(None, ["model.neck.rates=[2,16,24]"]))  # 128 px at stride 8 -> 16x16
+    warn_degenerate_rates(load_config(None, ["model.neck.rates=[2,16,24]"]))  # 128 px at stride 8 -> 16x16
     err = capsys.readouterr().err
     assert "degenerate" in err and "16" in err and "24" in err and "16x16" in err
-    check_rates(load_config(None))
+    warn_degenerate_rates(load_config(None))
     assert "degenerate" not in capsys.readouterr().err
     with pytest.raises(ConfigError, match="degenerate"):
-        check_rates(load_config(None, ["model.neck.rates=[2,16]", "model.strict=true"]))
+        warn_degenerate_rates(load_config(None, ["model.neck.rates=[2,16]", "model.strict=true"]))
 
 
 @pytest.mark.parametrize("extra", [
@@ -109,7 +109,7 @@ def test_cli_help_and_clear_errors_before_training():
 
 
 def test_wandb_mode_comes_from_the_config_else_the_environment(monkeypatch):
-    from ablate.train import wandb_mode
+    from ablate.run.loggers import wandb_mode
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode(load_config(None)) == "disabled"

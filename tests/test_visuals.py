@@ -9,21 +9,13 @@ from conftest import finished_run_info
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from ablate.analysis import erf_radius, neck_summary
+from ablate.run.analysis import erf_radius, neck_summary
 from ablate.config import load_config
 from ablate.data import create_datamodule
-from ablate.train import run
-from ablate.visuals import (
-    RunVisuals,
-    class_iou,
-    config_column,
-    neck_columns,
-    overlay,
-    palette,
-    render_predictions,
-    swept_columns,
-    swept_keys,
-)
+from ablate.run.fit import run
+from ablate.run.loggers import neck_columns
+from ablate.run.visuals import RunVisuals, class_iou, overlay, palette, render_predictions
+from ablate.study.columns import config_column, swept_columns, swept_keys
 
 
 def test_large_images_are_drawn_at_most_512_px_with_a_legend_of_the_classes_shown():

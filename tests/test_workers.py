@@ -74,9 +74,9 @@ def test_a_worker_killed_mid_trial_is_rerun_by_another(postgres_url):
 
 def _claim_until_full(storage, path, barrier):
     """A worker with no training at all: take slots as fast as possible, complete each at once."""
-    from ablate.space import load_sweep, suggest
-    from ablate.sweep import open_study
-    from ablate.workers import Slots
+    from ablate.study.space import load_sweep, suggest
+    from ablate.study.storage import open_study
+    from ablate.study.workers import Slots
 
     sweep = load_sweep(path)
     study = open_study(sweep, storage)
@@ -94,8 +94,8 @@ def test_workers_racing_for_slots_take_exactly_the_total(backend, request):
 
     storage = "sqlite:///runs/w.db" if backend == "sqlite" else fresh(request.getfixturevalue("postgres_url"))
     path = write_sweep(n_trials=24, widths=list(range(8, 48)))
-    from ablate.space import load_sweep
-    from ablate.sweep import open_study
+    from ablate.study.space import load_sweep
+    from ablate.study.storage import open_study
 
     open_study(load_sweep(path), storage)  # the schema and the study exist before the race
     ctx = multiprocessing.get_context("spawn")
@@ -132,8 +132,8 @@ def test_ddp_trials_run_the_same_config_on_both_ranks_and_log_once():
 def test_a_ddp_trial_is_pruned_on_every_rank():
     from optuna.distributions import CategoricalDistribution
 
-    from ablate.space import load_sweep
-    from ablate.sweep import open_study
+    from ablate.study.space import load_sweep
+    from ablate.study.storage import open_study
 
     path = write_sweep(n_trials=3, widths=[8, 12], overrides=[*DDP, "trainer.max_epochs=4"], sampler="random",
                        pruner="median")

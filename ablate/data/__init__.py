@@ -6,6 +6,8 @@ import torch
 
 from ablate.config import ConfigError, RunConfig
 
+IGNORE_INDEX = 255  # the mask label that is never scored (VOC boundaries, padding, unlabeled pixels)
+
 
 def create_datamodule(cfg: RunConfig):
     """The LightningDataModule for `cfg.data.name`, set up (data read and checked) and ready to train."""
@@ -20,7 +22,7 @@ def create_datamodule(cfg: RunConfig):
     return dm
 
 
-def check_labels(masks: torch.Tensor, num_classes: int, where: str, ignore_index: int = 255) -> None:
+def check_labels(masks: torch.Tensor, num_classes: int, where: str, ignore_index: int = IGNORE_INDEX) -> None:
     """Raise if a mask holds a value outside [0, num_classes) other than `ignore_index`."""
     values = torch.unique(masks)
     bad = [int(v) for v in values if not (0 <= v < num_classes or v == ignore_index)]

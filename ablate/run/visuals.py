@@ -11,48 +11,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from ablate.analysis import effective_receptive_field, erf_image, erf_radius, val_images
+from ablate.data import IGNORE_INDEX
+from ablate.run.analysis import effective_receptive_field, erf_image, erf_radius, val_images
 
-IGNORE_INDEX = 255
 SAMPLES = 4  # validation images shown per run: the first ones, the same for every run of the same data
 ERF_IMAGES = 4  # validation images the effective receptive field is averaged over
-
-
-def scalar(value):
-    """A config value W&B can put on an axis: lists and tuples become "6,12,18", everything else stays."""
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-
-
-def neck_columns(neck: dict) -> dict:
-    """Every option of the neck, defaults filled in, as scalars: W&B's `neck.rates`, `neck.fusion`, ... columns."""
-    from ablate.necks import neck_options
-
-    name = neck["name"]
-    options = {**neck_options(name), **{k: v for k, v in neck.items() if k != "name"}}
-    return {"name": name, **{k: scalar(v) for k, v in options.items()}}
-
-
-def swept_keys(space: dict, rows: dict | None = None) -> list[str]:
-    """The dotted keys a study varies: its space's keys, a `row` key replaced by the keys its rows set."""
-    keys = [k for k in space if k != "row"]
-    if "row" in space:
-        keys += sorted({k for row in (rows or {}).values() for k in row})
-    return keys
-
-
-def config_column(key: str) -> str:
-    """The W&B config column that shows dotted key `key`: `model.neck.rates` -> `neck.rates`,
-    `model.neck` -> `neck.name`, `optim.lr` -> `swept.optim/lr` (W&B reads dots in config keys as nesting)."""
-    if key == "model.neck":
-        return "neck.name"
-    if key.startswith("model.neck."):
-        return "neck." + key.removeprefix("model.neck.")
-    return "swept." + key.replace(".", "/")
-
-
-def swept_columns(flat_config: dict, keys) -> dict:
-    """The swept settings outside `model.neck` (those are in `neck`) as scalars, for the `swept` config key."""
-    return {k.replace(".", "/"): scalar(flat_config.get(k)) for k in keys if not config_column(k).startswith("neck.")}
 
 
 def class_iou(matrix: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -25,31 +24,26 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from ablate.cli import console
+from ablate.study.storage import sqlite_lock
+
 JOB_ENV = "ABLATE_DDP_JOB"  # the first run's job, for the ranks Lightning starts
 WORKER_ENV = "ABLATE_WORKER"  # set in the processes `--workers N` starts
 
 
 def counted(trials: list) -> list:
-    """Trials that hold one of the study's `n_trials` slots: everything except failed trials re-run since."""
+    """Trials that hold one of the study's `n_trials` slots: everything except failed trials re-run since, and the
+    seeds `--until-decided` added (user attr `round`, see ablate.study.decide), which never count."""
     rerun = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return [t for t in trials if not (t.state == TrialState.FAIL and t.number in rerun)]
-
-
-@contextlib.contextmanager
-def sqlite_lock(url: str):
-    """An exclusive lock on a file beside a SQLite database: one process of this machine at a time."""
-    path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    return [t for t in trials if not (t.state == TrialState.FAIL and t.number in rerun) and "round" not in t.user_attrs]
 
 
 class Slots:
     """Takes trial slots of one study so that all workers together run exactly `total` trials."""
 
-    def __init__(self, storage_url: str, study_name: str, total: int):
+    def __init__(self, storage_url: str, study_name: str, total: int, extend=None):
         self.url, self.name, self.total = storage_url, study_name, total
+        self.extend = extend  # once every slot is taken: extend(study, trials) may enqueue more (a round of seeds)
         self._engine = None
 
     @contextlib.contextmanager
@@ -73,12 +67,12 @@ class Slots:
                 conn.commit()
 
     def claim(self, study: optuna.Study) -> optuna.Trial | None:
-        """A trial to run (a re-queued one first), or None when every slot is taken."""
+        """A trial to run (a queued one first), or None when every slot is taken and nothing more is queued."""
         with self.lock():
             optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
-            trials = counted(study.get_trials(deepcopy=False))
+            trials = study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-            if not waiting and len(trials) >= self.total:
+            if not waiting and len(counted(trials)) >= self.total and not (self.extend and self.extend(study, trials)):
                 return None
             return study.ask()  # pops a waiting trial first; the sampler picks its grid point in here
 
@@ -105,14 +99,17 @@ class Heartbeat:
         self.thread.join()
 
 
-def start_workers(n: int, argv: list[str]) -> int:
-    """`--workers N`: N processes of the same command on this machine; 0 when all of them succeed."""
-    from ablate.sweep import console
-
+def start_workers(n: int, argv: list[str], gpus: list[str] | None = None) -> int:
+    """`--workers N`: N processes of the same command on this machine, worker i seeing only GPUs `gpus[i]` (its
+    CUDA_VISIBLE_DEVICES; None: what this process sees); 0 when all of them succeed."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))  # no oversubscription
-    procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv],
-                              env={**os.environ, WORKER_ENV: str(i), "OMP_NUM_THREADS": threads}) for i in range(n)]
+    envs = [{**os.environ, WORKER_ENV: str(i), "OMP_NUM_THREADS": threads,
+             **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {})} for i in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv], env=env) for env in envs]
     console.print(f"started {n} workers: pids {', '.join(str(p.pid) for p in procs)}")
+    if gpus:
+        console.print("GPUs (CUDA_VISIBLE_DEVICES) of each worker: " +
+                      ", ".join(f"worker {i}: {g}" for i, g in enumerate(gpus)))
     codes = [p.wait() for p in procs]  # a worker killed by signal N reports -N: the shell's 128 + N
     return max(c if c >= 0 else 128 - c for c in codes)
 
@@ -158,30 +155,22 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def follow(study: optuna.Study) -> int:
+def follow(study: optuna.Study, target) -> int:
     """Ranks > 0: train each run rank 0 hands over, with its pruning callback, until rank 0 says stop.
 
     They never ask the study, never log to W&B and never write a result; the pruning callback only joins
     rank 0's decision (a broadcast) so that every rank stops at the same epoch.
     """
-    import dataclasses
-
     from optuna_integration import PyTorchLightningPruningCallback
-
-    from ablate.config import from_dict
-    from ablate.sweep import console
-    from ablate.train import run
 
     rank = ddp_rank()
     while (job := receive()) is not None:
-        cfg = from_dict(job["config"])
-        cfg = dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, mode="disabled"))
-        console.print(f"  rank {rank}: trial {job['number']} seed {cfg.seed}: {job['variant']} "
+        console.print(f"  rank {rank}: trial {job['number']} seed {job['seed']}: {job['variant']} "
                       f"(config {config_digest(job['config'])})")
         trial = optuna.Trial(study, job["trial_id"])
-        prune = [PyTorchLightningPruningCallback(trial, monitor="val/mIoU")] if job["prune"] else []
+        prune = [PyTorchLightningPruningCallback(trial, monitor=target.metric)] if job["prune"] else []
         try:
-            run(cfg, Path(job["output"]), callbacks=prune)
+            target.fit(job["config"], job["seed"], Path(job["output"]), callbacks=prune, wandb_run=None)
         except Exception as e:  # rank 0 fails the trial; this rank waits for the next run
             console.print(f"  rank {rank}: trial {job['number']} stopped: {type(e).__name__}: {e}")
     return 0

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ablate.config import from_dict
+from ablate.config import ConfigError, from_dict
+from ablate.data import IGNORE_INDEX
 from ablate.data.recipe import sliding_logits
-from ablate.model import SegmentationModel, count_gflops, count_params
+from ablate.run.model import SegmentationModel, count_gflops, count_params
 
-IGNORE_INDEX = 255
 
 
 class SegmentationModule(L.LightningModule):
@@ -67,7 +67,7 @@ class SegmentationModule(L.LightningModule):
         self.log("val/loss", F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX), sync_dist=True)
         preds = logits.argmax(1)  # (B, H, W)
         self.val_metrics.update(preds, y)
-        return preds  # for callbacks: ablate.visuals.RunVisuals
+        return preds  # for callbacks: ablate.run.visuals.RunVisuals
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute()
@@ -82,10 +82,15 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        if o.name == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        else:
-            opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        fused = {"fused": True} if o.fused else {}  # the default path stays exactly as it was
+        try:
+            if o.name == "sgd":
+                opt = torch.optim.SGD(self.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                      **fused)
+            else:
+                opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, **fused)
+        except RuntimeError as e:  # a device torch has no fused kernel for
+            raise ConfigError(f"optim.fused=true: {e}; set optim.fused=false on {self.device.type}") from None
         if o.schedule == "none":
             return opt
         total = max(int(self.trainer.estimated_stepping_batches), 1)

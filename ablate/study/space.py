@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +9,15 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ablate.analysis import config_rate_message
-from ablate.config import ConfigError, RunConfig, apply_overrides, from_dict, set_dotted, with_defaults
+from ablate.config import RunConfig, apply_overrides, with_defaults
+from ablate.errors import ConfigError, check_choice, did_you_mean
+
+DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"  # ships with the package
 
 SAMPLERS = ("tpe", "grid", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 SCALARS = (str, int, float, bool, type(None))
+SWEEP_KEYS = ("cli", "base", "overrides", "metric", "study", "n_trials", "seeds", "space")
 
 
 @dataclass(frozen=True)
@@ -27,34 +29,51 @@ class StudyConfig:
     pruner: str = "median"
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats in the storage
     grace_period: int = 120  # a trial silent this long is failed and queued again (its worker died)
+    margin: float | None = None  # points: |Δ| below it is "equivalent" (TOST); None: no equivalence verdicts
+    alpha: float = 0.05  # the verdicts' false-verdict rate (ablate.results.stats)
+    until_decided: bool = False  # after the planned trials, add seeds where a verdict is open (ablate.study.decide)
+    max_seeds: int = 8  # ... up to this many seeds a variant
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    base: dict  # the run config every trial starts from (nested, defaults filled in)
+    base: dict | str  # built-in: the run config every trial starts from (nested, defaults filled in);
+    # with `cli`: the absolute path of the LightningCLI config file (`fit --config`)
     space: dict  # dotted key -> {choices: [...]} | {low, high, log?, step?} | {rates: K, low, high}
     study: StudyConfig = field(default_factory=StudyConfig)
     n_trials: int = 8
     seeds: tuple = (0,)
     rows: dict = field(default_factory=dict)  # named variants (experiments): the `row` key picks one
     baseline: dict | None = None  # settings of the table's baseline row (None: the best row)
+    cli: str | None = None  # import path of a user's LightningCLI (sub)class; None = ablate's own model
+    overrides: tuple = ()  # with `cli`: jsonargparse overrides of `base` (built-in ones are applied to base)
+    metric: str = "val/mIoU"  # the logged metric a trial optimizes (its best over validation epochs)
+    folders: tuple = ()  # with `cli`: put on sys.path to import it (the sweep file's folder, the base config's)
 
     def space_json(self) -> str:
         """The space, named rows and direction, canonical: what a stored study is compared against."""
-        return json.dumps({"space": self.space, "rows": self.rows, "direction": self.study.direction},
+        target = {"cli": self.cli, "metric": self.metric} if self.cli else {}  # built-in studies stay as stored
+        return json.dumps({"space": self.space, "rows": self.rows, "direction": self.study.direction, **target},
                           sort_keys=True)
 
 
 def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfig:
-    """Read a sweep file (None = sweeps/default.yaml); `overrides` apply to the base run config."""
-    path = Path(path) if path else Path(__file__).resolve().parent.parent / "sweeps" / "default.yaml"
-    raw = read_spec(path, ("base", "overrides", "space", "study", "n_trials", "seeds"), "sweep file")
-    base = load_base(path, raw.get("base") or {}, list(raw.get("overrides") or []) + list(overrides))
+    """Read a sweep file (None = the packaged default sweep); `overrides` apply to the base run config."""
+    path = Path(path) if path else DEFAULT_SWEEP
+    raw = read_spec(path, SWEEP_KEYS, "sweep file")
+    overrides = [*(raw.get("overrides") or []), *overrides]
+    if raw.get("cli") or raw.get("metric", "val/mIoU") != "val/mIoU":  # a user's LightningCLI project
+        base = cli_base(path, raw.get("base"))
+        target = {"cli": raw.get("cli") or "lightning.pytorch.cli.LightningCLI", "metric": raw.get("metric", "val/mIoU"),
+                  "base": str(base), "overrides": tuple(overrides),
+                  "folders": (str(path.resolve().parent), str(base.parent))}
+    else:
+        target = {"base": load_base(path, raw.get("base") or {}, overrides)}
     study = raw.get("study") or {}
     check_keys(study, [f.name for f in dataclasses.fields(StudyConfig)], f"{path}: study.")
     seeds = raw.get("seeds", [0])
-    sweep = SweepConfig(base=base, space=raw.get("space") or {}, study=StudyConfig(**study),
-                        n_trials=raw.get("n_trials", 8), seeds=tuple(seeds) if isinstance(seeds, list) else seeds)
+    sweep = SweepConfig(space=raw.get("space") or {}, study=StudyConfig(**study), n_trials=raw.get("n_trials", 8),
+                        seeds=tuple(seeds) if isinstance(seeds, list) else seeds, **target)
     validate_sweep(sweep)
     return sweep
 
@@ -74,15 +93,24 @@ def check_keys(raw: dict, known, where: str) -> None:
     """Unknown key -> an error naming it, the closest valid key and all valid keys."""
     for key in raw:
         if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
-            raise ConfigError(f"{where}unknown key {key!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
-                              f"valid: {', '.join(known)}")
+            raise ConfigError(f"{where}unknown key {key!r}{did_you_mean(key, known)}; valid: {', '.join(known)}")
+
+
+def cli_base(path: Path, base) -> Path:
+    """The LightningCLI config file a `cli` sweep names, relative to the sweep file, as an absolute path."""
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must name a LightningCLI config file (class_path/init_args, as `fit "
+                          f"--config` takes), relative to {path.name}; got {base!r}")
+    base_path = (path.resolve().parent / base).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to {path.name})")
+    return base_path
 
 
 def load_base(path: Path, base, overrides: list[str]) -> dict:
     """The base run config (a path relative to `path`, or a mapping), defaults filled, overrides applied."""
     if isinstance(base, str):
-        base_path = path.parent / base
+        base_path = path.resolve().parent / base  # beside the file itself (sweeps/default.yaml is a link)
         if not base_path.is_file():
             raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to {path.name})")
         base = yaml.safe_load(base_path.read_text()) or {}
@@ -94,11 +122,11 @@ def validate_sweep(sweep: SweepConfig) -> None:
     s = sweep.study
     for key, value, choices in (("study.sampler", s.sampler, SAMPLERS), ("study.pruner", s.pruner, PRUNERS),
                                 ("study.direction", s.direction, ("maximize", "minimize"))):
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+        check_choice(key, value, choices)
     for key in ("heartbeat_interval", "grace_period"):
         if type(getattr(s, key)) is not int or getattr(s, key) < 1:
             raise ConfigError(f"study.{key} must be a positive number of seconds; got {getattr(s, key)!r}")
+    check_verdict_settings(s)
     if s.grace_period <= s.heartbeat_interval:
         raise ConfigError(f"study.grace_period={s.grace_period} must be longer than study.heartbeat_interval="
                           f"{s.heartbeat_interval}, or live trials would be taken for dead ones")
@@ -109,60 +137,56 @@ def validate_sweep(sweep: SweepConfig) -> None:
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]; got {seeds!r}")
     if not isinstance(sweep.space, dict) or not sweep.space:
         raise ConfigError("space must map dotted config keys to {choices: [...]}, {low: .., high: ..} or {rates: K, ..}")
-    from_dict(sweep.base)  # the base itself must be valid, whatever the space sets
     for key, spec in sweep.space.items():
-        _validate_param(key, spec, sweep)
+        _check_spec(key, spec)
     if s.sampler == "grid" and any("choices" not in spec for spec in sweep.space.values()):
         raise ConfigError("study.sampler=grid needs {choices: [...]} for every key of the space")
 
 
-def _validate_param(key: str, spec, sweep: SweepConfig) -> None:
+def check_verdict_settings(s: StudyConfig) -> None:
+    """study.margin (positive points or none), study.alpha (0 < α < 0.5), study.max_seeds (a positive integer)."""
+    from ablate.results.stats import check_margin
+
+    try:
+        check_margin(s.margin)
+    except ValueError as e:
+        raise ConfigError(f"study.margin (--margin): {e}") from None
+    if isinstance(s.alpha, bool) or not isinstance(s.alpha, (int, float)) or not 0 < s.alpha < 0.5:
+        raise ConfigError(f"study.alpha (--alpha) must be between 0 and 0.5, e.g. 0.05; got {s.alpha!r}")
+    if type(s.max_seeds) is not int or s.max_seeds < 2:
+        raise ConfigError(f"study.max_seeds (--max-seeds) must be an integer of 2 or more; got {s.max_seeds!r}")
+    if type(s.until_decided) is not bool:
+        raise ConfigError(f"study.until_decided must be true or false; got {s.until_decided!r}")
+
+
+def _check_spec(key: str, spec) -> None:
     if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
         raise ConfigError(f"space.{key} must be {{choices: [...]}}, {{low: .., high: .., log: false}} "
                           f"or {{rates: K, low: .., high: ..}}; got {spec!r}")
-    if "choices" in spec:
-        for choice in spec["choices"]:
-            if not isinstance(choice, SCALARS):
-                raise ConfigError(f"space.{key}: choice {choice!r} is not a scalar; encode lists as strings, "
-                                  f"e.g. \"6,12,18\" (Optuna stores categorical choices as scalars)")
-            trial_config(sweep, {key: choice})  # raises ConfigError naming the key and value
-    elif "rates" in spec:
+    for choice in spec.get("choices", []):
+        if not isinstance(choice, SCALARS):
+            raise ConfigError(f"space.{key}: choice {choice!r} is not a scalar; encode lists as strings, "
+                              f"e.g. \"6,12,18\" (Optuna stores categorical choices as scalars)")
+    if "rates" in spec:
         k, low, high = spec["rates"], spec["low"], spec["high"]
         if not (isinstance(k, int) and 1 <= k <= high - low + 1 and low >= 1):
             raise ConfigError(f"space.{key}: cannot draw {k!r} distinct rates from [{low}, {high}]")
-        trial_config(sweep, {key: list(range(high - k + 1, high + 1))})
-    else:
-        for bound in (spec["low"], spec["high"]):
-            trial_config(sweep, {key: bound})
-        if spec["low"] >= spec["high"]:
-            raise ConfigError(f"space.{key}: low={spec['low']} must be below high={spec['high']}")
+    elif "choices" not in spec and spec["low"] >= spec["high"]:
+        raise ConfigError(f"space.{key}: low={spec['low']} must be below high={spec['high']}")
 
 
-def trial_config(sweep: SweepConfig, params: dict) -> RunConfig:
-    """The run config of a trial: the base with each dotted key set (rates strings decoded to lists)."""
-    raw = yaml.safe_load(yaml.safe_dump(sweep.base))
-    for key, value in params.items():
-        for k, v in (sweep.rows[value].items() if key == "row" and sweep.rows else [(key, value)]):
-            set_dotted(raw, k, decode(k, v))
-    cfg = from_dict(raw)
-    _reject_degenerate(cfg, params)
-    return cfg
-
-
-def decode(key: str, value):
-    """'6,12,18' -> [6, 12, 18] for a rates key; everything else as is."""
-    if key.endswith("rates") and isinstance(value, str):
-        try:
-            return [int(r) for r in value.split(",")]
-        except ValueError:
-            raise ConfigError(f"{key}={value!r} is not a comma-separated list of integers like \"6,12,18\"") from None
-    return value
-
-
-def _reject_degenerate(cfg: RunConfig, params: dict) -> None:
-    message = config_rate_message(cfg) if any(k.endswith("rates") for k in params) else None
-    if message:
-        raise ConfigError(f"space: {message}")
+def probes(space: dict) -> list[dict]:
+    """One {key: value} per value the space can produce at its edges: every choice, each range's bounds, and the
+    largest rates of a {rates: K} key. A target checks each before anything trains."""
+    out = []
+    for key, spec in space.items():
+        if "choices" in spec:
+            out += [{key: choice} for choice in spec["choices"]]
+        elif "rates" in spec:
+            out.append({key: ",".join(str(r) for r in range(spec["high"] - spec["rates"] + 1, spec["high"] + 1))})
+        else:
+            out += [{key: spec["low"]}, {key: spec["high"]}]
+    return out
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -200,6 +224,7 @@ def grid_choices(space: dict) -> dict:
 
 def to_plain(sweep: SweepConfig) -> dict:
     """The resolved sweep as plain data (written next to the study's runs)."""
-    return {"base": sweep.base, "space": sweep.space, "study": dataclasses.asdict(sweep.study),
+    target = {"cli": sweep.cli, "metric": sweep.metric, "overrides": list(sweep.overrides)} if sweep.cli else {}
+    return {**target, "base": sweep.base, "space": sweep.space, "study": dataclasses.asdict(sweep.study),
             "n_trials": sweep.n_trials, "seeds": list(sweep.seeds)}
 

@@ -1,0 +1,87 @@
+"""What every command shares: a console that prints text literally, the error ending, inputs in any order."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.text import Text
+
+from ablate.errors import ConfigError
+
+
+def make_console(stderr: bool = True) -> Console:
+    """A rich console that never parses markup in what it prints and never wraps a line.
+
+    Messages carry paths, keys and exception text that people copy: `[...]` in them stays, and a pipe or a file
+    gets whole lines whatever $COLUMNS says (only a terminal folds a table to its width)."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 100_000
+    return Console(stderr=stderr, markup=False, highlight=False, emoji=False, soft_wrap=True, width=width)
+
+
+console = make_console()
+
+
+def error(message: object, exit_code: int = 2) -> int:
+    """Print 'error: MESSAGE' (the message literally) and return the exit code."""
+    console.print(Text.assemble(("error: ", "red"), str(message)))
+    return exit_code
+
+
+def warn(message: object) -> None:
+    """Print 'warning: MESSAGE' (the message literally)."""
+    console.print(Text.assemble(("warning: ", "yellow"), str(message)))
+
+
+def parser(prog: str, doc: str | None, inputs: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser for `python -m ablate.PROG`; `inputs` describes its positional FILE and key=value items."""
+    p = argparse.ArgumentParser(prog=f"python -m ablate.{prog}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if inputs:
+        p.add_argument("inputs", nargs="*", metavar="[FILE] [key=value ...]", help=inputs)
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse flags and positional items in any order (`FILE --study x key=value` as well as `--study x FILE`)."""
+    return p.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
+
+
+def split_inputs(items: list[str]) -> tuple[str | None, list[str]]:
+    """[FILE] [key=value ...] -> (FILE or None, overrides): a `key=value` item is an override, the other the file."""
+    files = [item for item in items if "=" not in item]
+    if len(files) > 1:
+        raise ConfigError(f"give one config file, not {len(files)}: {', '.join(files)} "
+                          "(an override has the form key.path=value)")
+    return (files[0] if files else None), [item for item in items if "=" in item]
+
+
+def add_storage_argument(p: argparse.ArgumentParser) -> None:
+    """--storage URL; without it $ABLATE_STORAGE, else the default SQLite file (ablate.study.storage.resolve)."""
+    from ablate.study.storage import DEFAULT_STORAGE
+
+    p.add_argument("--storage", help=f"Optuna RDB URL (default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})")
+
+
+def add_verdict_arguments(p: argparse.ArgumentParser, until_decided: bool = False) -> None:
+    """--margin and --alpha of the verdicts (ablate.results.stats); with `until_decided`, --until-decided and
+    --max-seeds too (a sweep's: ablate.study.decide)."""
+    p.add_argument("--margin", type=float, metavar="POINTS", help="a row whose CI of Δ lies inside ±POINTS is "
+                   "equivalent to the baseline (TOST); default: the study's study.margin, else no equivalence")
+    p.add_argument("--alpha", type=float, help="false-verdict rate of the verdicts (default 0.05; a study run "
+                   "--until-decided: its α per look)")
+    if until_decided:
+        p.add_argument("--until-decided", action="store_true", help="after the planned trials, add seeds in rounds "
+                       "to the variants whose verdict against the baseline is still open")
+        p.add_argument("--max-seeds", type=int, metavar="K", help="--until-decided stops at K seeds a variant "
+                       "(default: the sweep's study.max_seeds, 8)")
+
+
+def guarded(body: Callable[[], int]) -> int:
+    """Run a command's body; a ConfigError ends it with 'error: ...' and exit code 2."""
+    try:
+        return body()
+    except ConfigError as e:
+        return error(e)

@@ -1,0 +1,173 @@
+"""Table output: markdown, LaTeX (booktabs), CSV, JSON, HTML and the terminal (rich)."""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+
+FORMATS = ("md", "latex", "csv", "json", "html")
+COLUMNS = ("variant", "n", "mean", "std", "delta", "ci_low", "ci_high", "boot_low", "boot_high", "test", "p_value",
+           "p_adjusted", "p_equivalence", "verdict", "seeds_needed", "params/neck", "params/total", "gflops",
+           "latency_ms", "status", "seeds")
+MARKS = {"better": "▲ better", "worse": "▼ worse", "equivalent": "≈ equivalent", "undecided": "? undecided"}
+
+
+def settings(variant: str) -> dict[str, str]:
+    """'a=1 b=x' -> {'a': '1', 'b': 'x'}."""
+    return dict(s.partition("=")[::2] for s in variant.split(" ") if s)
+
+
+
+def fmt_mean_std(row: dict, scale: float = 1.0) -> str:
+    """'0.2712 ± 0.0123' (std over seeds, ddof=1), or the status when no seed completed."""
+    if row["mean"] is None:
+        return row.get("status", "-")
+    std = "" if row["std"] is None else f" ± {row['std'] * scale:.4f}"
+    return f"{row['mean'] * scale:.4f}{std}"
+
+
+def fmt_delta(row: dict) -> str:
+    """'+1.23 [-0.40, +2.86]' (points, with the interval the verdict reads), 'baseline', or '' without a mean."""
+    if row.get("baseline"):
+        return "baseline"
+    if row.get("delta") is None:
+        return ""
+    ci = "" if row.get("ci_low") is None else f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    return f"{row['delta']:+.2f}{ci}"
+
+
+def fmt_verdict(row: dict) -> str:
+    """'▲ better', '▼ worse', '≈ equivalent', '? undecided (~12 seeds)' (seeds per variant that would decide), ''."""
+    if row.get("baseline") or row.get("verdict") not in MARKS or not row.get("seeds"):
+        return ""
+    needed = row.get("seeds_needed")
+    return MARKS[row["verdict"]] + (f" (~{needed} seeds)" if needed else "")
+
+
+def verdict_note(alpha: float = 0.05, margin: float | None = None, looks: list | None = None) -> str:
+    """One line saying how the verdicts were reached (under a table)."""
+    level = f"{100 * (1 - 2 * alpha):.3g} %"
+    sequential = f" (α per look of --until-decided, {looks[0]} to {looks[1]} seeds)" if looks else ""
+    equivalent = f"; ≈ equivalent: the {level} CI of Δ inside ±{margin:g} points (TOST)" if margin else ""
+    return (f"Δ vs the baseline in points with its {level} CI; paired t-test when the rows share seeds, else Welch; "
+            f"▲ better / ▼ worse: Holm-adjusted p < {alpha:.3g}{sequential}{equivalent}; ? undecided: not yet "
+            "(~k: seeds per variant that would decide with 80 % probability at the observed Δ and spread)")
+
+
+def _opt(value, spec: str) -> str:
+    """`value` formatted, or '' when it is not known (a LightningCLI study's model has no GFLOPs or latency)."""
+    return "" if value is None else format(value, spec)
+
+
+def _cells(r: dict, keys: list[str], metric: str) -> list[str]:
+    s = settings(r["variant"])
+    lat = "" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f}"
+    return [*(s.get(k, "") for k in keys), fmt_mean_std(r), str(r["n"]), fmt_delta(r), _opt(r.get("p_value"), ".3g"),
+            _opt(r.get("p_adjusted"), ".3g"), r.get("test") or "", fmt_verdict(r),
+            _opt(r.get("params/neck"), ","), _opt(r.get("params/total"), ","), _opt(r.get("gflops"), ".2f"), lat,
+            r["status"]]
+
+
+def _header(keys: list[str], metric: str, alpha: float) -> list[str]:
+    return [*keys, f"{metric} (mean ± std)", "n", f"Δ (points) [{100 * (1 - 2 * alpha):.3g} % CI]", "p", "p (Holm)",
+            "test", "verdict", "neck params", "total params", "GFLOPs", "latency (ms)", "status"]
+
+
+def varied_keys(rows: list[dict]) -> list[str]:
+    """The dotted keys that appear in any row's variant, in first-seen order."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(settings(r["variant"])))
+    return list(keys)
+
+
+def render(rows: list[dict], fmt: str, metric: str = "val/mIoU", alpha: float = 0.05, note: str = "") -> str:
+    """The table as md, latex (booktabs tabular), csv, json (list of rows) or html; md and html end with `note`
+    (how the verdicts were reached, `verdict_note`); `alpha` names the level of the CI column."""
+    keys = varied_keys(rows)
+    if fmt == "json":
+        return json.dumps([{**{k: r.get(k) for k in COLUMNS}, **settings(r["variant"])} for r in rows], indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([*keys, *COLUMNS])
+        for r in rows:
+            s = settings(r["variant"])
+            writer.writerow([*(s.get(k, "") for k in keys),
+                             *(json.dumps(r["seeds"]) if c == "seeds" else r.get(c) for c in COLUMNS)])
+        return out.getvalue()
+    header, body = _header(keys, metric, alpha), [_cells(r, keys, metric) for r in rows]
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body]) + "\n" + (f"\n{note}\n" if note else "")
+    if fmt == "latex":
+        return _latex(header, body, len(keys))
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in body)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    tail = f'<p class="verdicts">{html.escape(note)}</p>\n' if note else ""
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{cells}</tbody>\n</table>\n{tail}"
+
+
+def _latex(header: list[str], body: list[list[str]], keys: int) -> str:
+    def esc(text: str) -> str:
+        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                     ("~", r"$\sim$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("▲", r"$\uparrow$"),
+                     ("▼", r"$\downarrow$"), ("≈", r"$\approx$")):
+            text = text.replace(a, b)
+        return text
+
+    lines = [r"\begin{tabular}{" + "l" * keys + "rrrrrllrrrrl}", r"\toprule",
+             " & ".join(map(esc, header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(esc, row)) + r" \\" for row in body]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def common_prefix(variants: list[str]) -> str:
+    """The dotted section every varied key shares ('model.neck.'), to print keys short."""
+    parts = [k.split(".")[:-1] for v in variants for k in settings(v)]
+    shared = []
+    for level in zip(*parts) if parts else []:
+        if len(set(level)) > 1:
+            break
+        shared.append(level[0])
+    return "".join(f"{p}." for p in shared)
+
+
+def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
+    """The table for the terminal: one setting per line, under their shared section."""
+    from rich.table import Table
+
+    prefix = common_prefix([r["variant"] for r in rows])
+    table = Table(title=title, caption=f"settings under {prefix}" if prefix else None)
+    for col in ("variant", f"{metric} mean ± std", "n", "Δ [CI]", "p (Holm)", "verdict", "status", "neck params",
+                "GFLOPs"):
+        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+    for r in rows:
+        variant = "\n".join(setting.removeprefix(prefix) for setting in r["variant"].split(" "))
+        table.add_row(variant, fmt_mean_std(r), str(r["n"]), fmt_delta(r), _opt(r.get("p_adjusted"), ".3g"),
+                      fmt_verdict(r), r["status"], _opt(r.get("params/neck"), ","), _opt(r.get("gflops"), ".2f"))
+    return table
+
+
+EFFECTS_NOTE = ("OLS on every seed's value, each varied setting a categorical factor, pairwise interactions when the "
+                "runs estimate them; type-II ANOVA. Level means are the model's, averaged evenly over the other "
+                "settings; effect: the largest difference between levels (for an interaction, of differences), in points")
+
+
+def fmt_levels(term: dict) -> str:
+    """'bn 0.7012 · none 0.6523': a term's level means."""
+    return " · ".join(f"{lv['value']} {lv['mean']:.4f}" for lv in term["levels"])
+
+
+def effects_to_rich(effects: list[dict], metric: str = "val/mIoU"):
+    """Main effects and interactions (ablate.results.stats.factorial_effects) for the terminal (rich)."""
+    from rich.table import Table
+
+    table = Table(title=f"main effects and interactions on {metric}", caption=EFFECTS_NOTE)
+    for col in ("term", "df", "F", "p", "effect (points)", "level means"):
+        table.add_column(col, justify="left" if col in ("term", "level means") else "right", overflow="fold")
+    for e in effects:
+        table.add_row(e["term"], str(e["df"]), _opt(e["F"], ".3g"), _opt(e["p_value"], ".3g"), f"{e['effect']:.2f}",
+                      fmt_levels(e))
+    return table

@@ -1,0 +1,230 @@
+"""One self-contained HTML report of a study (plotly.js inline, no network): table, plots, receptive fields,
+predictions."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+import warnings
+from pathlib import Path
+
+import optuna
+
+from ablate.results.formats import EFFECTS_NOTE, common_prefix, fmt_levels, render, varied_keys, verdict_note
+from ablate.results.rows import study_objective
+from ablate.results.verdict_plots import forest_figure, strip_figure
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}p.note{color:#8a4b00}"
+         "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}"
+         "img.erf{width:128px;height:128px}figure.erf{width:140px;font-size:11px;margin:0 8px 8px 0}")
+
+
+def run_folders(runs: Path, study: str, rows: list[dict]) -> dict[str, list[dict]]:
+    """Each variant's run folders (`runs/<study>/t<trial>-s<seed>/`) with their summary.json, lowest seed first."""
+    out = {}
+    for row in rows:
+        found = []
+        for trial in row["trials"]:
+            for folder in sorted((runs / study).glob(f"t{trial}-s*")):
+                summary = folder / "summary.json"
+                if summary.is_file():
+                    found.append({"name": folder.name, "folder": folder, "summary": json.loads(summary.read_text())})
+        out[row["variant"]] = sorted(found, key=lambda r: r["summary"].get("seed", 0))
+    return out
+
+
+def class_ious(runs: list[dict]) -> tuple[dict[str, float], str]:
+    """Per-class IoU averaged over a variant's runs: at the best epoch, else (older runs) the last epoch."""
+    for prefix, when in (("val/IoU_best/", "best epoch"), ("val/IoU/", "last epoch")):
+        per_run = [{k[len(prefix):]: v for k, v in r["summary"].items() if k.startswith(prefix)} for r in runs]
+        if per_run and all(per_run):
+            return {c: statistics.fmean(p[c] for p in per_run) for c in per_run[0]}, when
+    return {}, ""
+
+
+def short_labels(rows: list[dict]) -> dict[str, str]:
+    """Variant -> its settings without the section every key shares ('model.neck.')."""
+    prefix = common_prefix([r["variant"] for r in rows])
+    return {r["variant"]: " ".join(s.removeprefix(prefix) for s in r["variant"].split(" ")) or "base" for r in rows}
+
+
+def optuna_figures(study: optuna.Study) -> list[tuple[str, str, object]]:
+    """(id, title, figure or note) for Optuna's history, importances and parallel coordinates."""
+    from optuna.visualization import plot_optimization_history, plot_parallel_coordinate, plot_param_importances
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    varied = [k for k in {k for t in done for k in t.params} if len({repr(t.params.get(k)) for t in done}) > 1]
+    out = [("history", "Optimization history", plot_optimization_history(study))]
+    with warnings.catch_warnings(record=True) as caught:  # Optuna warns when it cannot tell settings apart
+        warnings.simplefilter("always")
+        shares = list(optuna.importance.get_param_importances(study).values()) if len(varied) > 1 else []
+    flat = len(shares) > 1 and max(shares) - min(shares) < 1e-9  # Optuna's evaluator found nothing to split on
+    if len(varied) < 2 or caught or flat:
+        why = "; ".join(str(w.message) for w in caught) or (
+            f"its evaluator gives every setting the same share (1/{len(shares)}) on {len(done)} trials; "
+            "see the main effects above" if flat else f"{len(varied)} swept setting(s) varied, 2 needed")
+        out.append(("importances", "Parameter importances", f"Optuna cannot rank the settings of this study: {why}"))
+    else:
+        out.append(("importances", "Parameter importances", plot_param_importances(study)))
+    if done and varied:
+        out.append(("parallel", "Parallel coordinates", plot_parallel_coordinate(study)))
+    else:
+        out.append(("parallel", "Parallel coordinates", "no complete trial with a varied setting to draw"))
+    return out
+
+
+def cost_figure(rows: list[dict], labels: dict[str, str], metric: str = "val/mIoU"):
+    """The metric (mean ± std over seeds) against neck parameters and against GFLOPs, one point per variant."""
+    from plotly.subplots import make_subplots
+
+    done = [r for r in rows if r["mean"] is not None]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} vs neck parameters", f"{metric} vs GFLOPs"))
+    for col, key in ((1, "params/neck"), (2, "gflops")):
+        fig.add_scatter(x=[r.get(key) for r in done], y=[r["mean"] for r in done], mode="markers+text",
+                        error_y={"type": "data", "array": [r["std"] or 0 for r in done]},
+                        text=[labels[r["variant"]] for r in done], textposition="top center", cliponaxis=False,
+                        showlegend=False, row=1, col=col)
+        fig.update_xaxes(title_text=key, row=1, col=col)
+    fig.update_yaxes(title_text=f"{metric} (mean ± std over seeds)")
+    return fig.update_layout(height=450)
+
+
+def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]):
+    """Per-class IoU (mean over seeds) of each variant as a heat map, or a note when no run has it."""
+    import plotly.graph_objects as go
+
+    per_variant = {r["variant"]: class_ious(runs[r["variant"]]) for r in rows}
+    shown = [r["variant"] for r in rows if per_variant[r["variant"]][0]]
+    if not shown:
+        return "no run folder of this study has per-class IoU (summary.json val/IoU_best/<class>)"
+    classes = list(per_variant[shown[0]][0])
+    z = [[per_variant[v][0].get(c) for c in classes] for v in shown]
+    when = sorted({per_variant[v][1] for v in shown})
+    fig = go.Figure(go.Heatmap(z=z, x=classes, y=[labels[v] for v in shown], zmin=0, zmax=1, colorscale="Viridis",
+                               text=[[f"{x:.2f}" if x is not None else "" for x in zs] for zs in z],
+                               texttemplate="%{text}"))
+    fig.update_yaxes(autorange="reversed")
+    return fig.update_layout(title=f"IoU per class at the {' / '.join(when)}, mean over seeds",
+                             height=180 + 40 * len(shown))
+
+
+def receptive_field_section(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]) -> str:
+    """Each variant's theoretical receptive fields (ablate.run.analysis.neck_summary), the effective receptive field's
+    radii (mean over its runs) and the lowest seed's ERF image (erf.png)."""
+    from ablate.config import from_dict
+    from ablate.results.rows import is_run_config
+    from ablate.run.analysis import neck_summary
+
+    numbers = {r["variant"]: neck_summary(from_dict(r["config"])) for r in rows if is_run_config(r.get("config"))}
+    for variant, n in numbers.items():
+        for key in ("erf/r50_px", "erf/r90_px"):
+            values = [run["summary"][key] for run in runs[variant] if key in run["summary"]]
+            if values:
+                n[key] = statistics.fmean(values)
+    keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
+    if not keys:
+        return note("no variant has ablate's own run config to compute receptive fields from (a LightningCLI "
+                    "study's model belongs to its project)")
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys])
+    body = "".join("<tr><td>" + html.escape(labels[v]) + "</td>" + "".join(
+        f"<td>{n[k]:.4g}</td>" if k in n else "<td></td>" for k in keys) + "</tr>" for v, n in numbers.items())
+    images = [erf_image(runs[v], labels[v]) for v in numbers]
+    gallery = "".join(images) if any(images) else note("no run folder has erf.png")
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<p>Effective receptive field of each variant's final model (lowest seed; the centre pixel's gradient "
+            f"on the first validation images):</p>{gallery}")
+
+
+def erf_image(runs: list[dict], label: str) -> str:
+    """The lowest seed's erf.png as a captioned inline figure, or nothing."""
+    for run in runs:
+        png = run["folder"] / "erf.png"
+        if png.is_file():
+            data = base64.b64encode(png.read_bytes()).decode()
+            return (f'<figure class="erf"><img class="erf" alt="ERF" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(label)}</figcaption></figure>")
+    return ""
+
+
+def predictions(row: dict, runs: list[dict], role: str, label: str) -> str:
+    """The lowest seed's predictions.png of a variant (image | true | predicted), inline, or a note."""
+    for run in runs:
+        png = run["folder"] / "predictions.png"
+        if png.is_file():
+            data = base64.b64encode(png.read_bytes()).decode()
+            caption = f"{role}: {label} ({run['name']}, val/mIoU_best {run['summary'].get('val/mIoU_best', 0):.4f})"
+            return (f'<figure><figcaption>{html.escape(caption)}</figcaption>'
+                    f'<img alt="{html.escape(role)} predictions" src="data:image/png;base64,{data}"></figure>')
+    return note(f"{role} ({label}): no run folder has predictions.png")
+
+
+def effects_table(rows: list[dict], metric: str = "val/mIoU") -> str:
+    """Main effects and interactions of the swept settings (ablate.results.stats.factorial_effects), or a note."""
+    from ablate.results.stats import factorial_effects
+
+    effects = factorial_effects(rows) if len(varied_keys(rows)) > 1 else []
+    if not effects:
+        return note("one swept setting, or runs that cannot estimate a model: the comparison table is its effect")
+    cell = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    body = "".join(f"<tr><td>{html.escape(e['term'])}</td><td>{e['df']}</td><td>{cell(e['F'], '.3g')}</td>"
+                   f"<td>{cell(e['p_value'], '.3g')}</td><td>{e['effect']:.2f}</td>"
+                   f"<td>{html.escape(fmt_levels(e))}</td></tr>" for e in effects)
+    return (f"<table><thead><tr><th>term ({html.escape(metric)})</th><th>df</th><th>F</th><th>p</th>"
+            f"<th>effect (points)</th><th>level means</th></tr></thead><tbody>{body}</tbody></table>"
+            f"<p>{html.escape(EFFECTS_NOTE)}</p>")
+
+
+def note(text: str) -> str:
+    """A visible note in place of a plot or image that cannot be made."""
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def latency_from_runs(rows: list[dict], runs: dict[str, list[dict]]) -> None:
+    """Each row's latency_ms: the least of its runs' summary.json values (measured as each run ended; other work
+    on the machine only ever slows a measurement down, so the least is the closest to the model's own cost)."""
+    for r in rows:
+        values = [run["summary"]["latency_ms"] for run in runs[r["variant"]] if "latency_ms" in run["summary"]]
+        r["latency_ms"] = min(values) if values else None
+
+
+def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:
+    """A heading and a div `plot-<id>` (or a note) per plot; the first figure carries plotly.js, inline."""
+    parts, first = [], True
+    for div_id, title, fig in plots:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if isinstance(fig, str):
+            parts.append(note(fig))
+            continue
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"plot-{div_id}",
+                                 config={"displaylogo": False}))
+        first = False
+    return parts
+
+
+def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, verdicts: dict | None = None) -> str:
+    """The whole report as one HTML document; plotly.js is embedded once, inline. `verdicts`: the alpha, margin and
+    looks the rows were compared with (ablate.results.rows.verdict_options)."""
+    runs, labels = run_folders(runs_root, study.study_name, rows), short_labels(rows)
+    metric, _ = study_objective(study)
+    v = {"alpha": 0.05, "margin": None, "looks": None, **(verdicts or {})}
+    latency_from_runs(rows, runs)
+    parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", "<h2>Comparison table</h2>",
+             render(rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"])),
+             "<h2>Main effects</h2>", effects_table(rows, metric)]
+    verdict_plots = [("forest", "Δ vs the baseline, with its interval", forest_figure(rows, labels, v["alpha"],
+                                                                                     v["margin"])),
+                     ("seeds", "Every seed", strip_figure(rows, labels, metric))]
+    parts += plot_sections(verdict_plots + optuna_figures(study) + [("cost", "Accuracy vs cost", cost_figure(rows, labels, metric)),
+                                                    ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels))])
+    parts += ["<h2>Receptive fields</h2>", receptive_field_section(rows, runs, labels), "<h2>Example predictions</h2>"]
+    best = next(r for r in rows if r["mean"] is not None)
+    shown = [(best, "best")] + ([(base, "baseline")] if base is not best else [])
+    parts += [predictions(r, runs[r["variant"]], role, labels[r["variant"]]) for r, role in shown]
+    if base is best:
+        parts.append(note("the baseline is the best variant; --baseline KEY=VALUE picks another to compare"))
+    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>ablate report: '
+            f'{html.escape(study.study_name)}</title><style>{STYLE}</style></head><body>\n'
+            + "\n".join(parts) + "\n</body></html>\n")

@@ -1,0 +1,88 @@
+"""One training run of ablate's own model: data, SegmentationModule, a real Lightning Trainer, summary.json."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+
+from ablate.cli import warn
+from ablate.config import ConfigError, RunConfig, to_dict
+from ablate.data import create_datamodule
+from ablate.run.analysis import config_rate_message, neck_summary
+from ablate.run.loggers import finish_wandb, make_loggers
+from ablate.run.model import measure_latency_ms
+from ablate.run.module import SegmentationModule
+from ablate.run.visuals import RunVisuals
+
+
+def warn_degenerate_rates(cfg: RunConfig) -> None:
+    """Warn (error under `model.strict`) when a dilation rate is degenerate on the neck's feature map."""
+    message = config_rate_message(cfg)
+    if message and cfg.model.strict:
+        raise ConfigError(f"{message} (model.strict=true makes this an error)")
+    if message:
+        warn(message)
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step (forward, backward, optimizer), for the summary."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, *args) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+    def median(self) -> float | None:
+        return sorted(self.times)[len(self.times) // 2] if self.times else None
+
+
+class PlainProgress(L.Callback):
+    """One line per validation epoch, for logs that are not a terminal."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  train/loss {m.get('train/loss', float('nan')):.4f}"
+              f"  val/loss {m.get('val/loss', float('nan')):.4f}  val/mIoU {m.get('val/mIoU', 0):.4f}"
+              f"  best {m.get('val/mIoU_best', 0):.4f}", flush=True)
+
+
+def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: dict | None = None) -> dict:
+    """Train `cfg` once, write `output/summary.json` and return the summary."""
+    output = Path(output)
+    warn_degenerate_rates(cfg)
+    datamodule = create_datamodule(cfg)  # reads and checks the data before anything trains
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = SegmentationModule(to_dict(cfg), list(datamodule.classes))
+    stats = module.model_stats()
+    timer, loggers = StepTimer(), make_loggers(cfg, output, wandb_run)
+    visuals = RunVisuals(output, list(datamodule.classes))  # best epoch's confusion matrix and masks
+    tty = sys.stdout.isatty()
+    progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
+    trainer = L.Trainer(default_root_dir=output, logger=loggers, callbacks=[timer, visuals, *progress, *callbacks],
+                        enable_progress_bar=tty, **cfg.trainer)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except BaseException as e:
+        finish_wandb(loggers, {"state": type(e).__name__}, failed=type(e).__name__ != "TrialPruned")
+        raise
+    last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}  # last epoch
+    summary = {**last, "val/mIoU": last.get("val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
+               "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
+               "classes": len(datamodule.classes), **visuals.summary(), **neck_summary(cfg),
+               "config": to_dict(cfg)}
+    if trainer.is_global_zero:  # under DDP only rank 0 writes the result
+        summary["latency_ms"] = measure_latency_ms(module.model, cfg.data.image_size)  # batch 1, eval mode
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    finish_wandb(loggers, {k: v for k, v in summary.items() if k != "config"}, failed=False)
+    return summary

@@ -1,0 +1,103 @@
+"""The one home of the Optuna storage: its URL (flag, $ABLATE_STORAGE, default), redaction, locks, studies."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+import optuna
+
+from ablate.errors import ConfigError
+
+DEFAULT_STORAGE = "sqlite:///runs/ablate.db"
+STORAGE_ENV = "ABLATE_STORAGE"  # keeps a password out of argv (and `ps`)
+
+
+def resolve(flag: str | None) -> str:
+    """The storage URL: --storage, else $ABLATE_STORAGE, else the default SQLite file."""
+    return flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def redact(url: str) -> str:
+    """The storage URL with its password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    return url if url.startswith("sqlite") else make_url(url).render_as_string(hide_password=True)
+
+
+@contextlib.contextmanager
+def sqlite_lock(url: str):
+    """An exclusive lock on a file beside a SQLite database: one process of this machine at a time."""
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.storages.RDBStorage:
+    """An RDB storage: SQLite (one machine) or PostgreSQL (many).
+
+    `heartbeat` = (interval, grace period) in seconds: running trials record heartbeats, and a trial whose
+    worker died is failed and queued again with the same parameters.
+    """
+    beat = {}
+    if heartbeat:
+        beat = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback()}
+    if not url.startswith("sqlite:///"):
+        if not url.startswith("postgresql"):
+            raise ConfigError(f"storage {redact(url)!r}: use sqlite:///PATH (one machine) or "
+                              "postgresql+psycopg2://USER:PASSWORD@HOST/DB (many machines)")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
+    with sqlite_lock(url):  # workers that start together create the schema one at a time
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+
+
+def study_names(storage) -> list[str]:
+    """The names of the studies in `storage`."""
+    return [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
+
+def load_study(name: str, storage, **kwargs) -> optuna.Study:
+    """The stored study `name`; an unknown name is a ConfigError listing the studies there."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError:
+        raise ConfigError(f"no study {name!r} in this storage; studies: {', '.join(study_names(storage)) or 'none'}"
+                          ) from None
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its own stop: the worker loop stops at exactly n_trials."""
+
+    def after_trial(self, *args) -> None:
+        pass
+
+
+def open_study(sweep, storage_url: str) -> optuna.Study:
+    """Create the study of `sweep` (a SweepConfig) or load it; a stored study with another space or direction is
+    an error."""
+    from ablate.study.space import grid_choices, to_plain
+
+    s = sweep.study
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=s.sampler_seed),
+                "random": lambda: optuna.samplers.RandomSampler(seed=s.sampler_seed),
+                "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s.sampler_seed),
+                "grid": lambda: GridSampler(grid_choices(sweep.space), seed=s.sampler_seed)}
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+               "none": optuna.pruners.NopPruner}
+    storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period))
+    study = optuna.create_study(study_name=s.name, storage=storage, sampler=samplers[s.sampler](),
+                                pruner=pruners[s.pruner](), direction=s.direction, load_if_exists=True)
+    stored = study.user_attrs.get("space")
+    if stored is None:
+        study.set_user_attr("space", sweep.space_json())
+        study.set_user_attr("sweep", to_plain(sweep))
+    elif stored != sweep.space_json():
+        raise ConfigError(f"study {s.name!r} already exists in this storage with another search space or direction.\n"
+                          f"stored: {stored}\nnew:    {sweep.space_json()}\n"
+                          "Use --study NEW_NAME for the new space, or the stored sweep file to resume.")
+    return study
