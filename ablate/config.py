@@ -268,8 +268,9 @@ def _validate_neck(cfg: RunConfig) -> None:
         raise ConfigError(f"model.neck.name: {e}") from None
     for key in neck:
         if key not in valid:
-            hint = did_you_mean(key, valid, "model.neck.")
-            raise ConfigError(f"unknown option model.neck.{key} for neck {name!r}{hint}; valid: {', '.join(valid)}")
+            listed = f"valid: {', '.join(valid)}" if valid else "it takes no options"
+            raise ConfigError(f"unknown option model.neck.{key} for neck {name!r}"
+                              f"{did_you_mean(key, valid, 'model.neck.')}; {listed}")
     try:  # building it on a few channels checks every option value the way training would
         create_neck(name, 8, **neck)
     except (ValueError, TypeError) as e:

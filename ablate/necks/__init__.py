@@ -1,11 +1,12 @@
 """Neck registry: a dict plus a bare decorator keyed by the factory's name (timm style); built-in necks are classes."""
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Callable
 
 import torch.nn as nn
+
+from ablate.errors import did_you_mean
 
 _NECKS: dict[str, Callable[..., nn.Module]] = {}
 _HOW = ("write it as `def {name}(in_channels, out_channels=256, ...)`: the input width first, then each option "
@@ -94,8 +95,7 @@ def _get(name: str) -> Callable[..., nn.Module]:
 
 
 def _closest(word: str, choices) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    return did_you_mean(repr(word), [repr(c) for c in choices])
 
 
 from ablate.necks.aspp import ASPP  # noqa: E402  (registers the built-in necks)
