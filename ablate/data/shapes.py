@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ablate.config import ConfigError
 from ablate.data import check_labels
 
 SHAPES = ("disk", "square", "diamond")
@@ -92,6 +93,34 @@ class TensorSegmentation(Dataset):
         return (self.images[i].float() / 255 - MEAN) / STD, self.masks[i].long()
 
 
+class DeviceBatches:
+    """Batches sliced from uint8 tensors already on the training device: no DataLoader, no copy a step.
+
+    The same batches in the same order as a DataLoader over `TensorSegmentation` with the same `shuffle` and
+    `drop_last`: each pass draws the loader's base seed and, shuffled, its sampler's seed from torch's global
+    generator (seeded by `seed_everything`), and permutes with a generator seeded like the sampler's.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, batch_size: int, *, shuffle: bool, drop_last: bool):
+        self.images, self.masks, self.batch_size = images, masks, batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+
+    def __len__(self) -> int:
+        n, b = len(self.images), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed (unused here)
+        order = torch.arange(len(self.images))
+        if self.shuffle:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
+        order = order.to(self.images.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield (self.images[index].float() / 255 - MEAN) / STD, self.masks[index].long()  # (B, 3, S, S), (B, S, S)
+
+
 class ShapesDataModule(L.LightningDataModule):
     """The built-in synthetic data: generated once from `data.seed`, kept in memory."""
 
@@ -112,10 +141,24 @@ class ShapesDataModule(L.LightningDataModule):
             check_labels(masks, len(CLASSES), name)
         self.train_set, self.val_set = TensorSegmentation(*train), TensorSegmentation(*val)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        if self.cfg.on_device:
+            return self._on_device(self.train_set, shuffle=True, drop_last=True)
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
                           num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        if self.cfg.on_device:
+            return self._on_device(self.val_set, shuffle=False, drop_last=False)
         return DataLoader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
                           persistent_workers=self.cfg.num_workers > 0)
+
+    def _on_device(self, data: TensorSegmentation, *, shuffle: bool, drop_last: bool) -> DeviceBatches:
+        """`data.on_device`: the split moved once to the trainer's device (the CPU outside a Trainer)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            raise ConfigError(f"data.on_device=true trains on one device; this run has {trainer.world_size} "
+                              "(trainer.devices): set data.on_device=false, whose sampler shards the data")
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return DeviceBatches(data.images.to(device), data.masks.to(device), self.cfg.batch_size, shuffle=shuffle,
+                             drop_last=drop_last)

@@ -1,0 +1,86 @@
+"""Which GPUs each `--workers N` process sees: its share of the machine's GPUs, by CUDA_VISIBLE_DEVICES."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from ablate.errors import ConfigError
+
+GPU_NAME = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z-]+")  # an index as nvidia-smi numbers it, or a UUID
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this machine lets us use: $CUDA_VISIBLE_DEVICES when it is set, else 0..device_count-1."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        gpus = []
+        for name in (g.strip() for g in env.split(",")):
+            if not GPU_NAME.fullmatch(name):  # CUDA stops at the first entry it cannot read ("-1": none)
+                break
+            gpus.append(name)
+        return gpus
+    import torch  # only here: a CPU-only command never needs it for this
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def parse_gpus(text: str, visible: list[str]) -> list[str]:
+    """`--gpus 0,1,2,3` -> ['0', '1', '2', '3'], each one of `visible`, none twice."""
+    gpus = [g.strip() for g in text.split(",")]
+    where = f"visible GPUs: {','.join(visible)}" if visible else \
+        "no GPU is visible here ($CUDA_VISIBLE_DEVICES is unset or empty and torch finds no CUDA device)"
+    for g in gpus:
+        if not GPU_NAME.fullmatch(g) or g not in visible:
+            raise ConfigError(f"--gpus {text}: {g!r} is not a visible GPU; {where}")
+    if len(set(gpus)) < len(gpus):
+        raise ConfigError(f"--gpus {text}: a GPU is named twice; give each once (workers share GPUs by themselves "
+                          "when there are more workers than GPUs)")
+    return gpus
+
+
+def assign_gpus(workers: int, gpus: list[str], per_trial: int) -> list[str]:
+    """Each worker's CUDA_VISIBLE_DEVICES value: `per_trial` GPUs each (its DDP ranks), none shared, when
+    workers * per_trial <= len(gpus); with one GPU a trial and more workers than GPUs, round-robin (packed)."""
+    if per_trial > len(gpus) or (per_trial > 1 and workers * per_trial > len(gpus)):
+        raise ConfigError(
+            f"--workers {workers} with trainer.devices={per_trial} needs {workers * per_trial} GPUs, and "
+            f"{len(gpus)} are chosen ({','.join(gpus)}): use --workers {max(1, len(gpus) // per_trial)}, or "
+            "trainer.devices=1 to pack several workers on each GPU")
+    if per_trial == 1:
+        return [gpus[i % len(gpus)] for i in range(workers)]
+    return [",".join(gpus[i * per_trial:(i + 1) * per_trial]) for i in range(workers)]
+
+
+def trial_devices(sweep) -> int | None:
+    """GPUs one trial trains on (`trainer.devices`; 'auto' or -1 = its whole share: 1 here), or None when the
+    trial does not train on GPUs (`trainer.accelerator=cpu`)."""
+    if isinstance(sweep.base, dict):
+        trainer = sweep.base.get("trainer") or {}
+    else:  # a LightningCLI project: its config file's trainer section
+        trainer = (yaml.safe_load(Path(sweep.base).read_text()) or {}).get("trainer") or {}
+    if trainer.get("accelerator") == "cpu":
+        return None
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, list):
+        return len(devices)
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return devices if isinstance(devices, int) and devices > 0 else 1
+
+
+def plan_gpus(workers: int, chosen: str | None, sweep) -> list[str] | None:
+    """Each worker's CUDA_VISIBLE_DEVICES value, or None: no GPU here, `--gpus none`, a CPU trainer, or one
+    worker without `--gpus` (it keeps what it was given). Errors come before anything trains."""
+    if chosen == "none" or (chosen is None and workers == 1) or "ABLATE_WORKER" in os.environ:
+        return None  # a worker process itself keeps the GPUs it was started with
+    per_trial = trial_devices(sweep)
+    visible = visible_gpus()
+    if per_trial is None:
+        if chosen is not None:
+            raise ConfigError(f"--gpus {chosen}: the trials train on the CPU (trainer.accelerator=cpu)")
+        return None
+    gpus = parse_gpus(chosen, visible) if chosen is not None else visible
+    return assign_gpus(workers, gpus, per_trial) if gpus else None
