@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", action="append", help="study name (repeat to merge studies; default: all)")
     cli.add_storage_argument(p)
     p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--baseline", help="KEY=VALUE,... picking the row Δ is measured against (default: the best)")
+    p.add_argument("--baseline", help="KEY=VALUE,... picking the row Δ is measured against (default: the study's "
+                   "baseline, e.g. an experiment's `baseline:`, else the best row)")
     p.add_argument("--metric", help="default: the study's own metric (val/mIoU, or a LightningCLI sweep's `metric`), "
                    "each seed's best epoch; another val/ metric: each seed's last epoch")
     cli.add_verdict_arguments(p)
@@ -45,7 +46,8 @@ def _table(args) -> int:
     if not rows:
         raise ConfigError(f"no finished trials in {args.from_wandb or ', '.join(args.study or ['this storage'])}")
     v = verdict_options(stored, args.margin, args.alpha)
-    add_deltas(rows, parse_baseline(args.baseline), margin=v["margin"], alpha=v["alpha"], direction=v["direction"])
+    baseline = parse_baseline(args.baseline) or v["baseline"]  # default: the study's own, else the best row
+    add_deltas(rows, baseline, margin=v["margin"], alpha=v["alpha"], direction=v["direction"])
     if not args.no_latency:
         measure_latencies(rows)
     text = render(rows, args.format, metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"]))

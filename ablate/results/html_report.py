@@ -37,11 +37,13 @@ def run_folders(runs: Path, study: str, rows: list[dict]) -> dict[str, list[dict
 
 
 def class_ious(runs: list[dict]) -> tuple[dict[str, float], str]:
-    """Per-class IoU averaged over a variant's runs: at the best epoch, else (older runs) the last epoch."""
+    """Per-class IoU of a variant at the best epoch, else (older runs) the last epoch: each class averaged over the
+    runs that have it (a class absent from a run's predictions and targets has no IoU there)."""
     for prefix, when in (("val/IoU_best/", "best epoch"), ("val/IoU/", "last epoch")):
         per_run = [{k[len(prefix):]: v for k, v in r["summary"].items() if k.startswith(prefix)} for r in runs]
-        if per_run and all(per_run):
-            return {c: statistics.fmean(p[c] for p in per_run) for c in per_run[0]}, when
+        classes = list(dict.fromkeys(c for p in per_run for c in p))  # first seen first
+        if classes:
+            return {c: statistics.fmean(p[c] for p in per_run if c in p) for c in classes}, when
     return {}, ""
 
 
@@ -100,7 +102,7 @@ def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str,
     shown = [r["variant"] for r in rows if per_variant[r["variant"]][0]]
     if not shown:
         return "no run folder of this study has per-class IoU (summary.json val/IoU_best/<class>)"
-    classes = list(per_variant[shown[0]][0])
+    classes = list(dict.fromkeys(c for v in shown for c in per_variant[v][0]))  # one a variant lacks: a gap
     z = [[per_variant[v][0].get(c) for c in classes] for v in shown]
     when = sorted({per_variant[v][1] for v in shown})
     fig = go.Figure(go.Heatmap(z=z, x=classes, y=[labels[v] for v in shown], zmin=0, zmax=1, colorscale="Viridis",

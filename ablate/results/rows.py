@@ -151,7 +151,7 @@ def verdict_options(stored: dict, margin: float | None = None, alpha: float | No
     (`study_verdicts`); a margin that is not positive or an α outside (0, 0.5) is a ConfigError."""
     from ablate.results.stats import check_margin
 
-    out = {"margin": None, "alpha": 0.05, "looks": None, "direction": "maximize", **stored}
+    out = {"margin": None, "alpha": 0.05, "looks": None, "direction": "maximize", "baseline": None, **stored}
     if margin is not None:
         out["margin"] = margin
     if alpha is not None:
@@ -167,9 +167,11 @@ def verdict_options(stored: dict, margin: float | None = None, alpha: float | No
 
 def study_verdicts(study: optuna.Study) -> dict:
     """What the study's tables decide with, as its sweep recorded it (ablate.study.decide.verdict_attrs): margin,
-    alpha (the α per look once the study added seeds until decided) and looks ([first, max_seeds] or None)."""
+    alpha (the α per look once the study added seeds until decided), looks ([first, max_seeds] or None) and the
+    baseline row's settings (an experiment's `baseline`; None: the best row)."""
     v = study.user_attrs.get("verdicts") or {}
-    return {"margin": v.get("margin"), "alpha": v.get("look_alpha") or v.get("alpha", 0.05), "looks": v.get("looks")}
+    return {"margin": v.get("margin"), "alpha": v.get("look_alpha") or v.get("alpha", 0.05), "looks": v.get("looks"),
+            "baseline": v.get("baseline")}
 
 
 def parse_baseline(text: str | None) -> dict[str, str] | None:

@@ -168,8 +168,12 @@ def seeds_needed(result: dict, *, margin: float | None = None, alpha: float = 0.
 def _difference_power(result: dict, n: np.ndarray, alpha: float) -> np.ndarray:
     effect = abs(result["delta"]) / result["sd"]  # Cohen's d (of the differences when paired)
     if result["test"] == "paired":
-        return TTestPower().power(effect_size=effect, nobs=n, alpha=alpha)
-    return TTestIndPower().power(effect_size=effect, nobs1=n, alpha=alpha, ratio=1.0)
+        power, df, nc = TTestPower().power(effect_size=effect, nobs=n, alpha=alpha), n - 1, effect * np.sqrt(n)
+    else:
+        power = TTestIndPower().power(effect_size=effect, nobs1=n, alpha=alpha, ratio=1.0)
+        df, nc = 2 * (n - 1), effect * np.sqrt(n / 2)
+    # scipy's noncentral t gives NaN far in its lower tail, a term below α/2 here (effect >= 0): the upper tail
+    return np.where(np.isnan(power), stats.nct.sf(stats.t.isf(alpha / 2, df), df, nc), power)
 
 
 def _equivalence_power(result: dict, n: np.ndarray, margin: float, alpha: float) -> np.ndarray:
@@ -248,8 +252,9 @@ def _observations(rows: list[dict]) -> tuple:
     """A frame of one row per seed value (factors renamed x0, x1, … for the formula) and the factor names."""
     import pandas as pd
 
-    parsed = [(dict(s.partition("=")[::2] for s in r["variant"].split(" ") if s), list(r["seeds"].values()))
-              for r in rows if r["seeds"]]
+    from ablate.results.formats import settings
+
+    parsed = [(settings(r["variant"]), list(r["seeds"].values())) for r in rows if r["seeds"]]
     keys = sorted({k for settings, _ in parsed for k in settings})
     names = [k for k in keys if len({settings.get(k, "") for settings, _ in parsed}) > 1]
     records = [{**{f"x{i}": settings.get(k, "") for i, k in enumerate(names)}, "y": float(v)}

@@ -192,7 +192,7 @@ def until_decided(sweep: SweepConfig, study: optuna.Study) -> Rounds | None:
     s, trials = sweep.study, study.get_trials(deepcopy=False)
     if s.until_decided:
         check_max_seeds(trials, s.max_seeds, len(sweep.seeds))
-    study.set_user_attr("verdicts", verdict_attrs(s, len(sweep.seeds), study.user_attrs.get("verdicts")))
+    study.set_user_attr("verdicts", verdict_attrs(sweep, study.user_attrs.get("verdicts")))
     return Rounds(sweep) if s.until_decided else None
 
 
