@@ -1,4 +1,4 @@
-"""The GPU figures of issue 16, in one run on one device (about 8 minutes on a CUDA GPU).
+"""The GPU figures of issue 16, in one run on one device (sized for at most ~8 minutes on one CUDA GPU).
 
     python benchmarks/gpu.py                        # CUDA: writes benchmarks/results/<device-name>.json
     python benchmarks/gpu.py --device cpu --quick   # tiny sizes: the script works end to end (not figures)
@@ -36,10 +36,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import dense_peak, interleaved, small_config, sync  # noqa: E402  (benchmarks/run.py)
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # benchmarks/run.py, and ablate without installing it
+from run import dense_peak, interleaved, small_config, sync  # noqa: E402
 SECTIONS = ("voc", "peak", "workers")  # the quickest first
 OPTIONS = ["data.on_device=true", "optim.fused=true"]  # what issue 16 adds for small trials
 TINY = ["data.image_size=64", "data.train_size=16", "data.val_size=8", "data.batch_size=4",  # 64 px: the
@@ -95,7 +94,8 @@ def sweep_wall(workers: int, trials: int, overrides: list[str], device: torch.de
 
             gpu = visible_gpus()[device.index or 0]
             cmd += ["--gpus", gpu]  # every worker on this one GPU
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # keeps what is there
+        env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
         with GpuBusy(gpu) as busy:
             start = time.perf_counter()
             done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
