@@ -1,4 +1,5 @@
-"""Tests of ablate.run.analysis and ablate.analyze: valid 3x3 taps (DeepLabv3 Fig. 4), receptive fields, gridding, ERF."""
+"""Tests of ablate.run.analysis and ablate.analyze: valid 3x3 taps (DeepLabv3 Fig. 4), receptive fields, gridding,
+ERF."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from ablate.config import load_config
 from ablate.run import analysis
 from ablate.run.analysis import degenerate_rate_message, degenerate_rates, feature_size, valid_tap_shares
-from ablate.config import load_config
 
 TAPS = (9, 6, 4, 3, 2, 1)
 
@@ -295,7 +296,7 @@ def test_cli_prints_the_tables(capsys):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A real checkpoint of a tiny one-epoch run (Lightning's ModelCheckpoint, as every run keeps one)."""
-    from conftest import TINY
+    from helpers import TINY
 
     from ablate.run.fit import run
 
@@ -313,7 +314,7 @@ def checkpoint(tmp_path_factory):
 def test_cli_erf_of_a_checkpoint(checkpoint, capsys):
     import json
 
-    from conftest import TINY
+    from helpers import TINY
     from PIL import Image
 
     code, out, _ = analyze(capsys, "--checkpoint", checkpoint, "--out", "trained.png", "--images", 4, "--json")
@@ -330,7 +331,7 @@ def test_cli_erf_of_a_checkpoint(checkpoint, capsys):
 
 
 def test_cli_checkpoint_errors(checkpoint, capsys):
-    from conftest import TINY
+    from helpers import TINY
 
     (tmp := checkpoint.parent.parent / "bad").mkdir(exist_ok=True)
     (tmp / "text.ckpt").write_text("not a checkpoint")

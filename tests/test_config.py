@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import ablate.necks.registry as neck_registry
 from ablate.config import ConfigError, RunConfig, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,7 @@ def test_imports_register_third_party_necks(tmp_path, monkeypatch):
         "@register_neck\ndef my_conv(in_channels, *, out_channels=32):\n"
         "    m = nn.Conv2d(in_channels, out_channels, 1)\n    m.out_channels = out_channels\n    return m\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(neck_registry, "_NECKS", dict(neck_registry._NECKS))  # my_conv leaves with the test
     (tmp_path / "c.yaml").write_text("imports: [my_necks]\nmodel:\n  neck: {name: my_conv, out_channels: 16}\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.model.neck == {"name": "my_conv", "out_channels": 16}

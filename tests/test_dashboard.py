@@ -1,28 +1,17 @@
 """The W&B workspace spec of a study, built from a real tiny sweep, against what its W&B runs really hold."""
 import json
-from pathlib import Path
 
 import pytest
-from conftest import finished_run_info
-from test_sweep import STORAGE, write_sweep
+from helpers import STORAGE
 
 from ablate.dashboard import main as dashboard
 from ablate.data.shapes import CLASSES
-from ablate.sweep import main as sweep
-
-SPACE = {"model.neck.fusion": {"choices": ["concat", "sum"]}, "optim.lr": {"choices": [0.001, 0.002]}}
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A finished 2-trial study (fusion x lr grid, one seed) with offline W&B runs, in its own folder."""
-    folder = tmp_path_factory.mktemp("study")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        path = write_sweep(space=SPACE, seeds=(0,), overrides=["wandb.mode=offline"])
-        assert sweep([path, "--storage", STORAGE]) == 0
-        runs = [finished_run_info(d) for d in sorted(Path("runs/wandb").glob("offline-run-*"))]
-    return folder, runs
+def study(shared_study):
+    """The session's finished study (tests/conftest.py: fusion x lr, 3 variants x 2 seeds) and its W&B runs."""
+    return shared_study.folder, shared_study.runs
 
 
 def _spec(folder, capsys, *args) -> dict:
@@ -64,11 +53,13 @@ def test_dry_run_spec_groups_by_variant_and_shows_what_the_runs_log(study, capsy
     assert (bar["groupAgg"], bar["groupArea"]) == ("mean", "stddev")  # mean ± std over seeds
     columns = [c["accessor"] for c in kinds["Parallel Coordinates Plot"]["columns"]]
     assert columns == ["config:neck.value.fusion", "config:swept.value.optim/lr", "summary:val/mIoU_best"]
-    scatters = [(p["config"]["xAxis"], p["config"]["yAxis"]) for p in panels["Variants"] if p["viewType"] == "Scatter Plot"]
+    scatters = [(p["config"]["xAxis"], p["config"]["yAxis"]) for p in panels["Variants"]
+                if p["viewType"] == "Scatter Plot"]
     assert ("summary:params/neck", "summary:val/mIoU_best") in scatters
-    assert len(runs) == 2
+    assert len(runs) == 6  # 3 variants x 2 seeds
     for run in runs:  # grouped by the variant; every axis and point of the panels exists in every run
-        assert run["group"] == f"model.neck.fusion={run['config']['model.neck.fusion']} optim.lr={run['config']['optim.lr']}"
+        config = run["config"]
+        assert run["group"] == f"model.neck.fusion={config['model.neck.fusion']} optim.lr={config['optim.lr']}"
         values = {c: _resolve(c, run) for c in columns}
         assert None not in values.values(), values
         assert values["config:neck.value.fusion"] == run["config"]["model.neck.fusion"]

@@ -1,4 +1,5 @@
-"""The synthetic shapes: deterministic, every class present, the scene a global vote, objects visible, labels checked."""
+"""The synthetic shapes: deterministic, every class present, the scene a global vote, objects visible, labels
+checked."""
 import numpy as np
 import pytest
 import torch

@@ -10,15 +10,15 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from helpers import write_sweep
 from PIL import Image
-from test_sweep import write_sweep
 
 from ablate.config import ConfigError, load_config
 from ablate.data import create_datamodule
 from ablate.data.layouts import CITYSCAPES, VOC_CLASSES
 from ablate.data.recipe import IMAGENET_MEAN, IMAGENET_STD, sliding_logits, train_transform
-from ablate.sweep import main as sweep_main
 from ablate.run.fit import run
+from ablate.sweep import main as sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (40, 52)  # (H, W): not square, so a transposed mask would show
@@ -371,18 +371,28 @@ def test_a_mask_changed_after_a_good_scan_is_checked_again(tmp_path):
         datamodule(tmp_path, "folder")
 
 
-def test_bad_data_stops_a_sweep_before_its_first_trial(tmp_path, capsys):
-    expected = break_tree(tmp_path / "data", "image without mask")
-    path = write_sweep(overrides=["data.name=folder", f"data.root={tmp_path / 'data'}", "data.batch_size=2"])
+LONG = ("x" * 60, "y" * 60)  # a deep folder, as a long --basetemp gives: the path in a message is longer than a line
+
+
+def test_bad_data_stops_a_sweep_before_its_first_trial(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal, inherited when stderr is a pipe: no effect on messages
+    root = tmp_path.joinpath(*LONG, "data")
+    expected = f"{root / 'images' / 'train' / 'train1.png'} has no counterpart in masks/train"
+    assert expected.endswith(break_tree(root, "image without mask"))
+    path = write_sweep(overrides=["data.name=folder", f"data.root={root}", "data.batch_size=2"])
     assert sweep_main([path, "--storage", f"sqlite:///{tmp_path / 'o.db'}"]) == 2
-    assert expected in " ".join(capsys.readouterr().err.split())
+    err = capsys.readouterr().err
+    assert any(line.startswith(f"error: {expected}") for line in err.splitlines()), err  # whole, on one line
     assert optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'o.db'}").trials == []
 
 
 def test_bad_data_stops_the_train_command_before_training(tmp_path):
-    expected = break_tree(tmp_path / "data", "values outside the classes")
-    done = subprocess.run([sys.executable, "-m", "ablate.train", "data.name=folder", f"data.root={tmp_path / 'data'}",
+    root = tmp_path.joinpath(*LONG, "data")
+    expected = f"{root / 'masks' / 'train' / 'train2.png'}: mask values [7] are not valid here; valid: 0..2 and 255"
+    assert expected.endswith(break_tree(root, "values outside the classes"))
+    done = subprocess.run([sys.executable, "-m", "ablate.train", "data.name=folder", f"data.root={root}",
                            *FILE_TINY, "--output", str(tmp_path / "out")], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert done.returncode == 2 and expected in " ".join(done.stderr.split())
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "40"}, timeout=300)
+    assert done.returncode == 2
+    assert any(line.startswith(f"error: {expected}") for line in done.stderr.splitlines()), done.stderr
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import write_sweep
 from optuna.trial import TrialState
-from test_sweep import write_sweep
 
 from ablate.errors import ConfigError
 from ablate.study.gpus import assign_gpus, parse_gpus, plan_gpus, trial_devices, visible_gpus

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import finished_run_info as run_info
+from helpers import finished_run_info as run_info
 from optuna.trial import TrialState
 
 from ablate.sweep import main

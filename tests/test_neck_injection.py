@@ -4,8 +4,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch

@@ -13,6 +13,7 @@ from torch.testing import assert_close
 from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
 import ablate.necks as necks
+import ablate.necks.registry as neck_registry  # its dict a test may copy
 from ablate.necks import create_neck, list_necks, neck_options, register_neck
 from ablate.necks.aspp import ImagePooling
 
@@ -25,7 +26,7 @@ class SeedASPP(nn.Module):
     """Seed article 000's BN-free ASPP, typed as the article gives it (F.interpolate for the deprecated F.upsample)."""
 
     def __init__(self, in_channel=512, depth=256):
-        super(SeedASPP, self).__init__()
+        super().__init__()
         self.mean = nn.AdaptiveAvgPool2d((1, 1))  # (1,1)means ouput_dim
         self.conv = nn.Conv2d(in_channel, depth, 1, 1)
         self.atrous_block1 = nn.Conv2d(in_channel, depth, 1, 1)
@@ -122,7 +123,7 @@ def test_unknown_neck_raises_listing_registered_necks():
 
 
 def test_duplicate_registration_raises(monkeypatch):
-    monkeypatch.setattr(necks, "_NECKS", dict(necks._NECKS))  # undone after the test
+    monkeypatch.setattr(neck_registry, "_NECKS", dict(neck_registry._NECKS))  # undone after the test
 
     def aspp(in_channels, *, out_channels=4):
         return nn.Identity()
@@ -144,7 +145,7 @@ def test_duplicate_registration_raises(monkeypatch):
 @pytest.fixture
 def registry(monkeypatch):
     """A copy of the registry for the test to register into (undone after the test)."""
-    monkeypatch.setattr(necks, "_NECKS", dict(necks._NECKS))
+    monkeypatch.setattr(neck_registry, "_NECKS", dict(neck_registry._NECKS))
 
 
 def test_a_neck_written_as_users_write_functions_takes_its_options(registry):

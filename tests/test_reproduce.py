@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY
+from helpers import TINY
 
 from ablate.config import ConfigError
 from ablate.reproduce import load_experiment, main, reference_means

@@ -8,30 +8,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import TINY
-from conftest import finished_run_info as run_info
+from helpers import ROOT, STORAGE, trials, write_sweep
+from helpers import finished_run_info as run_info
 from optuna.trial import TrialState
 
 from ablate.config import ConfigError
 from ablate.study.space import load_sweep
 from ablate.study.targets import make_target
 from ablate.sweep import main
-
-ROOT = Path(__file__).resolve().parents[1]
-STORAGE = "sqlite:///runs/test.db"
-
-
-def write_sweep(path="sweep.yaml", space=None, n_trials=2, seeds=(0, 1), overrides=(), **study):
-    """A sweep over the tiny config (a few seconds a run)."""
-    spec = {"base": str(ROOT / "experiments/base.yaml"), "overrides": TINY + list(overrides),
-            "study": {"name": "t", "sampler": "grid", "pruner": "none", **study}, "n_trials": n_trials,
-            "seeds": list(seeds), "space": space or {"model.neck.fusion": {"choices": ["concat", "sum"]}}}
-    Path(path).write_text(yaml.safe_dump(spec))
-    return path
-
-
-def trials(name="t"):
-    return optuna.load_study(study_name=name, storage=STORAGE).get_trials()
 
 
 def test_trials_times_seeds_give_complete_trials_and_one_wandb_run_each():

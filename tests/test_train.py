@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import finished_run_info as run_info
+from helpers import finished_run_info as run_info
 
 from ablate.config import ConfigError, load_config, to_dict
-from ablate.run.module import SegmentationModule
 from ablate.run.fit import run, warn_degenerate_rates
+from ablate.run.module import SegmentationModule
 
 KEYS = {"val/mIoU", "val/mIoU_best", "params/neck", "params/total", "gflops", "config"}
 

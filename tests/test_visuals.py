@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import finished_run_info
+from helpers import finished_run_info
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from ablate.run.analysis import erf_radius, neck_summary
 from ablate.config import load_config
 from ablate.data import create_datamodule
+from ablate.run.analysis import erf_radius, neck_summary
 from ablate.run.fit import run
 from ablate.run.loggers import neck_columns
 from ablate.run.visuals import RunVisuals, class_iou, overlay, palette, render_predictions

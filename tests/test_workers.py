@@ -9,9 +9,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import finished_run_info as run_info
+from helpers import finished_run_info as run_info
+from helpers import write_sweep as sweep_file
 from optuna.trial import TrialState
-from test_sweep import write_sweep as sweep_file
 
 WIDTHS = [8, 10, 12, 14, 16, 18, 20, 22]  # an 8-point grid: every point a different model
 

@@ -2,11 +2,10 @@
 and `.std` its images are normalized with."""
 from __future__ import annotations
 
-import torch
-
 from ablate.config import ConfigError, RunConfig
+from ablate.data.labels import IGNORE_INDEX, check_labels
 
-IGNORE_INDEX = 255  # the mask label that is never scored (VOC boundaries, padding, unlabeled pixels)
+__all__ = ["IGNORE_INDEX", "check_labels", "create_datamodule"]
 
 
 def create_datamodule(cfg: RunConfig):
@@ -21,11 +20,3 @@ def create_datamodule(cfg: RunConfig):
                           f"classes ({', '.join(dm.classes)}); set model.classes={len(dm.classes)} or leave it null")
     return dm
 
-
-def check_labels(masks: torch.Tensor, num_classes: int, where: str, ignore_index: int = IGNORE_INDEX) -> None:
-    """Raise if a mask holds a value outside [0, num_classes) other than `ignore_index`."""
-    values = torch.unique(masks)
-    bad = [int(v) for v in values if not (0 <= v < num_classes or v == ignore_index)]
-    if bad:
-        raise ConfigError(f"{where}: mask values {bad[:10]} are outside [0, {num_classes}) and not the "
-                          f"ignore index {ignore_index}")

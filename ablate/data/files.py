@@ -52,7 +52,8 @@ def _check_open_pair(image_path: Path, mask_path: Path, layout: Layout) -> str |
             return (f"{mask_path}: mask mode {m.mode!r}; expected a palette (P) or single-channel 8-bit (L) PNG of "
                     "class ids (an RGB colour mask must be converted to ids first)")
         if im.size != m.size:
-            return f"{mask_path}: mask is {m.size[0]}x{m.size[1]} but its image {image_path.name} is {im.size[0]}x{im.size[1]}"
+            return (f"{mask_path}: mask is {m.size[0]}x{m.size[1]} but its image {image_path.name} is "
+                    f"{im.size[0]}x{im.size[1]}")
         values = np.flatnonzero(np.bincount(np.asarray(m).ravel(), minlength=256))
     bad = [int(v) for v in values if layout.lut[v] < 0]
     if bad:
@@ -66,7 +67,8 @@ def scan(name: str, root: str, split: str, classes: tuple | None) -> tuple[Layou
     layout = open_layout(name, root, classes)
     pairs = tuple(layout.find(split))
     if not pairs:
-        raise ConfigError(f"data.name={name!r} split {split!r} under {root} has no images; check data.root and the split")
+        raise ConfigError(f"data.name={name!r} split {split!r} under {root} has no images; "
+                          "check data.root and the split")
     keys = [tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in pair) + (layout.valid,) for pair in pairs]
     todo = [(pair, key) for pair, key in zip(pairs, keys) if key not in CHECKED]
     with ThreadPoolExecutor(max_workers=8) as pool:  # decoding releases the GIL

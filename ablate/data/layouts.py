@@ -120,7 +120,8 @@ LAYOUTS = {"voc": voc, "cityscapes": cityscapes, "ade20k": ade20k, "folder": fol
 
 
 def read_split_file(path: Path) -> list[str]:
-    """Image stems listed in a split file: one per line, or DeepLab's `/JPEGImages/X.jpg /SegmentationClassAug/X.png`."""
+    """Image stems listed in a split file: one per line, or DeepLab's
+    `/JPEGImages/X.jpg /SegmentationClassAug/X.png`."""
     if not path.is_file():
         others = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
         raise ConfigError(f"split file {path} does not exist; split files there: {', '.join(others) or 'none'}")

@@ -5,7 +5,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ablate.data import IGNORE_INDEX
+from ablate.data.labels import IGNORE_INDEX
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError
-from ablate.data import check_labels
+from ablate.data.labels import check_labels
 
 SHAPES = ("disk", "square", "diamond")
 SCENES = ("red", "blue")  # the majority colour of the marker dots scattered over the background

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn as nn
 
-from ablate.necks import register_neck
+from ablate.necks.registry import register_neck
 
 Norm = Literal["bn", "gn", "none"]
 Fusion = Literal["concat", "sum"]
@@ -77,7 +77,8 @@ class ASPP(nn.Module):
         if image_pooling:  # GroupNorm of a 1x1 map only sees a group's few channels: use a biased conv instead
             pool_norm = "none" if norm == "gn" else norm
             pool_conv = nn.Conv2d(in_channels, out_channels, 1, bias=pool_norm == "none")
-            self.convs.append(ImagePooling(nn.AdaptiveAvgPool2d(1), *conv_norm_act(pool_conv, out_channels, pool_norm, act)))
+            self.convs.append(ImagePooling(nn.AdaptiveAvgPool2d(1),
+                                           *conv_norm_act(pool_conv, out_channels, pool_norm, act)))
         fused = out_channels * len(self.convs) if fusion == "concat" else out_channels
         project = conv_norm_act(nn.Conv2d(fused, out_channels, 1, bias=bias), out_channels, norm, act)
         self.project = nn.Sequential(*project, nn.Dropout(float(dropout)))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ablate.necks import register_neck
 from ablate.necks.aspp import NORMS, Norm, check_choice, conv_norm_act
+from ablate.necks.registry import register_neck
 
 
 class Identity(nn.Sequential):

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ablate.necks import register_neck
 from ablate.necks.aspp import NORMS, Norm, check_choice, conv_norm_act
+from ablate.necks.registry import register_neck
 
 
 class PPM(nn.Module):

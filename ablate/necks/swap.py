@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ def swap_neck(model: nn.Module, path: str, neck: str | Callable[..., nn.Module],
     shape, since that is what the rest of the model expects, or ValueError naming the `out_channels` to set.
     The new neck takes the old module's device, dtype and train/eval mode. Swap before building an optimizer.
     """
-    from ablate.necks import create_neck
+    from ablate.necks.registry import create_neck
 
     old = find_submodule(model, path)
     c_in = in_channels if in_channels is not None else _first_conv_in_channels(old, path)
