@@ -11,28 +11,31 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_sweep import write_sweep
+from conftest import SPACE
+from helpers import STORAGE, write_sweep
+from optuna.trial import TrialState
 
 from ablate.report import main
 
 ARTIFACTS = Path(tempfile.gettempdir()) / "ablate-test-artifacts"
-SPACE = {"model.neck.fusion": {"choices": ["concat", "sum"]}, "model.neck.norm": {"choices": ["bn", "none"]}}
 PLOTS = ("history", "importances", "parallel", "cost", "iou")
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """3 variants x 2 seeds of a real sweep (two swept settings), and its report; built once for the module."""
-    root = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        from ablate.sweep import main as sweep
+def study(shared_study):
+    """The session's finished study (tests/conftest.py: 3 variants x 2 seeds of a fusion x lr grid, a 4th variant
+    failed) and its report against the worst variant (so best and baseline differ); the study's folder."""
+    worst = min(shared_study.complete.values(), key=lambda t: t.value)
+    baseline = ",".join(f"{k}={v}" for k, v in worst.params.items())
+    runs = shared_study.folder / "runs"
+    assert main(["--study", "t", "--storage", shared_study.url, "--runs", str(runs), "--baseline", baseline]) == 0
+    return shared_study.folder
 
-        assert sweep([write_sweep(space=SPACE, n_trials=3, seeds=(0, 1)), "--storage", "sqlite:///runs/test.db"]) == 0
-        worst = min(optuna.load_study(study_name="t", storage="sqlite:///runs/test.db").trials, key=lambda t: t.value)
-        baseline = ",".join(f"{k}={v}" for k, v in worst.params.items())  # best and baseline differ
-        assert main(["--study", "t", "--storage", "sqlite:///runs/test.db", "--baseline", baseline]) == 0
-    return root
+
+def complete(folder: Path) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials (not the failed variant's)."""
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{folder}/runs/test.db").trials
+    return [t for t in trials if t.state == TrialState.COMPLETE]
 
 
 def chromium(url: str, *args: str, profile: Path) -> tuple[str, list[str]]:
@@ -112,29 +115,32 @@ def figure_data(text: str, div_id: str) -> list[dict]:
 
 def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
     text = (study / "runs/t/report.html").read_text()
-    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials
+    trials = complete(study)
     (iou,), cost = figure_data(text, "plot-iou"), figure_data(text, "plot-cost")
+    logged = set()
     for t in trials:
         values = t.user_attrs["values"]
         mean, std = statistics.fmean(values), statistics.stdev(values)
-        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in (0, 1)]
+        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text())
+                for s in t.user_attrs["seeds"]]
         latency = min(r["latency_ms"] for r in runs)  # the least of the seeds' measurements
         assert f"<td>{mean:.4f} ± {std:.4f}</td>" in text and f"<td>{latency:.1f}</td>" in text
-        label = " ".join(f"{k.removeprefix('model.neck.')}={v}" for k, v in t.params.items())
+        label = t.user_attrs["variant"]  # the keys share no section: shown whole
         for trace, x in zip(cost, ("params/neck", "gflops")):
             i = trace["text"].index(label)
             assert trace["x"][i] == t.user_attrs[x] and trace["y"][i] == pytest.approx(mean)
             assert trace["error_y"]["array"][i] == pytest.approx(std)
-        assert iou["x"] == [k.removeprefix("val/IoU_best/") for k in runs[0] if k.startswith("val/IoU_best/")]
+        logged.update(k.removeprefix("val/IoU_best/") for r in runs for k in r if k.startswith("val/IoU_best/"))
         row = iou["z"][iou["y"].index(label)]
-        for c, shown in zip(iou["x"], row):  # IoU at each seed's best epoch, mean over the seeds
-            assert shown == pytest.approx(statistics.fmean(r[f"val/IoU_best/{c}"] for r in runs))
-    assert len(iou["y"]) == len(trials) == 3
+        for c, shown in zip(iou["x"], row):  # IoU at each seed's best epoch, mean over the seeds that have it
+            have = [r[f"val/IoU_best/{c}"] for r in runs if f"val/IoU_best/{c}" in r]
+            assert shown == (pytest.approx(statistics.fmean(have)) if have else None)
+    assert len(iou["y"]) == len(trials) == 3 and sorted(iou["x"]) == sorted(logged)  # every class any run has
 
 
 def test_main_effects_are_the_seeds_of_every_variant_with_that_value(study):
     text = (study / "runs/t/report.html").read_text()
-    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials
+    trials = complete(study)
     for key, choices in SPACE.items():
         for value in choices["choices"]:
             seeds = [v for t in trials if t.params.get(key) == value for v in t.user_attrs["values"]]
@@ -164,7 +170,7 @@ def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
 
 def test_best_and_baseline_predictions_are_the_run_folders_images(study):
     text = (study / "runs/t/report.html").read_text()
-    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials
+    trials = complete(study)
     for t in (max(trials, key=lambda t: t.value), min(trials, key=lambda t: t.value)):  # best, baseline
         png = (study / f"runs/t/t{t.number}-s0/predictions.png").read_bytes()  # the lowest seed
         assert f"src=\"data:image/png;base64,{base64.b64encode(png).decode()}\"" in text
@@ -175,9 +181,10 @@ def test_receptive_fields_are_the_analysis_numbers(study):
     from ablate.config import from_dict
 
     text = (study / "runs/t/report.html").read_text()
-    for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db").trials:
+    for t in complete(study):
         numbers = neck_summary(from_dict(t.user_attrs["config"]))
-        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in (0, 1)]
+        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text())
+                for s in t.user_attrs["seeds"]]
         numbers.update({k: statistics.fmean(r[k] for r in runs) for k in ("erf/r50_px", "erf/r90_px")})
         erf = base64.b64encode((study / f"runs/t/t{t.number}-s0/erf.png").read_bytes()).decode()
         assert "".join(f"<td>{v:.4g}</td>" for v in numbers.values()) in text
@@ -185,8 +192,6 @@ def test_receptive_fields_are_the_analysis_numbers(study):
 
 
 def test_a_study_too_small_to_plot_gets_notes_and_still_renders(tmp_path):
-    from test_sweep import STORAGE
-
     from ablate.sweep import main as sweep
 
     assert sweep([write_sweep(n_trials=1, seeds=(0,)), "--storage", STORAGE]) == 0
@@ -211,3 +216,36 @@ def test_bad_input_is_a_clear_error_before_anything_is_written(study, capsys):
                  "model.neck.fusion=mean"]) == 2
     assert "matches 0 rows" in capsys.readouterr().err
     assert not Path("runs").exists()
+
+
+def test_a_class_that_one_run_lacks_is_averaged_over_the_runs_that_have_it():
+    from ablate.results.html_report import class_ious, iou_heatmap
+
+    runs = [{"summary": {"val/IoU_best/background": 0.9, "val/IoU_best/diamond/blue": 0.5}},
+            {"summary": {"val/IoU_best/background": 0.7}}]  # diamond/blue in neither its predictions nor targets
+    assert class_ious(runs) == ({"background": pytest.approx(0.8), "diamond/blue": 0.5}, "best epoch")
+    older = [{"summary": {"val/IoU/a": 0.2, "val/IoU/b": 0.4}}, {"summary": {"val/IoU/b": 0.6}}]  # last epoch only
+    assert class_ious(older) == ({"a": 0.2, "b": pytest.approx(0.5)}, "last epoch")
+    assert class_ious([{"summary": {}}]) == ({}, "")
+    other = [{"summary": {"val/IoU_best/background": 0.6, "val/IoU_best/square/red": 0.3}}]
+    (heat,) = iou_heatmap([{"variant": "v=1"}, {"variant": "v=2"}], {"v=1": runs, "v=2": other},
+                          {"v=1": "1", "v=2": "2"}).data
+    assert list(heat.x) == ["background", "diamond/blue", "square/red"]  # every class of any variant
+    assert [list(z) for z in heat.z] == [[pytest.approx(0.8), 0.5, None], [0.6, None, 0.3]]  # missing: a gap
+    assert [list(t) for t in heat.text] == [["0.80", "0.50", ""], ["0.60", "", "0.30"]]
+
+
+def test_the_report_renders_when_the_runs_of_a_variant_differ_in_their_classes(study, tmp_path):
+    shutil.copytree(study / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("wandb", "report.html"))
+    t = complete(study)[0]
+    first = tmp_path / f"runs/t/t{t.number}-s{t.user_attrs['seeds'][0]}/summary.json"
+    summary = json.loads(first.read_text())
+    gone = next(k for k in summary if k.startswith("val/IoU_best/"))
+    first.write_text(json.dumps({k: v for k, v in summary.items() if k != gone}))  # one run lacks a class
+    assert main(["--study", "t", "--storage", "sqlite:///runs/test.db", "--out", "r.html"]) == 0
+    (iou,) = figure_data(Path("r.html").read_text(), "plot-iou")
+    others = [json.loads((tmp_path / f"runs/t/t{t.number}-s{s}/summary.json").read_text())
+              for s in t.user_attrs["seeds"][1:]]
+    have = [r[gone] for r in others if gone in r]
+    shown = iou["z"][iou["y"].index(t.user_attrs["variant"])][iou["x"].index(gone.removeprefix("val/IoU_best/"))]
+    assert shown == (pytest.approx(statistics.fmean(have)) if have else None)

@@ -5,38 +5,26 @@ import json
 import statistics
 from html.parser import HTMLParser
 
-import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
 from scipy.stats import ttest_ind
-from test_sweep import STORAGE, trials, write_sweep
 
-from ablate.sweep import main as sweep
 from ablate.table import main
-
-CONCAT, SUM = "model.neck.fusion=concat", "model.neck.fusion=sum"
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """2 variants x 3 seeds, plus a variant whose only trial failed; built once for the module."""
-    root = tmp_path_factory.mktemp("table")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        assert sweep([write_sweep(seeds=(0, 1, 2), overrides=["wandb.mode=offline"]), "--storage", STORAGE]) == 0
-        s = optuna.load_study(study_name="t", storage=STORAGE)
-        s.add_trial(optuna.trial.create_trial(
-            state=TrialState.FAIL, params={"model.neck.fusion": "concat"},
-            distributions={"model.neck.fusion": CategoricalDistribution(["concat", "sum"])},
-            user_attrs={"variant": "model.neck.fusion=none", "fail_reason": "FloatingPointError: nan"}))
-        done = {t.user_attrs["variant"]: t for t in trials() if t.state == TrialState.COMPLETE}
-    global URL, WANDB_DIR
-    URL, WANDB_DIR = f"sqlite:///{root}/runs/test.db", str(root / "runs/wandb")
+def study(shared_study):
+    """The session's finished study (tests/conftest.py): its complete trials by variant (3 variants x 2 seeds of a
+    fusion x lr grid), and a 4th variant whose only trial failed."""
+    global URL, WANDB_DIR, CONCAT, SUM, FAILED
+    done = shared_study.complete
+    CONCAT = next(v for v in sorted(done) if "fusion=concat" in v)  # the baseline
+    SUM = next(v for v in sorted(done) if "fusion=sum" in v)
+    URL, WANDB_DIR, FAILED = shared_study.url, str(shared_study.wandb_dir), shared_study.failed
     return done
 
 
-URL = WANDB_DIR = ""
+URL = WANDB_DIR = CONCAT = SUM = FAILED = ""
+SEEDS = ["0", "1"]
 
 
 def table(capsys, *args):
@@ -45,20 +33,21 @@ def table(capsys, *args):
 
 
 def test_json_rows_equal_the_hand_computation(study, capsys):
-    rows = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--baseline", CONCAT))}
+    baseline = CONCAT.replace(" ", ",")  # --baseline KEY=VALUE,KEY=VALUE
+    rows = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--baseline", baseline))}
     base = study[CONCAT].user_attrs["values"]
     for variant, t in study.items():
         values = t.user_attrs["values"]
         r = rows[variant]
-        assert r["n"] == 3 and r["seeds"] == dict(zip(["0", "1", "2"], values))
+        assert r["n"] == len(SEEDS) and r["seeds"] == dict(zip(SEEDS, values))
         assert r["mean"] == pytest.approx(statistics.fmean(values))
         assert r["std"] == pytest.approx(statistics.stdev(values))  # ddof=1
         assert r["delta"] == pytest.approx(100 * (statistics.fmean(values) - statistics.fmean(base)))
         assert r["params/neck"] == t.user_attrs["params/neck"] and r["gflops"] == t.user_attrs["gflops"]
-        assert r["latency_ms"] > 0 and r["model.neck.fusion"] == variant.split("=")[1]
+        assert r["latency_ms"] > 0 and all(r[k] == v for k, v in (s.split("=") for s in variant.split()))
     assert rows[CONCAT]["p_value"] is None
     assert rows[SUM]["p_value"] == pytest.approx(ttest_ind(study[SUM].user_attrs["values"], base, equal_var=False).pvalue)
-    failed = rows["model.neck.fusion=none"]
+    failed = rows[FAILED]
     assert failed["status"] == "failed" and failed["n"] == 0 and failed["mean"] is None
     assert list(rows) == sorted(rows, key=lambda v: (rows[v]["mean"] is None, -(rows[v]["mean"] or 0)))
 
@@ -69,7 +58,7 @@ def test_csv_round_trips(study, capsys):
     for variant, t in study.items():
         assert float(by_variant[variant]["mean"]) == pytest.approx(statistics.fmean(t.user_attrs["values"]))
         assert float(by_variant[variant]["std"]) == pytest.approx(statistics.stdev(t.user_attrs["values"]))
-        assert json.loads(by_variant[variant]["seeds"]) == dict(zip(["0", "1", "2"], t.user_attrs["values"]))
+        assert json.loads(by_variant[variant]["seeds"]) == dict(zip(SEEDS, t.user_attrs["values"]))
 
 
 def test_markdown_latex_and_html_show_the_same_numbers(study, capsys):
@@ -83,7 +72,7 @@ def test_markdown_latex_and_html_show_the_same_numbers(study, capsys):
     assert latex[0].startswith(r"\begin{tabular}{") and latex[1] == r"\toprule" and latex[-1] == r"\end{tabular}"
     columns = len(latex[0].split("{")[2].rstrip("}"))
     body = [line for line in latex if line.endswith(r"\\")]
-    assert len(body) == 4 and all(line.count(" & ") == columns - 1 for line in body)  # header + 3 rows
+    assert len(body) == 5 and all(line.count(" & ") == columns - 1 for line in body)  # header + 4 rows
 
     class Cells(HTMLParser):
         rows = 0
@@ -93,7 +82,7 @@ def test_markdown_latex_and_html_show_the_same_numbers(study, capsys):
 
     parser = Cells()
     parser.feed(table(capsys, "--format", "html", "--no-latency"))
-    assert parser.rows == 4
+    assert parser.rows == 5
 
 
 def test_bad_baseline_and_unknown_study_are_clear_errors(study, capsys):
@@ -110,7 +99,7 @@ def test_from_wandb_gives_the_same_rows_as_the_storage(study, capsys):
     assert set(from_wandb) == set(study)  # the failed trial added to the storage never reached W&B
     for variant in study:
         a, b = from_wandb[variant], from_storage[variant]
-        assert a["seeds"] == pytest.approx(b["seeds"]) and a["n"] == b["n"] == 3
+        assert a["seeds"] == pytest.approx(b["seeds"]) and a["n"] == b["n"] == len(SEEDS)
         assert a["mean"] == pytest.approx(b["mean"]) and a["std"] == pytest.approx(b["std"])
         assert a["params/neck"] == b["params/neck"]
 
