@@ -12,7 +12,8 @@ B: the same SegModule (ASPP neck), ShapesData and Trainer settings, built by han
 
 Runs alternate A, A0, B, A, A0, B, ... in one process (after one untimed warm-up round), wall time of the whole
 run from config to fitted model; the ratios are median(A) / median(B) and median(A0) / median(B). The goal is
-<= 1.05 on runs of >= 30 s.
+<= 1.05 on runs of >= 30 s. The CPU time of this process is recorded too: on a shared machine it varies far less
+than wall time (other users' load), though it leaves out W&B's own service process.
 """
 from __future__ import annotations
 
@@ -80,19 +81,21 @@ def measure(args) -> dict:
     config = target.config({})
     runs = {"ablate": lambda f: through_ablate(target, config, f), "ablate_no_wandb": lambda f: through_ablate(
         target, config, f, wandb=False), "plain": lambda f: plain_fit(config, f)}
-    times = {name: [] for name in runs}
+    times, cpu = {name: [] for name in runs}, {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.reps + 1):  # the first round warms up, untimed
             for name, run in runs.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 run(Path(tmp) / f"{name}-{i}")
+                wall, used = time.perf_counter() - start, time.process_time() - start_cpu
                 if i:
-                    times[name].append(time.perf_counter() - start)
-                print(f"{name:15s} round {i}: {time.perf_counter() - start:.2f} s", file=sys.stderr, flush=True)
-    plain = statistics.median(times["plain"])
-    return {"settings": settings(args), "reps": args.reps, "seconds": times,
-            "ratio": statistics.median(times["ablate"]) / plain,
-            "ratio_no_wandb": statistics.median(times["ablate_no_wandb"]) / plain}
+                    times[name].append(wall)
+                    cpu[name].append(used)
+                print(f"{name:15s} round {i}: {wall:.2f} s, {used:.2f} s CPU", file=sys.stderr, flush=True)
+    ratio = lambda d, name: statistics.median(d[name]) / statistics.median(d["plain"])  # noqa: E731
+    return {"settings": settings(args), "reps": args.reps, "seconds": times, "cpu_seconds": cpu,
+            "ratio": ratio(times, "ablate"), "ratio_no_wandb": ratio(times, "ablate_no_wandb"),
+            "cpu_ratio": ratio(cpu, "ablate"), "cpu_ratio_no_wandb": ratio(cpu, "ablate_no_wandb")}
 
 
 def main() -> None:
@@ -105,7 +108,8 @@ def main() -> None:
     args = p.parse_args()
     result = measure(args)
     print(f"median ablate / plain Trainer.fit: {result['ratio']:.3f} (without the W&B run: "
-          f"{result['ratio_no_wandb']:.3f})")
+          f"{result['ratio_no_wandb']:.3f}); CPU time of this process: {result['cpu_ratio']:.3f} "
+          f"({result['cpu_ratio_no_wandb']:.3f})")
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
