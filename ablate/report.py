@@ -29,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args) -> int:
     from ablate.errors import ConfigError
     from ablate.results.html_report import build
-    from ablate.results.rows import add_deltas, parse_baseline, rows_of, study_objective, study_verdicts, verdict_options
+    from ablate.results.rows import (
+        add_deltas,
+        parse_baseline,
+        rows_of,
+        study_objective,
+        study_verdicts,
+        verdict_options,
+    )
     from ablate.study.storage import load_study, make_storage, resolve
 
     if not Path(args.runs).is_dir():

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import SPACE
 from helpers import STORAGE, write_sweep
 from optuna.trial import TrialState
 
 from ablate.report import main
 
 ARTIFACTS = Path(tempfile.gettempdir()) / "ablate-test-artifacts"
-PLOTS = ("history", "importances", "parallel", "cost", "iou")
+PLOTS = ("forest", "seeds", "history", "importances", "parallel", "cost", "iou")
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +137,26 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
     assert len(iou["y"]) == len(trials) == 3 and sorted(iou["x"]) == sorted(logged)  # every class any run has
 
 
-def test_main_effects_are_the_seeds_of_every_variant_with_that_value(study):
+def test_main_effects_and_the_verdict_plots_hold_the_studys_numbers(study):
+    from ablate.results.rows import add_deltas, rows_of
+    from ablate.results.stats import factorial_effects
+
     text = (study / "runs/t/report.html").read_text()
-    trials = complete(study)
-    for key, choices in SPACE.items():
-        for value in choices["choices"]:
-            seeds = [v for t in trials if t.params.get(key) == value for v in t.user_attrs["values"]]
-            if seeds:  # 3 of the 4 grid points ran
-                cells = f"<td>{key}</td><td>{value}</td><td>{len(seeds)}</td><td>{statistics.fmean(seeds):.4f} ± "
-                assert cells in text
+    s = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db")
+    rows = rows_of(s)
+    worst = [r for r in rows if r["mean"] is not None][-1]  # the report's baseline (the fixture)
+    add_deltas(rows, dict(v.split("=") for v in worst["variant"].split(" ")))
+    for term in factorial_effects(rows):  # 3 of the 4 grid points ran: main effects only
+        assert f"<td>{term['term']}</td><td>{term['df']}</td><td>{term['F']:.3g}</td>" in text
+    forest = {name: trace for trace in figure_data(text, "plot-forest") for name in [trace["name"]]}
+    shown = [r for r in rows if not r["baseline"] and r["ci_low"] is not None]  # not the failed variant
+    points = sorted(v for t in forest.values() for xs in zip(t["x"], t["error_x"]["array"], t["error_x"]["arrayminus"])
+                    for v in xs)
+    assert points == pytest.approx(sorted(v for r in shown for v in (r["delta"], r["ci_high"] - r["delta"],
+                                                                     r["delta"] - r["ci_low"])))
+    seeds = figure_data(text, "plot-seeds")
+    assert sorted(x for trace in seeds[::2] for x in trace["x"]) == pytest.approx(
+        sorted(v for r in rows for v in r["seeds"].values()))  # every seed's value, one marker each
 
 
 def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
@@ -202,7 +212,8 @@ def test_a_study_too_small_to_plot_gets_notes_and_still_renders(tmp_path):
     assert "no complete trial with a varied setting to draw" in text
     assert "no run folder of this study has per-class IoU" in text and "no run folder has predictions.png" in text
     dom, console = chromium(Path("small.html").resolve().as_uri(), "--dump-dom", profile=tmp_path / "profile")
-    assert console == [] and set(rendered_plots(dom)) == {"plot-history", "plot-cost"}
+    assert "no row has an interval yet: a comparison needs 2 seeds on each side" in text  # the forest plot's place
+    assert console == [] and set(rendered_plots(dom)) == {"plot-seeds", "plot-history", "plot-cost"}
     assert all(n >= 1 for n in rendered_plots(dom).values())
 
 

@@ -6,7 +6,7 @@ import statistics
 from html.parser import HTMLParser
 
 import pytest
-from scipy.stats import ttest_ind
+from scipy.stats import ttest_rel
 
 from ablate.table import main
 
@@ -45,8 +45,15 @@ def test_json_rows_equal_the_hand_computation(study, capsys):
         assert r["delta"] == pytest.approx(100 * (statistics.fmean(values) - statistics.fmean(base)))
         assert r["params/neck"] == t.user_attrs["params/neck"] and r["gflops"] == t.user_attrs["gflops"]
         assert r["latency_ms"] > 0 and all(r[k] == v for k, v in (s.split("=") for s in variant.split()))
-    assert rows[CONCAT]["p_value"] is None
-    assert rows[SUM]["p_value"] == pytest.approx(ttest_ind(study[SUM].user_attrs["values"], base, equal_var=False).pvalue)
+    assert rows[CONCAT]["p_value"] is None and rows[CONCAT]["verdict"] == "baseline"
+    others = [v for v in study if v != CONCAT]
+    for v in others:  # the same seeds as the baseline: paired t
+        assert rows[v]["test"] == "paired" and rows[v]["ci_low"] <= rows[v]["delta"] <= rows[v]["ci_high"]
+        assert rows[v]["p_value"] == pytest.approx(ttest_rel(study[v].user_attrs["values"], base).pvalue)
+        assert rows[v]["verdict"] in ("better", "worse", "undecided")
+    low, high = sorted(others, key=lambda v: rows[v]["p_value"])  # Holm by hand over the two compared rows
+    assert rows[low]["p_adjusted"] == pytest.approx(min(1, 2 * rows[low]["p_value"]))
+    assert rows[high]["p_adjusted"] == pytest.approx(max(rows[low]["p_adjusted"], rows[high]["p_value"]))
     failed = rows[FAILED]
     assert failed["status"] == "failed" and failed["n"] == 0 and failed["mean"] is None
     assert list(rows) == sorted(rows, key=lambda v: (rows[v]["mean"] is None, -(rows[v]["mean"] or 0)))
@@ -115,16 +122,20 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
     assert (tmp_path / "t.pdf").stat().st_size > 0
 
 
-def test_main_effects_average_each_level_over_the_other_settings():
-    from ablate.results.rows import main_effects
+def test_the_sweep_end_shows_main_effects_and_interactions_of_the_factorial_model(capsys):
+    from ablate.results.formats import effects_to_rich
+    from ablate.results.stats import factorial_effects
+    from ablate.cli import make_console
 
     rows = [{"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1}}
             for (a, b, v0, v1) in [(1, "x", 0.1, 0.2), (1, "y", 0.3, 0.4), (2, "x", 0.5, 0.6), (2, "y", 0.7, 0.9)]]
-    effects = {(e["setting"], e["value"]): e for e in main_effects(rows)}
-    assert effects["a", "2"]["mean"] == pytest.approx((0.5 + 0.6 + 0.7 + 0.9) / 4) and effects["a", "2"]["n"] == 4
-    assert effects["b", "x"]["mean"] == pytest.approx((0.1 + 0.2 + 0.5 + 0.6) / 4)
-    p = ttest_ind([0.5, 0.6, 0.7, 0.9], [0.1, 0.2, 0.3, 0.4], equal_var=False).pvalue
-    assert effects["a", "1"]["p_value"] == effects["a", "2"]["p_value"] == pytest.approx(p)
+    terms = {t["term"]: t for t in factorial_effects(rows)}
+    assert set(terms) == {"a", "b", "a × b"}  # 8 runs of a 2×2: room for the interaction
+    assert {lv["value"]: lv["mean"] for lv in terms["a"]["levels"]} == pytest.approx(
+        {"1": 0.25, "2": (0.55 + 0.8) / 2})  # level means averaged evenly over b
+    make_console(stderr=False).print(effects_to_rich(list(terms.values())))
+    out = capsys.readouterr().out
+    assert "a × b" in out and f"{terms['a']['p_value']:.3g}" in out and f"{terms['a']['effect']:.2f}" in out
 
 
 def test_another_metric_uses_each_seeds_last_epoch(study, capsys):

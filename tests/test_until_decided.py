@@ -1,5 +1,6 @@
 """`--until-decided` and the tables' verdicts on a simulated objective whose truth is known, run through the real study
 loop and storage (SQLite; PostgreSQL with workers): no training, a run is a draw from a known distribution."""
+
 import json
 import multiprocessing
 import re
@@ -21,8 +22,13 @@ from ablate.table import main as table
 
 URL = "sqlite:///runs/sim.db"
 # truth per variant of `a`: ("normal", mean, sd) or ("bimodal", p_learn, high, low, sd); the baseline is a=base
-TRUTH = {"base": ("normal", 0.70, 0.004), "far": ("normal", 0.60, 0.004), "same": ("normal", 0.7005, 0.001),
-         "up": ("normal", 0.725, 0.006), "bimodal": ("bimodal", 0.5, 0.75, 0.40, 0.01)}
+TRUTH = {
+    "base": ("normal", 0.70, 0.004),
+    "far": ("normal", 0.60, 0.004),
+    "same": ("normal", 0.7005, 0.001),
+    "up": ("normal", 0.725, 0.006),
+    "bimodal": ("bimodal", 0.5, 0.75, 0.40, 0.01),
+}
 
 
 class SimTarget:
@@ -47,17 +53,34 @@ class SimTarget:
         self.runs.append((variant, seed, wandb_run))
         kind, *p = self.truth[next(iter(config["params"].values()))]  # the first swept key's value
         rng = np.random.default_rng([seed, zlib.crc32(variant.encode())])
-        value = rng.normal(p[0], p[1]) if kind == "normal" else (p[1] if rng.random() < p[0] else p[2]) + rng.normal(0, p[3])
+        value = (
+            rng.normal(p[0], p[1])
+            if kind == "normal"
+            else (p[1] if rng.random() < p[0] else p[2]) + rng.normal(0, p[3])
+        )
         value += np.random.default_rng(seed).normal(0, 0.01)
         return {"val/mIoU": float(value), "val/mIoU_best": float(value)}
 
 
-def sim_sweep(variants=tuple(TRUTH), seeds=(0, 1, 2), max_seeds=10, margin=1.0, until_decided=True, name="sim",
-              key="a", **study) -> SweepConfig:
-    sweep = SweepConfig(base={}, space={key: {"choices": list(variants)}}, n_trials=len(variants), seeds=tuple(seeds),
-                        baseline={key: variants[0]}, study=StudyConfig(name=name, sampler="grid", pruner="none",
-                                                                  margin=margin, until_decided=until_decided,
-                                                                  max_seeds=max_seeds, **study))
+def sim_sweep(
+    variants=tuple(TRUTH), seeds=(0, 1, 2), max_seeds=10, margin=1.0, until_decided=True, name="sim", key="a", **study
+) -> SweepConfig:
+    sweep = SweepConfig(
+        base={},
+        space={key: {"choices": list(variants)}},
+        n_trials=len(variants),
+        seeds=tuple(seeds),
+        baseline={key: variants[0]},
+        study=StudyConfig(
+            name=name,
+            sampler="grid",
+            pruner="none",
+            margin=margin,
+            until_decided=until_decided,
+            max_seeds=max_seeds,
+            **study,
+        ),
+    )
     validate_sweep(sweep)
     return sweep
 
@@ -133,7 +156,7 @@ def test_added_seeds_are_ordinary_runs_counted_apart_and_never_repeated(decided)
         for s in t.user_attrs["seeds"]:
             wandb_run = next(w for v, seed, w in runs if v == t.user_attrs["variant"] and seed == s)
             assert wandb_run["name"] == f"t{t.number}-s{s}" and wandb_run["group"] == t.user_attrs["variant"]
-    for variant, r in decided["rows"].items():  # lowest integers, each variant's own, shared with the baseline
+    for r in decided["rows"].values():  # lowest integers, each variant's own, shared with the baseline
         assert sorted(map(int, r["seeds"])) == list(range(r["n"]))
         assert r["n"] <= decided["rows"]["base"]["n"] <= 10
 
@@ -282,16 +305,24 @@ def test_max_seeds_below_the_seeds_already_run_is_refused_and_nothing_is_lost(ca
     path = write_sweep(space=sim.space, n_trials=2, seeds=(0,))
     assert sweep([path, "--storage", URL, "--until-decided", "--max-seeds", "2"]) == 2
     err = capsys.readouterr().err
-    assert re.search(rf"--max-seeds 2 is below the seeds already run: {fusion}=(concat|sum) has 3 \(0, 1, 2\); give "
-                     r"--max-seeds 3 or more \(nothing was run or changed\)", err)
+    assert re.search(
+        rf"--max-seeds 2 is below the seeds already run: {fusion}=(concat|sum) has 3 \(0, 1, 2\); give "
+        r"--max-seeds 3 or more \(nothing was run or changed\)",
+        err,
+    )
     assert sweep([path, "--storage", URL, "--until-decided", "--max-seeds", "2", "--seeds", "0,1,2"]) == 2
     assert "below the 3 seeds every trial runs" in capsys.readouterr().err
     assert [(t.number, t.state, t.user_attrs["seeds"]) for t in trials("t")] == before
 
 
 def test_a_baseline_matching_no_row_or_several_rows_is_a_clear_error(capsys):
-    sweep = SweepConfig(base={}, space={"a": {"choices": ["x", "y"]}, "b": {"choices": ["p", "q"]}}, n_trials=4,
-                        seeds=(0, 1), study=StudyConfig(name="sim", sampler="grid", pruner="none"))
+    sweep = SweepConfig(
+        base={},
+        space={"a": {"choices": ["x", "y"]}, "b": {"choices": ["p", "q"]}},
+        n_trials=4,
+        seeds=(0, 1),
+        study=StudyConfig(name="sim", sampler="grid", pruner="none"),
+    )
     assert run_study(sweep, SimTarget(truth={"x": TRUTH["base"], "y": TRUTH["up"]}), URL) == 0
     for baseline, count in (("a=z", 0), ("a=x", 2)):
         assert table(["--study", "sim", "--storage", URL, "--no-latency", "--baseline", baseline]) == 2

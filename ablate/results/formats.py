@@ -150,9 +150,11 @@ def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
     return table
 
 
-EFFECTS_NOTE = ("OLS on every seed's value, each varied setting a categorical factor, pairwise interactions when the "
-                "runs estimate them; type-II ANOVA. Level means are the model's, averaged evenly over the other "
-                "settings; effect: the largest difference between levels (for an interaction, of differences), in points")
+EFFECTS_NOTE = (
+    "OLS on every seed's value, each varied setting a categorical factor, pairwise interactions when the runs "
+    "estimate them; type-II ANOVA. Level means are the model's, averaged evenly over the other settings; effect: the "
+    "largest difference between levels (for an interaction, of differences), in points"
+)
 
 
 def fmt_levels(term: dict) -> str:

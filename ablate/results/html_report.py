@@ -216,11 +216,12 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, ve
     parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", "<h2>Comparison table</h2>",
              render(rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"])),
              "<h2>Main effects</h2>", effects_table(rows, metric)]
-    verdict_plots = [("forest", "Δ vs the baseline, with its interval", forest_figure(rows, labels, v["alpha"],
-                                                                                     v["margin"])),
+    forest = forest_figure(rows, labels, v["alpha"], v["margin"])
+    verdict_plots = [("forest", "Δ vs the baseline, with its interval", forest),
                      ("seeds", "Every seed", strip_figure(rows, labels, metric))]
-    parts += plot_sections(verdict_plots + optuna_figures(study) + [("cost", "Accuracy vs cost", cost_figure(rows, labels, metric)),
-                                                    ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels))])
+    others = [("cost", "Accuracy vs cost", cost_figure(rows, labels, metric)),
+              ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels))]
+    parts += plot_sections(verdict_plots + optuna_figures(study) + others)
     parts += ["<h2>Receptive fields</h2>", receptive_field_section(rows, runs, labels), "<h2>Example predictions</h2>"]
     best = next(r for r in rows if r["mean"] is not None)
     shown = [(best, "best")] + ([(base, "baseline")] if base is not best else [])

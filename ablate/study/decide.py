@@ -14,6 +14,7 @@ per-look α of tests repeated as seeds arrive (Pocock 1977, calibrated by simula
   the level at which a paired t-test repeated at each seed count from the first look to max_seeds, with no true
   difference, rejects somewhere with probability α. The table of such a study uses it too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,11 +44,11 @@ def look_alpha(alpha: float, first: int, last: int) -> float:
     d = np.random.default_rng(20260101).standard_normal((PATHS, last))
     n = np.arange(1, last + 1)
     mean = np.cumsum(d, 1) / n
-    var = (np.cumsum(d ** 2, 1) - n * mean ** 2)[:, first - 1:] / (n[first - 1:] - 1)
-    t = np.abs(mean[:, first - 1:]) / np.sqrt(var / n[first - 1:])
+    var = (np.cumsum(d**2, 1) - n * mean**2)[:, first - 1 :] / (n[first - 1 :] - 1)
+    t = np.abs(mean[:, first - 1 :]) / np.sqrt(var / n[first - 1 :])
     from scipy import stats
 
-    p = 2 * stats.t.sf(t, n[first - 1:] - 1)
+    p = 2 * stats.t.sf(t, n[first - 1 :] - 1)
     return float(np.quantile(p.min(axis=1), alpha))
 
 
@@ -89,12 +90,16 @@ def seeds_for(trial: optuna.Trial, variant: str, declared: tuple, lock) -> list[
     return seeds
 
 
-def plan_round(rows: list[dict], base: dict, used: dict[str, set[int]], max_seeds: int) -> dict[str, list[int]]:
+def plan_round(
+    rows: list[dict], base: dict, used: dict[str, set[int]], max_seeds: int, futility: bool = True
+) -> dict[str, list[int]]:
     """{variant: seeds to add} for one round; {} when every comparison is decided or has its max_seeds.
 
     `rows` carry verdicts against `base` (ablate.results.stats.annotate). An open row (undecided, with a complete
-    seed, fewer than max_seeds used, and seeds_needed unknown or at most max_seeds) gets one seed: the lowest the baseline has and it lacks, else its lowest
-    unused. The baseline gets the seeds of the open rows it lacks (lowest first, up to max_seeds), so they pair.
+    seed, fewer than max_seeds used, and seeds_needed unknown or at most max_seeds) gets one seed: the lowest the
+    baseline has and it lacks, else its lowest unused. The baseline gets the seeds of the open rows it lacks (lowest
+    first, up to max_seeds), so they pair.
+    `futility` False: every undecided row is open, whatever its estimate (benchmarks/until_decided.py compares).
     """
     plan, have = {}, {}
     for r in rows:
@@ -102,15 +107,15 @@ def plan_round(rows: list[dict], base: dict, used: dict[str, set[int]], max_seed
         taken = used.get(v, set())
         if r is base or r.get("verdict") != "undecided" or not r["seeds"] or len(taken) >= max_seeds:
             continue
-        if (r.get("seeds_needed") or 0) > max_seeds:  # its estimate: max_seeds would not decide it
+        if futility and (r.get("seeds_needed") or 0) > max_seeds:  # its estimate: max_seeds would not decide it
             continue
         paired = sorted(int(s) for s in base["seeds"] if int(s) not in taken)
         plan[v] = [paired[0] if paired else choose_seeds((), taken, 1)[0]]
         have[v] = {int(s) for s in r["seeds"]} | set(plan[v])
     base_used = used.get(base["variant"], set())
     missing = sorted(set().union(*have.values()) - base_used) if have else []
-    if missing[:max_seeds - len(base_used)]:
-        plan[base["variant"]] = missing[:max_seeds - len(base_used)]
+    if missing[: max_seeds - len(base_used)]:
+        plan[base["variant"]] = missing[: max_seeds - len(base_used)]
     return plan
 
 
@@ -127,8 +132,13 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
     """What the study's tables decide with (stored as the study's `verdicts` user attr): margin, α, the baseline
     row's settings, and α per look once the study has added seeds until decided (kept from `stored` otherwise)."""
     s, stored = sweep.study, stored or {}
-    attrs = {"margin": s.margin, "alpha": s.alpha, "baseline": sweep.baseline, "look_alpha": stored.get("look_alpha"),
-             "looks": stored.get("looks")}
+    attrs = {
+        "margin": s.margin,
+        "alpha": s.alpha,
+        "baseline": sweep.baseline,
+        "look_alpha": stored.get("look_alpha"),
+        "looks": stored.get("looks"),
+    }
     if s.until_decided:
         looks = [first_look(len(sweep.seeds)), s.max_seeds]
         attrs.update(look_alpha=look_alpha(s.alpha, *looks), looks=looks)
@@ -138,8 +148,10 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
 def check_max_seeds(trials: list, max_seeds: int, planned: int) -> None:
     """--max-seeds below the planned seeds, or below the seeds a variant has already run: a ConfigError."""
     if max_seeds < planned:
-        raise ConfigError(f"--max-seeds {max_seeds} is below the {planned} seeds every trial runs (--seeds); "
-                          f"give --max-seeds {planned} or more")
+        raise ConfigError(
+            f"--max-seeds {max_seeds} is below the {planned} seeds every trial runs (--seeds); "
+            f"give --max-seeds {planned} or more"
+        )
     done = {}
     for t in trials:
         if t.state == TrialState.COMPLETE and "variant" in t.user_attrs:
@@ -147,9 +159,11 @@ def check_max_seeds(trials: list, max_seeds: int, planned: int) -> None:
     over = {v: sorted(s) for v, s in done.items() if len(s) > max_seeds}
     if over:
         variant, seeds = max(over.items(), key=lambda kv: len(kv[1]))
-        raise ConfigError(f"--max-seeds {max_seeds} is below the seeds already run: {variant} has {len(seeds)} "
-                          f"({', '.join(map(str, seeds))}); give --max-seeds {len(seeds)} or more (nothing was run "
-                          "or changed)")
+        raise ConfigError(
+            f"--max-seeds {max_seeds} is below the seeds already run: {variant} has {len(seeds)} "
+            f"({', '.join(map(str, seeds))}); give --max-seeds {len(seeds)} or more (nothing was run "
+            "or changed)"
+        )
 
 
 class Rounds:
@@ -171,13 +185,21 @@ class Rounds:
         if not any(r["mean"] is not None for r in rows):
             return {}, {}
         try:
-            base = add_deltas(rows, self.sweep.baseline, margin=self.sweep.study.margin, alpha=self.alpha,
-                              direction=study.direction.name.lower())
+            base = add_deltas(
+                rows,
+                self.sweep.baseline,
+                margin=self.sweep.study.margin,
+                alpha=self.alpha,
+                direction=study.direction.name.lower(),
+            )
         except ConfigError as e:
             console.print(f"--until-decided stops: {e}")
             return {}, {}
-        params = {t.user_attrs["variant"]: t.params for t in trials
-                  if t.state == TrialState.COMPLETE and "variant" in t.user_attrs}
+        params = {
+            t.user_attrs["variant"]: t.params
+            for t in trials
+            if t.state == TrialState.COMPLETE and "variant" in t.user_attrs
+        }
         return plan_round(rows, base, seeds_in_use(trials), self.sweep.study.max_seeds), params
 
     def pending(self, study: optuna.Study) -> bool:
@@ -196,7 +218,8 @@ class Rounds:
                 study.enqueue_trial(params[variant], user_attrs={ROUND: number, PLAN: [seed], "variant": variant})
         if plan:
             runs = sum(map(len, plan.values()))
-            console.print(f"round {number} of added seeds: {runs} run(s) for {len(plan)} variant(s) not yet decided "
-                          f"(or their baseline); α per look {self.alpha:.4g}")
+            console.print(
+                f"round {number} of added seeds: {runs} run(s) for {len(plan)} variant(s) not yet decided "
+                f"(or their baseline); α per look {self.alpha:.4g}"
+            )
         return bool(plan)
-

@@ -21,8 +21,17 @@ from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
 from ablate.study.space import SweepConfig, suggest, to_plain, variant_label
 from ablate.study.storage import load_study, make_storage, open_study
-from ablate.study.workers import WORKER_ENV, Heartbeat, Slots, config_digest, counted, ddp_rank, follow, share, \
-    start_workers
+from ablate.study.workers import (
+    WORKER_ENV,
+    Heartbeat,
+    Slots,
+    config_digest,
+    counted,
+    ddp_rank,
+    follow,
+    share,
+    start_workers,
+)
 
 
 def done_trials(study: optuna.Study) -> list:
@@ -172,8 +181,9 @@ def run_study(sweep: SweepConfig, target, storage_url: str, workers: int = 1, ar
     remaining, stopper = sweep.n_trials - len(done_trials(study)), StopOnRepeatedFailure()
     if remaining <= 0 and not (rounds and rounds.pending(study)):
         return 0
-    console.print(f"study {s.name!r}: {max(remaining, 0)} of {sweep.n_trials} trials to run, {len(sweep.seeds)} seed(s) "
-                  "each" + (f"; then seeds until decided ({rounds})" if rounds else ""))
+    then = f"; then seeds until decided ({rounds})" if rounds else ""
+    todo = f"{max(remaining, 0)} of {sweep.n_trials} trials to run, {len(sweep.seeds)} seed(s) each"
+    console.print(f"study {s.name!r}: {todo}{then}")
     target.check()
     if workers > 1 or gpus:
         return start_workers(workers, argv, gpus)
