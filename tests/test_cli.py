@@ -143,7 +143,7 @@ def installed(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, src / name)
     run = lambda *args: subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV)  # noqa: E731
     built = run(sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-w",
-                str(tmp / "dist"))
+                str(tmp / "dist"))  # this environment's setuptools (the dev extra): no network
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = (tmp / "dist").glob("ablate-*.whl")
     assert {"ablate/configs/default.yaml", "ablate/configs/base.yaml"} <= set(zipfile.ZipFile(wheel).namelist())
