@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", help="study name (default: the sweep file's study.name)")
     cli.add_storage_argument(p)
     p.add_argument("--n-trials", type=int, help="study-wide total of trials")
-    p.add_argument("--seeds", help="comma-separated seeds every trial trains, e.g. 0,1,2")
+    p.add_argument("--seeds", help="comma-separated seeds a trial trains, e.g. 0,1,2 (those its variant has already "
+                   "run are replaced by the lowest unused ones)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine, each training one trial at a time (default 1); "
                         "the same command on other machines joins the same study")
