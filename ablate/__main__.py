@@ -1,4 +1,5 @@
-"""`ablate COMMAND ...` (the console script) and `python -m ablate COMMAND ...`: the same as `python -m ablate.COMMAND`."""
+"""`ablate COMMAND ...` (the console script) and `python -m ablate COMMAND ...` = `python -m ablate.COMMAND ...`."""
+
 from __future__ import annotations
 
 import importlib
@@ -11,8 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run `python -m ablate.COMMAND` with the remaining arguments."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: ablate {{{','.join(COMMANDS)}}} ...\n\nablation studies of segmentation necks; "
-              "`ablate COMMAND --help` for each command")
+        print(
+            f"usage: ablate {{{','.join(COMMANDS)}}} ...\n\nablation studies of segmentation necks; "
+            "`ablate COMMAND --help` for each command"
+        )
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
         from ablate.cli import error

@@ -1,6 +1,7 @@
 """`python -m ablate.analyze [CONFIG] [key=value ...]`: the neck's receptive fields, per branch, with DeepLabv3's
 valid-tap shares (Chen et al. 2017, Fig. 4) and HDC gridding holes (Wang et al. 2018); with --checkpoint or
 --out, the effective receptive field (Luo et al. 2016) over validation images, as numbers and a PNG."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ablate import cli, config
-from ablate.run import analysis
 from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
+from ablate.run import analysis
 
 console = cli.make_console(stderr=False)
 ARCHITECTURE = ("encoder", "encoder_depth", "output_stride", "neck", "head", "classes")  # what the weights depend on
@@ -23,10 +24,20 @@ ARCHITECTURE = ("encoder", "encoder_depth", "output_stride", "neck", "head", "cl
 def rf_report(cfg: RunConfig) -> dict:
     """The theoretical part of the report: encoder and branch receptive fields, tap shares, gridding holes."""
     enc_rf, stride, size = analysis.config_encoder_rf(cfg)
-    report = {"encoder": cfg.model.encoder, "encoder_depth": cfg.model.encoder_depth, "stride": stride,
-              "image_size": cfg.data.image_size, "feature_size": list(size), "encoder_rf_px": enc_rf,
-              "neck": cfg.model.neck["name"], "branches": [], "gridding_holes": None, "summary": {},
-              "degenerate": analysis.config_rate_message(cfg), "note": None}
+    report = {
+        "encoder": cfg.model.encoder,
+        "encoder_depth": cfg.model.encoder_depth,
+        "stride": stride,
+        "image_size": cfg.data.image_size,
+        "feature_size": list(size),
+        "encoder_rf_px": enc_rf,
+        "neck": cfg.model.neck["name"],
+        "branches": [],
+        "gridding_holes": None,
+        "summary": {},
+        "degenerate": analysis.config_rate_message(cfg),
+        "note": None,
+    }
     try:
         report["branches"] = analysis.neck_receptive_fields(cfg)
     except ValueError as e:  # a third-party neck: the encoder's numbers and the ERF still apply
@@ -43,17 +54,21 @@ def read_checkpoint(path: str):
     from ablate.run.module import SegmentationModule
 
     if not Path(path).is_file():
-        raise ConfigError(f"--checkpoint {path!r} does not exist "
-                          "(a run keeps its checkpoints in <run>/checkpoints/*.ckpt)")
+        raise ConfigError(
+            f"--checkpoint {path!r} does not exist (a run keeps its checkpoints in <run>/checkpoints/*.ckpt)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike: it is not a checkpoint we can read
-        raise ConfigError(f"--checkpoint {path!r} cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
-                          f"{str(e).strip()[:200]})") from None
+        raise ConfigError(
+            f"--checkpoint {path!r} cannot be read as a PyTorch checkpoint ({type(e).__name__}: {str(e).strip()[:200]})"
+        ) from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or not {"config", "class_names"} <= set(hp) or "state_dict" not in ckpt:
-        raise ConfigError(f"--checkpoint {path!r} is not a checkpoint of an ablate run: it lacks the state_dict or "
-                          "the hyper_parameters config and class_names")
+        raise ConfigError(
+            f"--checkpoint {path!r} is not a checkpoint of an ablate run: it lacks the state_dict or "
+            "the hyper_parameters config and class_names"
+        )
     try:
         module = SegmentationModule(hp["config"], hp["class_names"])
     except ConfigError as e:
@@ -61,8 +76,10 @@ def read_checkpoint(path: str):
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise ConfigError(f"--checkpoint {path!r}: its weights do not fit the model its config describes: "
-                          f"{' '.join(str(e).split())[:300]}") from None
+        raise ConfigError(
+            f"--checkpoint {path!r}: its weights do not fit the model its config describes: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
     return module
 
 
@@ -70,15 +87,21 @@ def load_checkpoint(path: str, cfg_path: str | None, overrides: list[str]):
     """(config, trained SegmentationModule) from a run's .ckpt; CONFIG, when given, must describe the same model."""
     module = read_checkpoint(path)
     trained = to_dict(module.cfg)
-    cfg = load_config(cfg_path, overrides) if cfg_path else config.from_dict(
-        config.apply_overrides(config.with_defaults(RunConfig, trained), overrides))
+    cfg = (
+        load_config(cfg_path, overrides)
+        if cfg_path
+        else config.from_dict(config.apply_overrides(config.with_defaults(RunConfig, trained), overrides))
+    )
     mine, theirs = flatten(to_dict(cfg)["model"]), flatten(trained["model"])
-    differ = [k for k in sorted(set(mine) | set(theirs)) if k.split(".")[0] in ARCHITECTURE
-              and mine.get(k) != theirs.get(k)]
+    differ = [
+        k for k in sorted(set(mine) | set(theirs)) if k.split(".")[0] in ARCHITECTURE and mine.get(k) != theirs.get(k)
+    ]
     if differ:
         pairs = "; ".join(f"model.{k}: checkpoint {theirs.get(k)!r}, config {mine.get(k)!r}" for k in differ)
-        raise ConfigError(f"--checkpoint {path!r} is from a different model ({pairs}); leave CONFIG out to use "
-                          "the checkpoint's own config")
+        raise ConfigError(
+            f"--checkpoint {path!r} is from a different model ({pairs}); leave CONFIG out to use "
+            "the checkpoint's own config"
+        )
     return cfg, module
 
 
@@ -97,8 +120,13 @@ def erf_report(cfg: RunConfig, module, n: int, out: str | None) -> dict:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         analysis.erf_image(erf).save(out)
-    return {"source": source, "images": len(images), "radius50_px": analysis.erf_radius(erf, 0.5),
-            "radius90_px": analysis.erf_radius(erf, 0.9), "png": out}
+    return {
+        "source": source,
+        "images": len(images),
+        "radius50_px": analysis.erf_radius(erf, 0.5),
+        "radius90_px": analysis.erf_radius(erf, 0.9),
+        "png": out,
+    }
 
 
 def _spans(offsets: list[int]) -> str:
@@ -115,12 +143,20 @@ def _spans(offsets: list[int]) -> str:
 def print_report(r: dict) -> None:
     """Rich tables and lines for a terminal."""
     h, w = r["feature_size"]
-    console.print(f"{r['encoder']} (encoder_depth {r['encoder_depth']}) at {r['image_size']} px, stride "
-                  f"{r['stride']}: the neck sees a {h}x{w} map; encoder receptive field {r['encoder_rf_px']} px",
-                  highlight=False)
-    table = Table("branch", "rate", "RF px", *map(str, analysis.TAP_COUNTS), box=box.SIMPLE_HEAD,
-                  title=f"neck {r['neck']!r}: receptive field, share of valid 3x3 taps",
-                  caption="* pools the whole map" if any(b["global"] for b in r["branches"]) else None)
+    console.print(
+        f"{r['encoder']} (encoder_depth {r['encoder_depth']}) at {r['image_size']} px, stride "
+        f"{r['stride']}: the neck sees a {h}x{w} map; encoder receptive field {r['encoder_rf_px']} px",
+        highlight=False,
+    )
+    table = Table(
+        "branch",
+        "rate",
+        "RF px",
+        *map(str, analysis.TAP_COUNTS),
+        box=box.SIMPLE_HEAD,
+        title=f"neck {r['neck']!r}: receptive field, share of valid 3x3 taps",
+        caption="* pools the whole map" if any(b["global"] for b in r["branches"]) else None,
+    )
     for b in r["branches"]:
         taps = [f"{b['taps'][t]:.0%}" if b["taps"] else "" for t in analysis.TAP_COUNTS]
         table.add_row(b["branch"], str(b["rate"] or ""), f"{b['rf_px']}{'*' if b['global'] else ''}", *taps)
@@ -135,22 +171,29 @@ def _print_lines(r: dict) -> None:
     if holes is not None:
         reach = max(b["rate"] or 0 for b in r["branches"])
         text = f"{_spans(holes)} ({len(holes)} of {2 * reach + 1})" if holes else "none"
-        console.print(f"gridding holes, offsets within ±{reach} feature positions that no branch samples: {text}",
-                      highlight=False)
+        console.print(
+            f"gridding holes, offsets within ±{reach} feature positions that no branch samples: {text}", highlight=False
+        )
     for line in (r["degenerate"], r["note"]):
         if line:
             console.print(Text.assemble(("note: ", "yellow"), line))
     if "erf" in r:
         e = r["erf"]
-        console.print(f"effective receptive field ({e['source']}, {e['images']} val images): half the gradient mass "
-                      f"within {e['radius50_px']:.1f} px of the centre, 90% within {e['radius90_px']:.1f} px"
-                      + (f"; image: {e['png']}" if e["png"] else ""))
+        console.print(
+            f"effective receptive field ({e['source']}, {e['images']} val images): half the gradient mass "
+            f"within {e['radius50_px']:.1f} px of the centre, 90% within {e['radius90_px']:.1f} px"
+            + (f"; image: {e['png']}" if e["png"] else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: parse, analyse, print (or --json)."""
-    p = cli.parser("analyze", __doc__, "YAML run config (default: the checkpoint's, else the defaults) and dotted "
-                   "overrides, e.g. model.neck.rates=[6,12,18], in any order")
+    p = cli.parser(
+        "analyze",
+        __doc__,
+        "YAML run config (default: the checkpoint's, else the defaults) and dotted "
+        "overrides, e.g. model.neck.rates=[6,12,18], in any order",
+    )
     p.add_argument("--checkpoint", help="a run's Lightning .ckpt (<run>/checkpoints/): ERF of the trained model")
     p.add_argument("--out", help="write the ERF as a PNG here (without --checkpoint: of the random-init model)")
     p.add_argument("--images", type=int, default=16, help="validation images the ERF averages over (default 16)")
@@ -163,8 +206,9 @@ def _analyze(args) -> int:
     if args.images < 1:
         raise ConfigError(f"--images must be >= 1; got {args.images}")
     path, overrides = cli.split_inputs(args.inputs)
-    cfg, module = load_checkpoint(args.checkpoint, path, overrides) if args.checkpoint \
-        else (load_config(path, overrides), None)
+    cfg, module = (
+        load_checkpoint(args.checkpoint, path, overrides) if args.checkpoint else (load_config(path, overrides), None)
+    )
     report = rf_report(cfg)
     if module is not None or args.out:
         report["erf"] = erf_report(cfg, module, args.images, args.out)

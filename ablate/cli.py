@@ -1,4 +1,5 @@
 """What every command shares: a console that prints text literally, the error ending, inputs in any order."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def warn(message: object) -> None:
 
 def parser(prog: str, doc: str | None, inputs: str | None = None) -> argparse.ArgumentParser:
     """An ArgumentParser for `python -m ablate.PROG`; `inputs` describes its positional FILE and key=value items."""
-    p = argparse.ArgumentParser(prog=f"python -m ablate.{prog}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m ablate.{prog}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if inputs:
         p.add_argument("inputs", nargs="*", metavar="[FILE] [key=value ...]", help=inputs)
     return p
@@ -53,8 +55,9 @@ def split_inputs(items: list[str]) -> tuple[str | None, list[str]]:
     """[FILE] [key=value ...] -> (FILE or None, overrides): a `key=value` item is an override, the other the file."""
     files = [item for item in items if "=" not in item]
     if len(files) > 1:
-        raise ConfigError(f"give one config file, not {len(files)}: {', '.join(files)} "
-                          "(an override has the form key.path=value)")
+        raise ConfigError(
+            f"give one config file, not {len(files)}: {', '.join(files)} (an override has the form key.path=value)"
+        )
     return (files[0] if files else None), [item for item in items if "=" in item]
 
 
@@ -68,15 +71,31 @@ def add_storage_argument(p: argparse.ArgumentParser) -> None:
 def add_verdict_arguments(p: argparse.ArgumentParser, until_decided: bool = False) -> None:
     """--margin and --alpha of the verdicts (ablate.results.stats); with `until_decided`, --until-decided and
     --max-seeds too (a sweep's: ablate.study.decide)."""
-    p.add_argument("--margin", type=float, metavar="POINTS", help="a row whose CI of Δ lies inside ±POINTS is "
-                   "equivalent to the baseline (TOST); default: the study's study.margin, else no equivalence")
-    p.add_argument("--alpha", type=float, help="false-verdict rate of the verdicts (default 0.05; a study run "
-                   "--until-decided: its α per look)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        metavar="POINTS",
+        help="a row whose CI of Δ lies inside ±POINTS is "
+        "equivalent to the baseline (TOST); default: the study's study.margin, else no equivalence",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        help="false-verdict rate of the verdicts (default 0.05; a study run --until-decided: its α per look)",
+    )
     if until_decided:
-        p.add_argument("--until-decided", action="store_true", help="after the planned trials, add seeds in rounds "
-                       "to the variants whose verdict against the baseline is still open")
-        p.add_argument("--max-seeds", type=int, metavar="K", help="--until-decided stops at K seeds a variant "
-                       "(default: the sweep's study.max_seeds, 8)")
+        p.add_argument(
+            "--until-decided",
+            action="store_true",
+            help="after the planned trials, add seeds in rounds "
+            "to the variants whose verdict against the baseline is still open",
+        )
+        p.add_argument(
+            "--max-seeds",
+            type=int,
+            metavar="K",
+            help="--until-decided stops at K seeds a variant (default: the sweep's study.max_seeds, 8)",
+        )
 
 
 def guarded(body: Callable[[], int]) -> int:

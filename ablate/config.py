@@ -1,4 +1,5 @@
 """Run configuration: YAML + dotted `key=value` overrides -> frozen, strictly validated dataclasses."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,10 +84,15 @@ class RunConfig:
 
 
 DATASETS = ("shapes", "voc", "cityscapes", "ade20k", "folder")
-CHOICES = {"model.head": ("deeplabv3", "deeplabv3plus"), "model.output_stride": (8, 16, 32),
-           "data.name": DATASETS, "data.val_mode": ("full", "slide"),
-           "optim.name": ("adamw", "sgd"), "optim.schedule": ("poly", "cosine", "none"),
-           "wandb.mode": (None, "offline", "online", "disabled")}
+CHOICES = {
+    "model.head": ("deeplabv3", "deeplabv3plus"),
+    "model.output_stride": (8, 16, 32),
+    "data.name": DATASETS,
+    "data.val_mode": ("full", "slide"),
+    "optim.name": ("adamw", "sgd"),
+    "optim.schedule": ("poly", "cosine", "none"),
+    "wandb.mode": (None, "offline", "online", "disabled"),
+}
 SET_BY_ABLATE = ("logger", "callbacks", "default_root_dir")  # Trainer arguments ablate passes itself
 
 
@@ -148,7 +154,7 @@ def set_dotted(raw: dict, key: str, value) -> None:
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {'.'.join(parts[:i + 1])} is not a section")
+            raise ConfigError(f"{key}: {'.'.join(parts[: i + 1])} is not a section")
     node[parts[-1]] = value
 
 
@@ -175,8 +181,9 @@ def _build(cls, raw, path: str):
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"unknown config key {path}{key}{did_you_mean(key, fields, path)}; "
-                              f"valid keys here: {', '.join(fields)}")
+            raise ConfigError(
+                f"unknown config key {path}{key}{did_you_mean(key, fields, path)}; valid keys here: {', '.join(fields)}"
+            )
     values = {}
     for name, value in raw.items():
         kind = hints[name]
@@ -225,14 +232,19 @@ def validate(cfg: RunConfig) -> None:
 
 def _validate_data(data: DataConfig) -> None:
     scale = data.scale_range
-    if len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale) \
-            or not 0 < scale[0] <= scale[1]:
+    if (
+        len(scale) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+        or not 0 < scale[0] <= scale[1]
+    ):
         raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, e.g. [0.5, 2.0]; got {scale!r}")
     if not 0 <= data.jitter <= 1:
         raise ConfigError(f"data.jitter must be in [0, 1] (0 = off); got {data.jitter}")
     if data.on_device and data.name != "shapes":
-        raise ConfigError(f"data.on_device is for the built-in synthetic data (data.name=shapes), not {data.name!r}; "
-                          "data read from files goes through a DataLoader (data.num_workers)")
+        raise ConfigError(
+            f"data.on_device is for the built-in synthetic data (data.name=shapes), not {data.name!r}; "
+            "data read from files goes through a DataLoader (data.num_workers)"
+        )
     if data.classes is not None and data.name != "folder":
         raise ConfigError(f"data.classes is for data.name='folder'; {data.name!r} names its own classes")
     if data.classes is not None and (not data.classes or len(set(map(str, data.classes))) < len(data.classes)):
@@ -245,12 +257,16 @@ def _validate_encoder(model: ModelConfig) -> None:
     names = get_encoder_names()
     if model.encoder not in names and not model.encoder.startswith("tu-"):
         near = difflib.get_close_matches(model.encoder, names, n=3)
-        raise ConfigError(f"model.encoder={model.encoder!r} is not an smp encoder; closest: {', '.join(near)} "
-                          "(or any timm model as 'tu-<name>')")
+        raise ConfigError(
+            f"model.encoder={model.encoder!r} is not an smp encoder; closest: {', '.join(near)} "
+            "(or any timm model as 'tu-<name>')"
+        )
     if not 1 <= model.encoder_depth <= 5:
         raise ConfigError(f"model.encoder_depth must be 1..5; got {model.encoder_depth}")
     if model.head == "deeplabv3plus" and model.encoder_depth < 3:
-        raise ConfigError("model.head='deeplabv3plus' needs model.encoder_depth >= 3 (a stride-4 feature and a deeper one)")
+        raise ConfigError(
+            "model.head='deeplabv3plus' needs model.encoder_depth >= 3 (a stride-4 feature and a deeper one)"
+        )
 
 
 def _validate_neck(cfg: RunConfig) -> None:
@@ -259,8 +275,11 @@ def _validate_neck(cfg: RunConfig) -> None:
     neck = dict(cfg.model.neck)
     name = neck.pop("name", None)
     if name is None:
-        hint = " (in YAML flow style write {name: ppm} with a space after each colon)" if any(
-            ":" in str(k) for k in neck) else ""
+        hint = (
+            " (in YAML flow style write {name: ppm} with a space after each colon)"
+            if any(":" in str(k) for k in neck)
+            else ""
+        )
         raise ConfigError(f"model.neck needs a name{hint}; registered necks: {', '.join(list_necks())}")
     try:
         valid = neck_options(name)
@@ -269,8 +288,9 @@ def _validate_neck(cfg: RunConfig) -> None:
     for key in neck:
         if key not in valid:
             listed = f"valid: {', '.join(valid)}" if valid else "it takes no options"
-            raise ConfigError(f"unknown option model.neck.{key} for neck {name!r}"
-                              f"{did_you_mean(key, valid, 'model.neck.')}; {listed}")
+            raise ConfigError(
+                f"unknown option model.neck.{key} for neck {name!r}{did_you_mean(key, valid, 'model.neck.')}; {listed}"
+            )
     try:  # building it on a few channels checks every option value the way training would
         create_neck(name, 8, **neck)
     except (ValueError, TypeError) as e:
@@ -281,7 +301,8 @@ def _validate_neck(cfg: RunConfig) -> None:
         raise ConfigError(
             f"data.batch_size=1 with neck {name!r} norm='bn' and a pooled (1x1) branch: BatchNorm cannot "
             "normalize one value per channel in training. Use data.batch_size>=2, model.neck.norm=gn, "
-            "or model.neck.image_pooling=false.")
+            "or model.neck.image_pooling=false."
+        )
 
 
 def _validate_trainer(trainer: dict) -> None:
@@ -292,5 +313,7 @@ def _validate_trainer(trainer: dict) -> None:
         if key in SET_BY_ABLATE:
             raise ConfigError(f"trainer.{key} is set by ablate itself; remove it from the config")
         if key not in valid:
-            raise ConfigError(f"unknown Trainer argument trainer.{key}{did_you_mean(key, valid, 'trainer.')}; "
-                              "see lightning.Trainer for valid ones")
+            raise ConfigError(
+                f"unknown Trainer argument trainer.{key}{did_you_mean(key, valid, 'trainer.')}; "
+                "see lightning.Trainer for valid ones"
+            )

@@ -1,4 +1,5 @@
 """`python -m ablate.dashboard --study NAME`: a W&B workspace for a study's variants (wandb-workspaces), or its spec."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def _dashboard(args) -> int:
         facts = study_facts(load_study(args.study, make_storage(url)))
         entity, project = args.entity or facts["entity"], args.project or facts["project"]
         if not entity or not project:
-            raise ConfigError(f"the W&B {'entity' if not entity else 'project'} is not known: give --entity E "
-                              "--project P (the study's config has wandb.entity/project unset)")
+            raise ConfigError(
+                f"the W&B {'entity' if not entity else 'project'} is not known: give --entity E "
+                "--project P (the study's config has wandb.entity/project unset)"
+            )
     except ConfigError as e:
         raise ConfigError(f"{e} (storage {redact(url)})") from None
     workspace = build_workspace(facts, entity, project, args.name)

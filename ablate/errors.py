@@ -1,4 +1,5 @@
 """Errors that name the bad value and what would be valid: ConfigError, "did you mean", one choice check."""
+
 from __future__ import annotations
 
 import difflib

@@ -4,6 +4,7 @@ The comparison table (ablate.table's rows), Optuna's optimization history, param
 coordinates, mIoU vs parameters and vs GFLOPs with error bars, per-class IoU across variants, receptive
 fields, and example predictions of the best and the baseline variants from the run folders.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", required=True, help="study name")
     cli.add_storage_argument(p)
     p.add_argument("--runs", default="runs", help="folder holding <study>/t<trial>-s<seed>/ (default: runs)")
-    p.add_argument("--baseline", help="KEY=VALUE,... picking the baseline row (default: the study's baseline, "
-                   "else the best)")
+    p.add_argument(
+        "--baseline", help="KEY=VALUE,... picking the baseline row (default: the study's baseline, else the best)"
+    )
     cli.add_verdict_arguments(p)
     p.add_argument("--out", help="the HTML file to write (default: RUNS/<study>/report.html)")
     args = cli.parse(p, argv)
@@ -46,8 +48,13 @@ def _report(args) -> int:
     if not any(r["mean"] is not None for r in rows):
         raise ConfigError(f"study {args.study!r} has no complete trial yet")
     v = verdict_options({**study_verdicts(study), "direction": study_objective(study)[1]}, args.margin, args.alpha)
-    base = add_deltas(rows, parse_baseline(args.baseline) or v["baseline"], margin=v["margin"], alpha=v["alpha"],
-                      direction=v["direction"])
+    base = add_deltas(
+        rows,
+        parse_baseline(args.baseline) or v["baseline"],
+        margin=v["margin"],
+        alpha=v["alpha"],
+        direction=v["direction"],
+    )
     out = Path(args.out or Path(args.runs) / args.study / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build(study, rows, base, Path(args.runs), v))

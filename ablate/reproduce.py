@@ -1,4 +1,5 @@
 """`python -m ablate.reproduce experiments/X.yaml`: re-run a published table and diff it against its reference."""
+
 from __future__ import annotations
 
 import re
@@ -30,11 +31,15 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> tuple[SweepC
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
-    sweep = SweepConfig(base=base, space={"row": {"choices": list(rows)}}, rows=rows,
-                        study=StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none",
-                                          margin=raw.get("margin")),
-                        n_trials=len(rows), seeds=tuple(raw.get("seeds", [0])),
-                        baseline=None if baseline is None else {"row": baseline})
+    sweep = SweepConfig(
+        base=base,
+        space={"row": {"choices": list(rows)}},
+        rows=rows,
+        study=StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none", margin=raw.get("margin")),
+        n_trials=len(rows),
+        seeds=tuple(raw.get("seeds", [0])),
+        baseline=None if baseline is None else {"row": baseline},
+    )
     make_target(sweep)  # every row's config is checked before anything trains
     tolerance = raw.get("tolerance", 0.01)
     if not isinstance(tolerance, (int, float)) or tolerance < 0:
@@ -76,8 +81,12 @@ def compare(reproduced: dict, reference: dict, tolerance: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run every row x seed as a resumable study, then diff against experiments/X.md."""
-    p = cli.parser("reproduce", __doc__, "experiment file, e.g. experiments/aspp_components.yaml, and dotted "
-                   "overrides of its base run config, e.g. data.root=/data/pascal, in any order")
+    p = cli.parser(
+        "reproduce",
+        __doc__,
+        "experiment file, e.g. experiments/aspp_components.yaml, and dotted "
+        "overrides of its base run config, e.g. data.root=/data/pascal, in any order",
+    )
     cli.add_storage_argument(p)
     p.add_argument("--reference", help="reference table (default: the experiment file with .md)")
     cli.add_verdict_arguments(p, until_decided=True)
@@ -109,8 +118,10 @@ def _reproduce(args) -> int:
         return 130
     produced = reference_means(Path("runs") / sweep.study.name / "table.md")
     if expected is None:
-        cli.warn(f"no reference table {reference} yet: check in runs/{sweep.study.name}/table.md as {reference} "
-                 "to make this run the reference")
+        cli.warn(
+            f"no reference table {reference} yet: check in runs/{sweep.study.name}/table.md as {reference} "
+            "to make this run the reference"
+        )
         return 1
     cli.console.print(f"compare with {reference} (tolerance {tolerance} mIoU):")
     failures = compare(produced, expected, tolerance)

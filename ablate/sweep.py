@@ -1,31 +1,48 @@
 """`python -m ablate.sweep [SWEEP.yaml] [key=value ...]`: an Optuna study over neck variants, several seeds each."""
+
 from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 from ablate import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
-    p = cli.parser("sweep", __doc__, "sweep file (default: the packaged default sweep, as sweeps/default.yaml) and "
-                   "dotted overrides of its base config, e.g. trainer.max_epochs=2, in any order with the flags")
+    p = cli.parser(
+        "sweep",
+        __doc__,
+        "sweep file (default: the packaged default sweep, as sweeps/default.yaml) and "
+        "dotted overrides of its base config, e.g. trainer.max_epochs=2, in any order with the flags",
+    )
     p.add_argument("--study", help="study name (default: the sweep file's study.name)")
     cli.add_storage_argument(p)
     p.add_argument("--n-trials", type=int, help="study-wide total of trials")
-    p.add_argument("--seeds", help="comma-separated seeds a trial trains, e.g. 0,1,2 (those its variant has already "
-                   "run are replaced by the lowest unused ones)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes on this machine, each training one trial at a time (default 1); "
-                        "the same command on other machines joins the same study")
-    p.add_argument("--gpus", help="GPUs the workers share, e.g. 0,1,2,3 (default: every visible GPU); each worker "
-                                  "sees its own via CUDA_VISIBLE_DEVICES, trainer.devices=k of them a trial, several "
-                                  "workers a GPU when there are more workers than GPUs; 'none': no assignment")
+    p.add_argument(
+        "--seeds",
+        help="comma-separated seeds a trial trains, e.g. 0,1,2 (those its variant has already "
+        "run are replaced by the lowest unused ones)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine, each training one trial at a time (default 1); "
+        "the same command on other machines joins the same study",
+    )
+    p.add_argument(
+        "--gpus",
+        help="GPUs the workers share, e.g. 0,1,2,3 (default: every visible GPU); each worker "
+        "sees its own via CUDA_VISIBLE_DEVICES, trainer.devices=k of them a trial, several "
+        "workers a GPU when there are more workers than GPUs; 'none': no assignment",
+    )
     cli.add_verdict_arguments(p, until_decided=True)
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the space, resolve every grid point, print a sample trial's config; train nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the space, resolve every grid point, print a sample trial's config; train nothing",
+    )
     argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse(p, argv)
     if args.workers < 1:
@@ -35,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args, argv: list[str]) -> int:
     from ablate.results.summary import run_and_show
-    from ablate.study.gpus import plan_gpus
     from ablate.study.engine import Interrupt, quiet
+    from ablate.study.gpus import plan_gpus
     from ablate.study.space import load_sweep
     from ablate.study.storage import resolve
     from ablate.study.targets import make_target
@@ -52,8 +69,10 @@ def _sweep(args, argv: list[str]) -> int:
     try:
         return run_and_show(sweep, target, resolve(args.storage), args.workers, _worker_argv(argv), gpus=gpus)
     except KeyboardInterrupt as e:
-        cli.warn(f"interrupted: {e or 'by the user'}; the running trial is marked FAIL and queued again: run the "
-                 "same command to finish the study")
+        cli.warn(
+            f"interrupted: {e or 'by the user'}; the running trial is marked FAIL and queued again: run the "
+            "same command to finish the study"
+        )
         return 130
 
 
@@ -72,7 +91,6 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 def _with_flags(sweep, args):
     from ablate.errors import ConfigError
-
     from ablate.study.decide import with_verdict_flags
 
     changes = {"study": with_verdict_flags(sweep.study, args)}
@@ -96,8 +114,17 @@ def dry_run(sweep, target) -> int:
 
     from ablate.study.space import suggest, variant_label
 
-    print(yaml.safe_dump({"study": dataclasses.asdict(sweep.study), "n_trials": sweep.n_trials,
-                          "seeds": list(sweep.seeds), "space": sweep.space}, sort_keys=False))
+    print(
+        yaml.safe_dump(
+            {
+                "study": dataclasses.asdict(sweep.study),
+                "n_trials": sweep.n_trials,
+                "seeds": list(sweep.seeds),
+                "space": sweep.space,
+            },
+            sort_keys=False,
+        )
+    )
     print("\n".join(grid_lines(sweep, target)))
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sweep.study.sampler_seed)).ask()
     params = suggest(trial, sweep.space)
@@ -120,7 +147,8 @@ def grid_lines(sweep, target) -> list[str]:
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     return [f"# {len(points)} grid point(s), each resolved (equal digests: equal configs):"] + [
         f"#   {i}/{len(points)} {variant_label(p)} (config {config_digest(target.config(p))})"
-        for i, p in enumerate(points, 1)]
+        for i, p in enumerate(points, 1)
+    ]
 
 
 if __name__ == "__main__":

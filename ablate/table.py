@@ -5,6 +5,7 @@ Holm-adjusted p (paired t-test over shared seeds, else Welch), a verdict (better
 --margin / undecided, with the seeds that would decide), neck and total parameters, GFLOPs, and forward latency
 measured on this machine.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,14 +21,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", action="append", help="study name (repeat to merge studies; default: all)")
     cli.add_storage_argument(p)
     p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--baseline", help="KEY=VALUE,... picking the row Δ is measured against (default: the study's "
-                   "baseline, e.g. an experiment's `baseline:`, else the best row)")
-    p.add_argument("--metric", help="default: the study's own metric (val/mIoU, or a LightningCLI sweep's `metric`), "
-                   "each seed's best epoch; another val/ metric: each seed's last epoch")
+    p.add_argument(
+        "--baseline",
+        help="KEY=VALUE,... picking the row Δ is measured against (default: the study's "
+        "baseline, e.g. an experiment's `baseline:`, else the best row)",
+    )
+    p.add_argument(
+        "--metric",
+        help="default: the study's own metric (val/mIoU, or a LightningCLI sweep's `metric`), "
+        "each seed's best epoch; another val/ metric: each seed's last epoch",
+    )
     cli.add_verdict_arguments(p)
     p.add_argument("--no-latency", action="store_true", help="skip measuring forward latency")
-    p.add_argument("--from-wandb", metavar="PATH_OR_PROJECT",
-                   help="build the table from W&B runs instead: runs/wandb (offline folders) or ENTITY/PROJECT")
+    p.add_argument(
+        "--from-wandb",
+        metavar="PATH_OR_PROJECT",
+        help="build the table from W&B runs instead: runs/wandb (offline folders) or ENTITY/PROJECT",
+    )
     p.add_argument("--out", help="write to this file instead of stdout")
     args = cli.parse(p, argv)
     return cli.guarded(lambda: _table(args))

@@ -1,4 +1,5 @@
 """`python -m ablate.train [CONFIG.yaml] [key=value ...] [--output DIR]`: train one configuration."""
+
 from __future__ import annotations
 
 import sys
@@ -10,8 +11,12 @@ from ablate import cli
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: parse, validate, train, print where the results are."""
-    p = cli.parser("train", __doc__, "YAML run config (default: the built-in defaults, as experiments/base.yaml) and "
-                   "dotted overrides, e.g. model.neck.norm=none trainer.max_epochs=1, in any order")
+    p = cli.parser(
+        "train",
+        __doc__,
+        "YAML run config (default: the built-in defaults, as experiments/base.yaml) and "
+        "dotted overrides, e.g. model.neck.norm=none trainer.max_epochs=1, in any order",
+    )
     p.add_argument("--output", default=None, help="run folder (default runs/train/<timestamp>)")
     args = cli.parse(p, argv)
 
@@ -22,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(*cli.split_inputs(args.inputs))
         output = Path(args.output or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
         summary = run(cfg, output)
-        cli.console.print(f"val/mIoU {summary['val/mIoU']:.4f}  best {summary['val/mIoU_best']:.4f}  "
-                          f"neck params {summary['params/neck']:,}  GFLOPs {summary['gflops']:.2f}\n"
-                          f"summary: {output / 'summary.json'}")
+        cli.console.print(
+            f"val/mIoU {summary['val/mIoU']:.4f}  best {summary['val/mIoU_best']:.4f}  "
+            f"neck params {summary['params/neck']:,}  GFLOPs {summary['gflops']:.2f}\n"
+            f"summary: {output / 'summary.json'}"
+        )
         return 0
 
     return cli.guarded(body)

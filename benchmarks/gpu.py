@@ -13,6 +13,7 @@ Sections (--skip any of them; the JSON is written after each, so a run cut short
            ablate's SegmentationModel vs smp's DeepLabV3, and the deeplabv3plus head vs smp's DeepLabV3Plus,
            interleaved: step time, images/s, peak memory (512 px: smp needs sides divisible by 16; ablate also at 513)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # benchmarks/run.py, and ablate without installing it
 from run import dense_peak, interleaved, small_config, sync  # noqa: E402
+
 SECTIONS = ("voc", "peak", "workers")  # the quickest first
 OPTIONS = ["data.on_device=true", "optim.fused=true"]  # what issue 16 adds for small trials
-TINY = ["data.image_size=64", "data.train_size=16", "data.val_size=8", "data.batch_size=4",  # 64 px: the
-        "model.neck.out_channels=16", "trainer.max_epochs=1"]  # default space's rate 6 fits the 8x8 map
+TINY = [
+    "data.image_size=64",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.batch_size=4",  # 64 px: the
+    "model.neck.out_channels=16",
+    "trainer.max_epochs=1",
+]  # default space's rate 6 fits the 8x8 map
 
 
 def log(line: str) -> None:
@@ -50,6 +58,7 @@ def log(line: str) -> None:
 
 
 # --- workers: trials/hour of the real command ----------------------------------------------------------------
+
 
 class GpuBusy:
     """Mean utilization of GPU `gpu` (nvidia-smi, every 0.5 s) while the block runs; None without a GPU."""
@@ -59,9 +68,11 @@ class GpuBusy:
 
     def _poll(self) -> None:
         while not self.stop.wait(0.5):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                  "-i", self.gpu],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", self.gpu],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode == 0 and out.stdout.strip().isdigit():
                 self.samples.append(int(out.stdout.strip()))
 
@@ -86,8 +97,21 @@ def sweep_wall(workers: int, trials: int, overrides: list[str], device: torch.de
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/bench.db"
-        cmd = [sys.executable, "-m", "ablate.sweep", "--study", "bench", "--storage", storage, "--n-trials",
-               str(trials), "--workers", str(workers), "wandb.mode=disabled", *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ablate.sweep",
+            "--study",
+            "bench",
+            "--storage",
+            storage,
+            "--n-trials",
+            str(trials),
+            "--workers",
+            str(workers),
+            "wandb.mode=disabled",
+            *overrides,
+        ]
         gpu = None
         if device.type == "cuda":
             from ablate.study.gpus import visible_gpus
@@ -105,16 +129,25 @@ def sweep_wall(workers: int, trials: int, overrides: list[str], device: torch.de
         study = optuna.load_study(study_name="bench", storage=storage)
         complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
         seen = sorted({t.user_attrs.get("worker_gpus", "-") for t in complete})
-    return {"workers": workers, "trials": len(complete), "wall_s": wall, "trials_per_hour": len(complete) / wall * 3600,
-            "gpu_busy_percent": busy.mean(), "worker_gpus_seen": seen}
+    return {
+        "workers": workers,
+        "trials": len(complete),
+        "wall_s": wall,
+        "trials_per_hour": len(complete) / wall * 3600,
+        "gpu_busy_percent": busy.mean(),
+        "worker_gpus_seen": seen,
+    }
 
 
 def bench_workers(device: torch.device, quick: bool, n_workers: int) -> dict:
     """1 worker vs N workers, as shipped; N workers with the small-trial options; in that order, once each."""
     budget = TINY if quick else ["trainer.max_epochs=3"]  # the default study at a quarter of its epochs
     trials = 2 if quick else 8
-    runs = {"1 worker": (1, []), f"{n_workers} workers": (n_workers, []),
-            f"{n_workers} workers + options": (n_workers, OPTIONS)}
+    runs = {
+        "1 worker": (1, []),
+        f"{n_workers} workers": (n_workers, []),
+        f"{n_workers} workers + options": (n_workers, OPTIONS),
+    }
     out = {"trial_budget": ["default study", *budget], "trials": trials, "options": OPTIONS}
     subprocess.run([sys.executable, "-c", "import ablate.sweep, ablate.run.fit"], cwd=ROOT, check=True)  # warm caches
     for label, (workers, extra) in runs.items():
@@ -127,6 +160,7 @@ def bench_workers(device: torch.device, quick: bool, n_workers: int) -> dict:
 
 
 # --- peak: share of peak before vs after the options -------------------------------------------------------
+
 
 class StepWall(L.Callback):
     """Wall time between consecutive training-batch ends of an epoch: one step as the run takes it, data included
@@ -178,6 +212,7 @@ def bare_steps(cfg, device: torch.device, quick: bool) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
+
         steps[name] = step
     return interleaved(steps, repeats=5 if quick else 20, device=device)
 
@@ -185,22 +220,30 @@ def bare_steps(cfg, device: torch.device, quick: bool) -> dict:
 def bf16_peak(device: torch.device, quick: bool) -> float:
     """FLOP/s of the best bfloat16 matmul here (the ceiling of a bf16-mixed step)."""
     rates = {}
-    for n in ((1024,) if quick else (2048, 4096, 8192)):
+    for n in (1024,) if quick else (2048, 4096, 8192):
         a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-        rates[n] = 2 * n ** 3 / interleaved({"mm": lambda: a @ b}, repeats=5, device=device)["mm"]
+        rates[n] = 2 * n**3 / interleaved({"mm": lambda: a @ b}, repeats=5, device=device)["mm"]
     return max(rates.values())
 
 
 def bench_peak(device: torch.device, quick: bool) -> dict:
     from ablate.run.fit import run
 
-    variants = {"default": [], "on_device": ["data.on_device=true"], "on_device + fused": OPTIONS,
-                "on_device + fused + bf16-mixed": [*OPTIONS, "trainer.precision=bf16-mixed"],
-                "on_device + fused + compile": [*OPTIONS, "model.compile=true"]}
+    variants = {
+        "default": [],
+        "on_device": ["data.on_device=true"],
+        "on_device + fused": OPTIONS,
+        "on_device + fused + bf16-mixed": [*OPTIONS, "trainer.precision=bf16-mixed"],
+        "on_device + fused + compile": [*OPTIONS, "model.compile=true"],
+    }
     if quick and device.type == "cpu":
         del variants["on_device + fused + compile"]  # minutes of C++ compiling on a small CPU
-    base = {"data.val_size": 8, "trainer.max_epochs": 1, "trainer.num_sanity_val_steps": 0,
-            "data.train_size": 64 if quick else 512}  # quick: 8 steps an epoch; full: 64, as the default config
+    base = {
+        "data.val_size": 8,
+        "trainer.max_epochs": 1,
+        "trainer.num_sanity_val_steps": 0,
+        "data.train_size": 64 if quick else 512,
+    }  # quick: 8 steps an epoch; full: 64, as the default config
     cfg = small_config(device, quick, **base)
     flops = step_flops(cfg, device)
     peak = dense_peak(device, quick)
@@ -213,14 +256,25 @@ def bench_peak(device: torch.device, quick: bool) -> dict:
                 timer = StepWall()
                 cfg = small_config(device, quick, **base, **dict(o.split("=", 1) for o in extra))
                 run(cfg, Path(tmp) / f"r{time.time_ns()}", callbacks=[timer])
-                walls[name] += timer.times[len(timer.times) // 4:]  # past warm-up (and compiling)
-    out = {"step_flops": flops, "batch": cfg.data.batch_size, "image_size": cfg.data.image_size,
-           "peak_flops": peak[peak_name], "peak_kernel": peak_name, "kernels": peak, "peak_bf16_matmul": peak_bf16,
-           "variants": {}}
+                walls[name] += timer.times[len(timer.times) // 4 :]  # past warm-up (and compiling)
+    out = {
+        "step_flops": flops,
+        "batch": cfg.data.batch_size,
+        "image_size": cfg.data.image_size,
+        "peak_flops": peak[peak_name],
+        "peak_kernel": peak_name,
+        "kernels": peak,
+        "peak_bf16_matmul": peak_bf16,
+        "variants": {},
+    }
     for name, times in walls.items():
         step = statistics.median(times)
-        row = {"options": variants[name], "step_s": step, "images_per_s": cfg.data.batch_size / step,
-               "share_of_peak": flops / step / peak[peak_name]}
+        row = {
+            "options": variants[name],
+            "step_s": step,
+            "images_per_s": cfg.data.batch_size / step,
+            "share_of_peak": flops / step / peak[peak_name],
+        }
         if peak_bf16 and "bf16-mixed" in name:
             row["share_of_bf16_peak"] = flops / step / peak_bf16
         out["variants"][name] = row
@@ -235,6 +289,7 @@ def bench_peak(device: torch.device, quick: bool) -> dict:
 
 # --- voc: the recipe's step, ablate vs smp ------------------------------------------------------------------------
 
+
 def voc_model(library: str, head: str, classes: int = 21) -> torch.nn.Module:
     """experiments/voc.yaml's model (encoder_weights=None), or smp's with the same encoder, rates, width, dropout.
 
@@ -248,13 +303,25 @@ def voc_model(library: str, head: str, classes: int = 21) -> torch.nn.Module:
     m = yaml.safe_load((ROOT / "experiments/voc.yaml").read_text())["model"]
     torch.manual_seed(0)
     if library == "ablate":
-        return SegmentationModel(encoder=m["encoder"], encoder_weights=None, classes=classes, neck=m["neck"],
-                                 encoder_depth=m["encoder_depth"], output_stride=m["output_stride"], head=head)
+        return SegmentationModel(
+            encoder=m["encoder"],
+            encoder_weights=None,
+            classes=classes,
+            neck=m["neck"],
+            encoder_depth=m["encoder_depth"],
+            output_stride=m["output_stride"],
+            head=head,
+        )
     return (smp.DeepLabV3 if head == "deeplabv3" else smp.DeepLabV3Plus)(
-        encoder_name=m["encoder"], encoder_weights=None, encoder_output_stride=m["output_stride"],
-        decoder_channels=m["neck"]["out_channels"], decoder_atrous_rates=tuple(m["neck"]["rates"]),
-        decoder_aspp_separable=bool(m["neck"].get("separable", False)), decoder_aspp_dropout=m["neck"]["dropout"],
-        classes=classes)
+        encoder_name=m["encoder"],
+        encoder_weights=None,
+        encoder_output_stride=m["output_stride"],
+        decoder_channels=m["neck"]["out_channels"],
+        decoder_atrous_rates=tuple(m["neck"]["rates"]),
+        decoder_aspp_separable=bool(m["neck"].get("separable", False)),
+        decoder_aspp_dropout=m["neck"]["dropout"],
+        classes=classes,
+    )
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float):
@@ -266,6 +333,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: flo
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -306,9 +374,13 @@ def bench_voc(device: torch.device, quick: bool) -> dict:
         models = {name: voc_model(lib, head).to(device).train() for name, (lib, _) in contenders.items()}
         steps = {name: train_step(models[name], *batch(size, s, device), 0.007) for name, (_, s) in contenders.items()}
         times = interleaved(steps, repeats=3 if quick else 10, device=device)
-        row = {"params": {name: count_params(m) for name, m in models.items()}, "step_s": times,
-               "images_per_s": {k: size / t for k, t in times.items()}, "training_memory_bytes": mem,
-               "time ablate/smp": times["ablate"] / times["smp"]}
+        row = {
+            "params": {name: count_params(m) for name, m in models.items()},
+            "step_s": times,
+            "images_per_s": {k: size / t for k, t in times.items()},
+            "training_memory_bytes": mem,
+            "time ablate/smp": times["ablate"] / times["smp"],
+        }
         if device.type == "cuda":
             row["memory ablate/smp"] = mem["ablate"] / mem["smp"]
         out[head] = row
@@ -318,6 +390,7 @@ def bench_voc(device: torch.device, quick: bool) -> dict:
 
 
 # --- report ----------------------------------------------------------------------------------------------------
+
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -351,10 +424,18 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_path = Path(args.out) if args.out else default_out(device, args.quick)
-    results = {"device": f"{device.type}: {device_name(device)}", "torch": torch.__version__, "quick": args.quick,
-               "cpu_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
-    benches = {"workers": lambda: bench_workers(device, args.quick, args.workers),
-               "peak": lambda: bench_peak(device, args.quick), "voc": lambda: bench_voc(device, args.quick)}
+    results = {
+        "device": f"{device.type}: {device_name(device)}",
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "cpu_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    benches = {
+        "workers": lambda: bench_workers(device, args.quick, args.workers),
+        "peak": lambda: bench_peak(device, args.quick),
+        "voc": lambda: bench_voc(device, args.quick),
+    }
     for name in SECTIONS:
         if name in skip:
             continue
@@ -371,18 +452,24 @@ def summary(results: dict) -> None:
     """The ratios issue 16 asks for, one line each."""
     if "workers" in results:
         w = results["workers"]
-        print(f"trials/hour, N workers vs 1 on one device: {w['ratio_n_vs_1']:.2f}x as shipped, "
-              f"{w['ratio_n_with_options_vs_1']:.2f}x with {' '.join(w['options'])} (goal >= 3)")
+        print(
+            f"trials/hour, N workers vs 1 on one device: {w['ratio_n_vs_1']:.2f}x as shipped, "
+            f"{w['ratio_n_with_options_vs_1']:.2f}x with {' '.join(w['options'])} (goal >= 3)"
+        )
     if "peak" in results:
         k = results["peak"]
-        print(f"share of peak, default-config step as trained: before {k['before']:.3f}, after {k['after']:.3f} "
-              f"({k['after_variant']})")
+        print(
+            f"share of peak, default-config step as trained: before {k['before']:.3f}, after {k['after']:.3f} "
+            f"({k['after_variant']})"
+        )
     if "voc" in results:
         for head in ("deeplabv3", "deeplabv3plus"):
             r = results["voc"][head]
             mem = f", memory {r['memory ablate/smp']:.3f}" if "memory ablate/smp" in r else ""
-            print(f"voc {head}: ablate/smp time {r['time ablate/smp']:.3f}{mem} (goal <= 1.0); images/s ablate "
-                  f"{r['images_per_s']['ablate']:.1f}, smp {r['images_per_s']['smp']:.1f}")
+            print(
+                f"voc {head}: ablate/smp time {r['time ablate/smp']:.3f}{mem} (goal <= 1.0); images/s ablate "
+                f"{r['images_per_s']['ablate']:.1f}, smp {r['images_per_s']['smp']:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ run from config to fitted model; the ratios are median(A) / median(B) and median
 <= 1.05 on runs of >= 30 s. The CPU time of this process is recorded too: on a shared machine it varies far less
 than wall time (other users' load), though it leaves out W&B's own service process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,15 @@ EXAMPLE = ROOT / "examples" / "lightning_project"
 
 def settings(args) -> list[str]:
     """Overrides of the example's fit.yaml shared by A and B."""
-    return [f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", f"data.init_args.size={args.size}",
-            f"data.init_args.train_size={args.train_size}", f"data.init_args.val_size={args.train_size // 4}",
-            f"model.init_args.neck.init_args.rates=[1,{args.size // 16},{args.size // 8}]"]
+    return [
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        f"data.init_args.size={args.size}",
+        f"data.init_args.train_size={args.train_size}",
+        f"data.init_args.val_size={args.train_size // 4}",
+        f"model.init_args.neck.init_args.rates=[1,{args.size // 16},{args.size // 8}]",
+    ]
 
 
 def through_ablate(target, config: dict, folder: Path, wandb: bool = True) -> None:
@@ -46,8 +52,13 @@ def through_ablate(target, config: dict, folder: Path, wandb: bool = True) -> No
 
     trial = optuna.create_study(direction="maximize").ask()
     run = {"name": folder.name, "group": "bench", "job_type": "trial", "tags": ["bench"], "config": {}}
-    target.fit(config, 0, folder, callbacks=[PyTorchLightningPruningCallback(trial, "val/mIoU"), Interrupt()],
-               wandb_run=run if wandb else None)
+    target.fit(
+        config,
+        0,
+        folder,
+        callbacks=[PyTorchLightningPruningCallback(trial, "val/mIoU"), Interrupt()],
+        wandb_run=run if wandb else None,
+    )
 
 
 def plain_fit(config: dict, folder: Path) -> None:
@@ -65,9 +76,14 @@ def plain_fit(config: dict, folder: Path) -> None:
     data = ShapesData(**config["data"]["init_args"])
     model = SegModule(**model_args, num_classes=data.num_classes)
     t = config["trainer"]
-    trainer = L.Trainer(default_root_dir=folder, max_epochs=t["max_epochs"], log_every_n_steps=t["log_every_n_steps"],
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ModelCheckpoint(monitor="val/mIoU", mode="max")])
+    trainer = L.Trainer(
+        default_root_dir=folder,
+        max_epochs=t["max_epochs"],
+        log_every_n_steps=t["log_every_n_steps"],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(monitor="val/mIoU", mode="max")],
+    )
     trainer.fit(model, datamodule=data)
 
 
@@ -79,8 +95,11 @@ def measure(args) -> dict:
     quiet()
     target = make_target(load_sweep(EXAMPLE / "ablation.yaml", settings(args)))
     config = target.config({})
-    runs = {"ablate": lambda f: through_ablate(target, config, f), "ablate_no_wandb": lambda f: through_ablate(
-        target, config, f, wandb=False), "plain": lambda f: plain_fit(config, f)}
+    runs = {
+        "ablate": lambda f: through_ablate(target, config, f),
+        "ablate_no_wandb": lambda f: through_ablate(target, config, f, wandb=False),
+        "plain": lambda f: plain_fit(config, f),
+    }
     times, cpu = {name: [] for name in runs}, {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.reps + 1):  # the first round warms up, untimed
@@ -93,9 +112,16 @@ def measure(args) -> dict:
                     cpu[name].append(used)
                 print(f"{name:15s} round {i}: {wall:.2f} s, {used:.2f} s CPU", file=sys.stderr, flush=True)
     ratio = lambda d, name: statistics.median(d[name]) / statistics.median(d["plain"])  # noqa: E731
-    return {"settings": settings(args), "reps": args.reps, "seconds": times, "cpu_seconds": cpu,
-            "ratio": ratio(times, "ablate"), "ratio_no_wandb": ratio(times, "ablate_no_wandb"),
-            "cpu_ratio": ratio(cpu, "ablate"), "cpu_ratio_no_wandb": ratio(cpu, "ablate_no_wandb")}
+    return {
+        "settings": settings(args),
+        "reps": args.reps,
+        "seconds": times,
+        "cpu_seconds": cpu,
+        "ratio": ratio(times, "ablate"),
+        "ratio_no_wandb": ratio(times, "ablate_no_wandb"),
+        "cpu_ratio": ratio(cpu, "ablate"),
+        "cpu_ratio_no_wandb": ratio(cpu, "ablate_no_wandb"),
+    }
 
 
 def main() -> None:
@@ -107,9 +133,11 @@ def main() -> None:
     p.add_argument("--out", help="also write the result as JSON here")
     args = p.parse_args()
     result = measure(args)
-    print(f"median ablate / plain Trainer.fit: {result['ratio']:.3f} (without the W&B run: "
-          f"{result['ratio_no_wandb']:.3f}); CPU time of this process: {result['cpu_ratio']:.3f} "
-          f"({result['cpu_ratio_no_wandb']:.3f})")
+    print(
+        f"median ablate / plain Trainer.fit: {result['ratio']:.3f} (without the W&B run: "
+        f"{result['ratio_no_wandb']:.3f}); CPU time of this process: {result['cpu_ratio']:.3f} "
+        f"({result['cpu_ratio_no_wandb']:.3f})"
+    )
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -14,6 +14,7 @@ and the ratio ours/theirs, so a noisy, shared machine slows both alike. Sections
   sweep     the default sweep's space, scaled down: grid without pruning vs TPE + median vs TPE + hyperband
   options   training step time with trainer.precision=bf16-mixed, model.channels_last, model.compile
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -81,12 +82,13 @@ def memory_bytes(step: Callable, device: torch.device) -> int:
 
 # --- necks ----------------------------------------------------------------------------------------------------
 
+
 def bench_necks(device: torch.device, quick: bool) -> dict:
     from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP as SmpASPP
     from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
-    from ablate.run.model import count_params
     from ablate.necks import create_neck
+    from ablate.run.model import count_params
 
     rates, cin, cout = (6, 12, 18), 256, 256  # DeepLabv3's ASPP: BN, concat, image pooling, dropout 0.5
     cases = [(8, 33)] if quick else [(8, 33), (4, 65), (16, 17)]  # (batch, feature-map side)
@@ -95,9 +97,11 @@ def bench_necks(device: torch.device, quick: bool) -> dict:
     rows, vs_smp, vs_tv = [], [], []
     for batch, side in cases:
         torch.manual_seed(0)
-        necks = {"ablate": create_neck("aspp", cin, out_channels=cout, rates=rates, dropout=0.5),
-                 "smp": SmpASPP(cin, cout, rates, separable=False, dropout=0.5),
-                 "torchvision": TorchvisionASPP(cin, list(rates), cout)}
+        necks = {
+            "ablate": create_neck("aspp", cin, out_channels=cout, rates=rates, dropout=0.5),
+            "smp": SmpASPP(cin, cout, rates, separable=False, dropout=0.5),
+            "torchvision": TorchvisionASPP(cin, list(rates), cout),
+        }
         params = {name: count_params(m) for name, m in necks.items()}
         assert len(set(params.values())) == 1, f"not the same configuration: {params}"
         x = torch.randn(batch, cin, side, side, device=device)
@@ -109,24 +113,40 @@ def bench_necks(device: torch.device, quick: bool) -> dict:
         mem = {name: memory_bytes(step, device) for name, step in steps.items()}
         vs_smp.append(times["ablate"] / times["smp"])
         vs_tv.append(times["ablate"] / times["torchvision"])
-        rows.append({"batch": batch, "side": side, "params": params["ablate"],
-                     **{f"ms/{k}": v * 1000 for k, v in times.items()}, **{f"MiB/{k}": v / 2**20 for k, v in mem.items()},
-                     "time ablate/smp": vs_smp[-1], "time ablate/torchvision": vs_tv[-1],
-                     "memory ablate/smp": mem["ablate"] / mem["smp"],
-                     "memory ablate/torchvision": mem["ablate"] / mem["torchvision"]})
+        rows.append(
+            {
+                "batch": batch,
+                "side": side,
+                "params": params["ablate"],
+                **{f"ms/{k}": v * 1000 for k, v in times.items()},
+                **{f"MiB/{k}": v / 2**20 for k, v in mem.items()},
+                "time ablate/smp": vs_smp[-1],
+                "time ablate/torchvision": vs_tv[-1],
+                "memory ablate/smp": mem["ablate"] / mem["smp"],
+                "memory ablate/torchvision": mem["ablate"] / mem["torchvision"],
+            }
+        )
     return {"cases": rows, "aspp_vs_smp": statistics.median(vs_smp), "aspp_vs_torchvision": statistics.median(vs_tv)}
 
 
 # --- framework overhead ---------------------------------------------------------------------------------------
+
 
 def small_config(device: torch.device, quick: bool, **extra):
     """experiments/base.yaml with fewer images (quick: 64 steps a trial, full: 128) and 2 epochs."""
     from ablate.config import load_config
 
     n = 256 if quick else 512
-    overrides = [f"data.train_size={n}", "data.val_size=32", "trainer.max_epochs=2", "wandb.mode=disabled",
-                 f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", "trainer.devices=1",
-                 "trainer.enable_model_summary=false", *[f"{k}={v}" for k, v in extra.items()]]
+    overrides = [
+        f"data.train_size={n}",
+        "data.val_size=32",
+        "trainer.max_epochs=2",
+        "wandb.mode=disabled",
+        f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+        "trainer.devices=1",
+        "trainer.enable_model_summary=false",
+        *[f"{k}={v}" for k, v in extra.items()],
+    ]
     return load_config(ROOT / "experiments/base.yaml", overrides)
 
 
@@ -142,8 +162,14 @@ def plain_loop(cfg, device: torch.device) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     m = cfg.model
     n = len(dm.classes)
-    model = SegmentationModel(encoder=m.encoder, classes=n, neck=m.neck, encoder_depth=m.encoder_depth,
-                              output_stride=m.output_stride, head=m.head).to(device)
+    model = SegmentationModel(
+        encoder=m.encoder,
+        classes=n,
+        neck=m.neck,
+        encoder_depth=m.encoder_depth,
+        output_stride=m.output_stride,
+        head=m.head,
+    ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     train, val = dm.train_dataloader(), dm.val_dataloader()
     total = cfg.trainer["max_epochs"] * len(train)
@@ -179,23 +205,31 @@ def bench_overhead(device: torch.device, quick: bool) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):
             times = interleaved(calls, repeats=3, device=device, warmup=1)
     steps = cfg.trainer["max_epochs"] * (cfg.data.train_size // cfg.data.batch_size)
-    return {"steps": steps, "s/ablate": times["ablate"], "s/plain": times["plain"],
-            "overhead_vs_plain": times["ablate"] / times["plain"]}
+    return {
+        "steps": steps,
+        "s/ablate": times["ablate"],
+        "s/plain": times["plain"],
+        "overhead_vs_plain": times["ablate"] / times["plain"],
+    }
 
 
 # --- distance to the machine's limit ---------------------------------------------------------------------------
 
+
 def dense_peak(device: torch.device, quick: bool) -> dict:
     """FLOP/s of float32 matmuls of several shapes and of a dense 3x3 convolution; the best is the peak."""
     kernels = {}
-    for n in ((1024, 2048) if quick else (1024, 2048, 4096)):
+    for n in (1024, 2048) if quick else (1024, 2048, 4096):
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        kernels[f"matmul {n}"] = (lambda a, b: lambda: a @ b)(a, b), 2 * n ** 3
+        kernels[f"matmul {n}"] = (lambda a, b: lambda: a @ b)(a, b), 2 * n**3
     for batch, c, side in ((8, 128, 64), (8, 256, 32)):
         conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device)
         x = torch.randn(batch, c, side, side, device=device)
         with torch.no_grad():
-            kernels[f"conv3x3 {c}ch {side}px"] = (lambda conv, x: lambda: conv(x))(conv, x), 2 * batch * c * c * 9 * side ** 2
+            kernels[f"conv3x3 {c}ch {side}px"] = (
+                (lambda conv, x: lambda: conv(x))(conv, x),
+                2 * batch * c * c * 9 * side**2,
+            )
     with torch.no_grad():
         times = interleaved({k: v[0] for k, v in kernels.items()}, repeats=5, device=device)
     return {k: kernels[k][1] / t for k, t in times.items()}
@@ -226,8 +260,9 @@ def bench_peak(device: torch.device, quick: bool) -> dict:
     step_s = interleaved({"step": step}, repeats=5 if quick else 10, device=device)["step"]
     peak_name = max(peaks, key=peaks.get)
     achieved = flops / step_s
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
-                                                          if device.type == "cuda" else [])
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+    )
     with torch.profiler.profile(activities=activities, with_flops=True) as prof:
         for _ in range(3):
             step()
@@ -245,14 +280,27 @@ def bench_peak(device: torch.device, quick: bool) -> dict:
         name = e.key.removeprefix("aten::")
         if name in op_flops and getattr(e, f"{where}_time_total") > 0:
             rate = op_flops[name] * 3 / (getattr(e, f"{where}_time_total") * 1e-6)  # 3 profiled steps
-            slowest.append({"op": f"{e.key} (with its kernels)", "time share": getattr(e, f"{where}_time_total") / total_us,
-                            "share_of_peak": rate / peaks[peak_name]})
-    return {"step_flops": flops, "step_s": step_s, "achieved_flops": achieved, "peak_flops": peaks[peak_name],
-            "peak_kernel": peak_name, "kernels": peaks, "share_of_peak": achieved / peaks[peak_name],
-            "slowest_ops": slowest}
+            slowest.append(
+                {
+                    "op": f"{e.key} (with its kernels)",
+                    "time share": getattr(e, f"{where}_time_total") / total_us,
+                    "share_of_peak": rate / peaks[peak_name],
+                }
+            )
+    return {
+        "step_flops": flops,
+        "step_s": step_s,
+        "achieved_flops": achieved,
+        "peak_flops": peaks[peak_name],
+        "peak_kernel": peak_name,
+        "kernels": peaks,
+        "share_of_peak": achieved / peaks[peak_name],
+        "slowest_ops": slowest,
+    }
 
 
 # --- data ----------------------------------------------------------------------------------------------------
+
 
 def bench_data(device: torch.device, quick: bool, step_s: float | None) -> dict:
     from ablate.data import create_datamodule
@@ -265,8 +313,10 @@ def bench_data(device: torch.device, quick: bool, step_s: float | None) -> dict:
     start = time.perf_counter()
     images = sum(len(x) for x, _ in loader)
     loader_ips = images / (time.perf_counter() - start)
-    out = {"generate_images_per_s": (cfg.data.train_size + cfg.data.val_size) / generate_s,
-           "loader_images_per_s": loader_ips}
+    out = {
+        "generate_images_per_s": (cfg.data.train_size + cfg.data.val_size) / generate_s,
+        "loader_images_per_s": loader_ips,
+    }
     if step_s:
         out["step_images_per_s"] = cfg.data.batch_size / step_s
         out["loader_vs_step"] = loader_ips / out["step_images_per_s"]
@@ -274,6 +324,7 @@ def bench_data(device: torch.device, quick: bool, step_s: float | None) -> dict:
 
 
 # --- sweep efficiency ----------------------------------------------------------------------------------------
+
 
 def bench_sweep(quick: bool) -> dict:
     """Full: the default sweep as shipped (512 images, 12 epochs a trial: minutes on a GPU, about 2.2 min a
@@ -286,17 +337,26 @@ def bench_sweep(quick: bool) -> dict:
 
     quiet()
     scale = ["data.image_size=64", "data.train_size=64", "data.val_size=32", "trainer.max_epochs=3"] if quick else []
-    overrides = [*scale, "wandb.mode=disabled", "trainer.enable_checkpointing=false",
-                 "trainer.enable_model_summary=false"]
-    strategies = {"grid, no pruning": ("grid", "none"), "TPE + median": ("tpe", "median"),
-                  "TPE + hyperband": ("tpe", "hyperband")}
+    overrides = [
+        *scale,
+        "wandb.mode=disabled",
+        "trainer.enable_checkpointing=false",
+        "trainer.enable_model_summary=false",
+    ]
+    strategies = {
+        "grid, no pruning": ("grid", "none"),
+        "TPE + median": ("tpe", "median"),
+        "TPE + hyperband": ("tpe", "hyperband"),
+    }
     out = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         base = load_sweep(ROOT / "sweeps/default.yaml", overrides)
         url = f"sqlite:///{tmp}/s.db"
         for label, (sampler, pruner) in strategies.items():
-            sweep = dataclasses.replace(base, study=dataclasses.replace(base.study, name=label.replace(" ", "_"),
-                                                                        sampler=sampler, pruner=pruner))
+            sweep = dataclasses.replace(
+                base,
+                study=dataclasses.replace(base.study, name=label.replace(" ", "_"), sampler=sampler, pruner=pruner),
+            )
             start = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
                 sweep_main(sweep, url)
@@ -305,35 +365,47 @@ def bench_sweep(quick: bool) -> dict:
             finished = [t for t in trials if t.value is not None]
             best = max(finished, key=lambda t: t.value if t.state.name == "COMPLETE" else -1)
             until = [t for t in trials if t.number <= best.number]
-            out[label] = {"trials": len(trials), "pruned": sum(t.state.name == "PRUNED" for t in trials),
-                          "epochs": sum(len(t.intermediate_values) for t in trials), "wall_s": wall,
-                          "best_value": best.value, "best_variant": best.user_attrs.get("variant"),
-                          "epochs_to_best": sum(len(t.intermediate_values) for t in until),
-                          "s_to_best": (best.datetime_complete - trials[0].datetime_start).total_seconds()}
+            out[label] = {
+                "trials": len(trials),
+                "pruned": sum(t.state.name == "PRUNED" for t in trials),
+                "epochs": sum(len(t.intermediate_values) for t in trials),
+                "wall_s": wall,
+                "best_value": best.value,
+                "best_variant": best.user_attrs.get("variant"),
+                "epochs_to_best": sum(len(t.intermediate_values) for t in until),
+                "s_to_best": (best.datetime_complete - trials[0].datetime_start).total_seconds(),
+            }
             print(f"sweep {label}: {json.dumps(out[label])}", file=sys.stderr, flush=True)
     return out
 
 
 # --- options ---------------------------------------------------------------------------------------------------
 
+
 def bench_options(device: torch.device, quick: bool) -> dict:
     from ablate.train import run
 
-    variants = {"default": {}, "bf16-mixed": {"trainer.precision": "bf16-mixed"},
-                "channels_last": {"model.channels_last": "true"}, "compile": {"model.compile": "true"}}
+    variants = {
+        "default": {},
+        "bf16-mixed": {"trainer.precision": "bf16-mixed"},
+        "channels_last": {"model.channels_last": "true"},
+        "compile": {"model.compile": "true"},
+    }
     n = 160 if quick else 320  # 20 / 40 steps: the median step is past compilation
     steps = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         for _ in range(1 if quick else 2):
             for name, extra in variants.items():
-                cfg = small_config(device, quick, **{"data.train_size": n, "trainer.max_epochs": 1,
-                                                     "data.val_size": 8, **extra})
+                cfg = small_config(
+                    device, quick, **{"data.train_size": n, "trainer.max_epochs": 1, "data.val_size": 8, **extra}
+                )
                 steps[name].append(run(cfg, Path(tmp) / f"{name}{time.time_ns()}")["time/train_step_s"])
     med = {name: statistics.median(v) for name, v in steps.items()}
     return {name: {"step_s": s, "vs_default": s / med["default"]} for name, s in med.items()}
 
 
 # --- report ----------------------------------------------------------------------------------------------------
+
 
 def show(results: dict) -> None:
     from rich.console import Console
@@ -343,51 +415,101 @@ def show(results: dict) -> None:
     console.print(f"[bold]{results['device']}[/] · torch {results['torch']} · {results['quick'] and 'quick' or 'full'}")
     if "necks" in results:
         t = Table(title="neck forward+backward: ours vs the libraries (same config, same parameter count)")
-        for col in ("batch×side", "params", "ms ablate", "ms smp", "ms tv", "time /smp", "time /tv", "mem /smp",
-                    "mem /tv"):
+        for col in (
+            "batch×side",
+            "params",
+            "ms ablate",
+            "ms smp",
+            "ms tv",
+            "time /smp",
+            "time /tv",
+            "mem /smp",
+            "mem /tv",
+        ):
             t.add_column(col, justify="right")
         for r in results["necks"]["cases"]:
-            t.add_row(f"{r['batch']}×{r['side']}", f"{r['params']:,}", f"{r['ms/ablate']:.1f}", f"{r['ms/smp']:.1f}",
-                      f"{r['ms/torchvision']:.1f}", f"{r['time ablate/smp']:.3f}", f"{r['time ablate/torchvision']:.3f}",
-                      f"{r['memory ablate/smp']:.3f}", f"{r['memory ablate/torchvision']:.3f}")
+            t.add_row(
+                f"{r['batch']}×{r['side']}",
+                f"{r['params']:,}",
+                f"{r['ms/ablate']:.1f}",
+                f"{r['ms/smp']:.1f}",
+                f"{r['ms/torchvision']:.1f}",
+                f"{r['time ablate/smp']:.3f}",
+                f"{r['time ablate/torchvision']:.3f}",
+                f"{r['memory ablate/smp']:.3f}",
+                f"{r['memory ablate/torchvision']:.3f}",
+            )
         console.print(t)
-        console.print(f"median time ratio: aspp_vs_smp {results['necks']['aspp_vs_smp']:.3f}, "
-                      f"aspp_vs_torchvision {results['necks']['aspp_vs_torchvision']:.3f}")
+        console.print(
+            f"median time ratio: aspp_vs_smp {results['necks']['aspp_vs_smp']:.3f}, "
+            f"aspp_vs_torchvision {results['necks']['aspp_vs_torchvision']:.3f}"
+        )
     if "overhead" in results:
         o = results["overhead"]
-        console.print(f"one trial ({o['steps']} steps + validation): ablate {o['s/ablate']:.1f} s, plain loop "
-                      f"{o['s/plain']:.1f} s, overhead_vs_plain {o['overhead_vs_plain']:.3f}")
+        console.print(
+            f"one trial ({o['steps']} steps + validation): ablate {o['s/ablate']:.1f} s, plain loop "
+            f"{o['s/plain']:.1f} s, overhead_vs_plain {o['overhead_vs_plain']:.3f}"
+        )
     if "peak" in results:
         p = results["peak"]
-        console.print(f"training step: {p['step_flops'] / 1e9:.2f} GFLOP in {p['step_s'] * 1000:.1f} ms = "
-                      f"{p['achieved_flops'] / 1e9:.1f} GFLOP/s; peak {p['peak_flops'] / 1e9:.1f} GFLOP/s "
-                      f"({p['peak_kernel']}); share_of_peak {p['share_of_peak']:.3f}")
+        console.print(
+            f"training step: {p['step_flops'] / 1e9:.2f} GFLOP in {p['step_s'] * 1000:.1f} ms = "
+            f"{p['achieved_flops'] / 1e9:.1f} GFLOP/s; peak {p['peak_flops'] / 1e9:.1f} GFLOP/s "
+            f"({p['peak_kernel']}); share_of_peak {p['share_of_peak']:.3f}"
+        )
         console.print("  kernels: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in p["kernels"].items()) + " GFLOP/s")
         t = Table(title="where the step's time goes (profiler, self time)")
         for col in ("op", "time share", "share of peak"):
             t.add_column(col, justify="right" if col != "op" else "left")
         for r in p["slowest_ops"]:
-            t.add_row(r["op"][:60], f"{r['time share']:.1%}",
-                      f"{r['share_of_peak']:.3f}" if "share_of_peak" in r else "no matmul FLOPs")
+            t.add_row(
+                r["op"][:60],
+                f"{r['time share']:.1%}",
+                f"{r['share_of_peak']:.3f}" if "share_of_peak" in r else "no matmul FLOPs",
+            )
         console.print(t)
     if "data" in results:
         d = results["data"]
-        line = f"data: generated {d['generate_images_per_s']:.0f} images/s, loader {d['loader_images_per_s']:.0f} images/s"
+        line = (
+            f"data: generated {d['generate_images_per_s']:.0f} images/s, loader {d['loader_images_per_s']:.0f} images/s"
+        )
         if "loader_vs_step" in d:
             line += f", the step consumes {d['step_images_per_s']:.0f}/s: loader_vs_step {d['loader_vs_step']:.1f}x"
         console.print(line)
     if "sweep" in results:
         t = Table(title="sweep efficiency on the default sweep's space (scaled down)")
-        for col in ("strategy", "trials", "pruned", "epochs", "wall s", "best mIoU", "epochs to best", "s to best",
-                    "best variant"):
+        for col in (
+            "strategy",
+            "trials",
+            "pruned",
+            "epochs",
+            "wall s",
+            "best mIoU",
+            "epochs to best",
+            "s to best",
+            "best variant",
+        ):
             t.add_column(col, justify="left" if col in ("strategy", "best variant") else "right")
         for label, r in results["sweep"].items():
-            t.add_row(label, str(r["trials"]), str(r["pruned"]), str(r["epochs"]), f"{r['wall_s']:.0f}",
-                      f"{r['best_value']:.4f}", str(r["epochs_to_best"]), f"{r['s_to_best']:.0f}", r["best_variant"])
+            t.add_row(
+                label,
+                str(r["trials"]),
+                str(r["pruned"]),
+                str(r["epochs"]),
+                f"{r['wall_s']:.0f}",
+                f"{r['best_value']:.4f}",
+                str(r["epochs_to_best"]),
+                f"{r['s_to_best']:.0f}",
+                r["best_variant"],
+            )
         console.print(t)
     if "options" in results:
-        console.print("training step with options: " + ", ".join(
-            f"{k} {v['step_s'] * 1000:.1f} ms ({v['vs_default']:.2f}x)" for k, v in results["options"].items()))
+        console.print(
+            "training step with options: "
+            + ", ".join(
+                f"{k} {v['step_s'] * 1000:.1f} ms ({v['vs_default']:.2f}x)" for k, v in results["options"].items()
+            )
+        )
 
 
 def main() -> None:
@@ -405,8 +527,11 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
-    results = {"device": f"{device.type}: {name}, {torch.get_num_threads()} threads", "torch": torch.__version__,
-               "quick": args.quick}
+    results = {
+        "device": f"{device.type}: {name}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "quick": args.quick,
+    }
     if "necks" not in skip:
         results["necks"] = bench_necks(device, args.quick)
     if "overhead" not in skip:

@@ -8,6 +8,7 @@
    suggesting, one heartbeat and telling, against Optuna's bare ask/tell on the same storage; on SQLite
    and, with --postgres, on PostgreSQL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,17 +23,34 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.image_size=32", "data.train_size=16", "data.val_size=8", "data.batch_size=4",
-        "model.neck.out_channels=16", "model.neck.rates=[1,2,3]", "trainer.max_epochs=1",
-        "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "wandb.mode=disabled"]
+TINY = [
+    "data.image_size=32",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.batch_size=4",
+    "model.neck.out_channels=16",
+    "model.neck.rates=[1,2,3]",
+    "trainer.max_epochs=1",
+    "trainer.enable_checkpointing=false",
+    "trainer.enable_model_summary=false",
+    "wandb.mode=disabled",
+]
 
 
 def write_sweep(folder: Path, n_trials: int) -> Path:
     path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(ROOT / "experiments/base.yaml"), "overrides": TINY, "n_trials": n_trials, "seeds": [0],
-        "study": {"name": "bench", "sampler": "random", "pruner": "none"},
-        "space": {"model.neck.out_channels": {"choices": [8, 12, 16, 20, 24, 28, 32, 36]}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(ROOT / "experiments/base.yaml"),
+                "overrides": TINY,
+                "n_trials": n_trials,
+                "seeds": [0],
+                "study": {"name": "bench", "sampler": "random", "pruner": "none"},
+                "space": {"model.neck.out_channels": {"choices": [8, 12, 16, 20, 24, 28, 32, 36]}},
+            }
+        )
+    )
     return path
 
 
@@ -40,8 +58,21 @@ def trials_per_minute(workers: int, n_trials: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_sweep(Path(tmp), n_trials)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ablate.sweep", str(path), "--storage", f"sqlite:///{tmp}/b.db",
-                        "--workers", str(workers)], cwd=tmp, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ablate.sweep",
+                str(path),
+                "--storage",
+                f"sqlite:///{tmp}/b.db",
+                "--workers",
+                str(workers),
+            ],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+        )
         return n_trials / ((time.perf_counter() - start) / 60)
 
 
@@ -50,8 +81,8 @@ def storage_ms_per_trial(url: str, n: int = 40) -> tuple[float, float]:
     import optuna
 
     from ablate.study.space import load_sweep, suggest
-    from ablate.sweep import open_study, quiet
     from ablate.study.workers import Slots
+    from ablate.sweep import open_study, quiet
 
     quiet()
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,14 +117,18 @@ def main() -> None:
         for workers in (1, 2):
             rates[workers].append(trials_per_minute(workers, args.trials))
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    print(f"tiny trials per minute: 1 worker {one:.1f}, 2 workers {two:.1f}, ratio {two / one:.2f} "
-          f"(medians of {args.repeats}; {args.trials} trials a study)")
+    print(
+        f"tiny trials per minute: 1 worker {one:.1f}, 2 workers {two:.1f}, ratio {two / one:.2f} "
+        f"(medians of {args.repeats}; {args.trials} trials a study)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         urls = {"sqlite": f"sqlite:///{tmp}/s.db", **({"postgresql": args.postgres} if args.postgres else {})}
         for name, url in urls.items():
             ours, bare = storage_ms_per_trial(url)
-            print(f"storage per trial on {name}: ablate {ours:.1f} ms (slot lock, stale check, count, ask, "
-                  f"heartbeat, tell), Optuna ask+tell {bare:.1f} ms, ratio {ours / bare:.2f}")
+            print(
+                f"storage per trial on {name}: ablate {ours:.1f} ms (slot lock, stale check, count, ask, "
+                f"heartbeat, tell), Optuna ask+tell {bare:.1f} ms, ratio {ours / bare:.2f}"
+            )
 
 
 if __name__ == "__main__":

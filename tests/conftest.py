@@ -1,5 +1,6 @@
 """Shared test set-up: offline, CPU, every test in its own working directory; one real study for the modules
 that read studies (test_table, test_report, test_dashboard). Helpers live in tests/helpers.py."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,6 +57,7 @@ def postgres_url():
     with socket.socket() as s:  # a free port on loopback
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+
     def pg(*args):
         done = subprocess.run([*as_postgres, *args], capture_output=True, text=True)
         assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}"
@@ -66,8 +68,9 @@ def postgres_url():
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -78,6 +81,7 @@ SEEDS = (0, 1)
 @dataclass(frozen=True)
 class Study:
     """A finished study in its own folder: `STORAGE` and `runs/` are relative to `folder`."""
+
     folder: Path
     url: str  # the storage URL from anywhere
     wandb_dir: Path  # runs/wandb: one offline run per (trial, seed)
@@ -105,12 +109,20 @@ def shared_study(tmp_path_factory) -> Study:
         assert sweep([path, "--storage", STORAGE]) == 0
         study = optuna.load_study(study_name="t", storage=STORAGE)
         ran = [t.params for t in study.trials]
-        (params,) = [{"model.neck.fusion": f, "optim.lr": lr} for f in SPACE["model.neck.fusion"]["choices"]
-                     for lr in SPACE["optim.lr"]["choices"] if {"model.neck.fusion": f, "optim.lr": lr} not in ran]
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.FAIL, params=params,
-            distributions={k: CategoricalDistribution(v["choices"]) for k, v in SPACE.items()},
-            user_attrs={"variant": variant_label(params), "fail_reason": "FloatingPointError: nan"}))
+        (params,) = [
+            {"model.neck.fusion": f, "optim.lr": lr}
+            for f in SPACE["model.neck.fusion"]["choices"]
+            for lr in SPACE["optim.lr"]["choices"]
+            if {"model.neck.fusion": f, "optim.lr": lr} not in ran
+        ]
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.FAIL,
+                params=params,
+                distributions={k: CategoricalDistribution(v["choices"]) for k, v in SPACE.items()},
+                user_attrs={"variant": variant_label(params), "fail_reason": "FloatingPointError: nan"},
+            )
+        )
         complete = {t.user_attrs["variant"]: t for t in study.get_trials() if t.state == TrialState.COMPLETE}
         runs = [finished_run_info(d) for d in sorted(Path("runs/wandb").glob("offline-run-*"))]
     assert len(complete) == 3 and len(runs) == 3 * len(SEEDS)

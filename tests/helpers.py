@@ -1,4 +1,5 @@
 """What many test modules use: the tiny run config, a sweep file over it, its study's trials, W&B run records."""
+
 from __future__ import annotations
 
 import time
@@ -9,16 +10,30 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STORAGE = "sqlite:///runs/test.db"  # relative: each test runs in its own folder
-TINY = ["data.image_size=32", "data.train_size=16", "data.val_size=8", "data.batch_size=4",
-        "model.neck.out_channels=16", "model.neck.rates=[1,2,3]", "trainer.max_epochs=1",
-        "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", "wandb.mode=disabled"]
+TINY = [
+    "data.image_size=32",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.batch_size=4",
+    "model.neck.out_channels=16",
+    "model.neck.rates=[1,2,3]",
+    "trainer.max_epochs=1",
+    "trainer.enable_checkpointing=false",
+    "trainer.enable_model_summary=false",
+    "wandb.mode=disabled",
+]
 
 
 def write_sweep(path="sweep.yaml", space=None, n_trials=2, seeds=(0, 1), overrides=(), **study) -> str:
     """A sweep over the tiny config (a few seconds a run); `study` sets keys of its study section."""
-    spec = {"base": str(ROOT / "experiments/base.yaml"), "overrides": TINY + list(overrides),
-            "study": {"name": "t", "sampler": "grid", "pruner": "none", **study}, "n_trials": n_trials,
-            "seeds": list(seeds), "space": space or {"model.neck.fusion": {"choices": ["concat", "sum"]}}}
+    spec = {
+        "base": str(ROOT / "experiments/base.yaml"),
+        "overrides": TINY + list(overrides),
+        "study": {"name": "t", "sampler": "grid", "pruner": "none", **study},
+        "n_trials": n_trials,
+        "seeds": list(seeds),
+        "space": space or {"model.neck.fusion": {"choices": ["concat", "sum"]}},
+    }
     Path(path).write_text(yaml.safe_dump(spec))
     return path
 

@@ -1,5 +1,6 @@
 """Tests of ablate.run.analysis and ablate.analyze: valid 3x3 taps (DeepLabv3 Fig. 4), receptive fields, gridding,
 ERF."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,8 +47,22 @@ def test_rate_at_least_the_size_leaves_only_the_centre_tap(size, rate):
     assert valid_tap_shares(size, rate)[1] == 1.0
 
 
-@pytest.mark.parametrize("h,w,rate", [(3, 3, 1), (3, 3, 2), (5, 7, 2), (7, 5, 3), (4, 9, 4), (1, 6, 2),
-                                      (10, 10, 12), (16, 16, 15), (65, 65, 6), (65, 65, 33), (13, 40, 9)])
+@pytest.mark.parametrize(
+    "h,w,rate",
+    [
+        (3, 3, 1),
+        (3, 3, 2),
+        (5, 7, 2),
+        (7, 5, 3),
+        (4, 9, 4),
+        (1, 6, 2),
+        (10, 10, 12),
+        (16, 16, 15),
+        (65, 65, 6),
+        (65, 65, 33),
+        (13, 40, 9),
+    ],
+)
 def test_shares_match_a_real_dilated_conv(h, w, rate):
     assert valid_tap_shares((h, w), rate) == pytest.approx(conv_tap_shares(h, w, rate))
 
@@ -70,9 +85,18 @@ def test_deeplabv3_figure_4_curve_on_a_65x65_map():
     assert one[63] > 0.9 and one[64] == 1.0  # ... to all positions as the rate reaches 65
 
 
-@pytest.mark.parametrize("image_size,output_stride,expected", [
-    (128, 8, (16, 16)), (129, 8, (17, 17)), (513, 16, (33, 33)), (512, 32, (16, 16)),
-    ((100, 37), 4, (25, 10)), (7, 1, (7, 7)), ((1, 1), 32, (1, 1))])
+@pytest.mark.parametrize(
+    "image_size,output_stride,expected",
+    [
+        (128, 8, (16, 16)),
+        (129, 8, (17, 17)),
+        (513, 16, (33, 33)),
+        (512, 32, (16, 16)),
+        ((100, 37), 4, (25, 10)),
+        (7, 1, (7, 7)),
+        ((1, 1), 32, (1, 1)),
+    ],
+)
 def test_feature_size(image_size, output_stride, expected):
     assert feature_size(image_size, output_stride) == expected
 
@@ -80,6 +104,7 @@ def test_feature_size(image_size, output_stride, expected):
 @pytest.mark.parametrize("image_size,output_stride", [(129, 8), ((97, 130), 16), (64, 32)])
 def test_feature_size_matches_a_real_resnet(image_size, output_stride):
     from segmentation_models_pytorch.encoders import get_encoder
+
     encoder = get_encoder("resnet18", weights=None, depth=5, output_stride=output_stride).eval()
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     with torch.no_grad():
@@ -138,8 +163,10 @@ def test_degenerate_message_on_a_non_square_map():
 # r 7+2*2=11 j 4; layer1, four 3x3: r 11+4*2*4=43; layer2, 3x3/2 then three 3x3: r 43+2*4=51 j 8, 51+3*16=99;
 # layer3 at stride 16: 99+2*8=115 j 16, 115+3*32=211; at output stride 8 dilated 2: 99+4*(2*2*8)=227;
 # layer4 at stride 32: 211+2*16=243 j 32, 243+3*64=435.
-@pytest.mark.parametrize("depth,output_stride,rf,stride", [
-    (1, 8, 7, 2), (2, 8, 43, 4), (3, 8, 99, 8), (4, 8, 227, 8), (4, 16, 211, 16), (5, 32, 435, 32)])
+@pytest.mark.parametrize(
+    "depth,output_stride,rf,stride",
+    [(1, 8, 7, 2), (2, 8, 43, 4), (3, 8, 99, 8), (4, 8, 227, 8), (4, 16, 211, 16), (5, 32, 435, 32)],
+)
 def test_encoder_receptive_field_by_hand(depth, output_stride, rf, stride):
     cfg = load_config(None, [f"model.encoder_depth={depth}", f"model.output_stride={output_stride}"])
     assert analysis.config_encoder_rf(cfg) == (rf, stride, feature_size(128, stride))
@@ -181,15 +208,22 @@ def test_pooled_span_by_hand():
 def test_branch_receptive_fields_by_hand():
     rows = analysis.neck_receptive_fields(load_config(None, []))  # resnet18 depth 3, stride 8, 16x16 map, rates 2, 4, 6
     assert [(b["branch"], b["rate"], b["rf_px"], b["global"]) for b in rows] == [
-        ("1x1", None, 99, False), ("rate2", 2, 99 + 2 * 2 * 8, False), ("rate4", 4, 99 + 2 * 4 * 8, False),
-        ("rate6", 6, 99 + 2 * 6 * 8, False), ("image_pool", None, 99 + 15 * 8, True)]
+        ("1x1", None, 99, False),
+        ("rate2", 2, 99 + 2 * 2 * 8, False),
+        ("rate4", 4, 99 + 2 * 4 * 8, False),
+        ("rate6", 6, 99 + 2 * 6 * 8, False),
+        ("image_pool", None, 99 + 15 * 8, True),
+    ]
     identity = analysis.neck_receptive_fields(load_config(None, ["model.neck={name: identity}"]))
     assert [(b["branch"], b["rf_px"], b["taps"]) for b in identity] == [("1x1", 99, None)]
     ppm = analysis.neck_receptive_fields(load_config(None, ["model.neck={name: ppm, bins: [1, 3, 6]}"]))
     # the 3x3 bottleneck adds 2 positions to every branch: spans 1+2, 16+2, 11+2, 6+2
     assert [(b["branch"], b["rf_px"], b["global"]) for b in ppm] == [
-        ("features", 99 + 2 * 8, False), ("bin1", 99 + 17 * 8, True), ("bin3", 99 + 12 * 8, False),
-        ("bin6", 99 + 7 * 8, False)]
+        ("features", 99 + 2 * 8, False),
+        ("bin1", 99 + 17 * 8, True),
+        ("bin3", 99 + 12 * 8, False),
+        ("bin6", 99 + 7 * 8, False),
+    ]
 
 
 def test_branch_tap_shares_on_a_3x3_map_by_hand():
@@ -201,20 +235,25 @@ def test_branch_tap_shares_on_a_3x3_map_by_hand():
     assert taps["rate3"] == pytest.approx({9: 0, 6: 0, 4: 0, 3: 0, 2: 0, 1: 1.0})  # rate >= side: centre tap only
 
 
-@pytest.mark.parametrize("rates,kernel,holes", [
-    ((1, 2, 3), 3, []),  # dense: every offset in -3..3 is sampled
-    ((2, 4, 6), 3, [-5, -3, -1, 1, 3, 5]),  # even rates never sample odd offsets
-    ((1, 2, 5), 3, [-4, -3, 3, 4]),  # HDC's sawtooth rates, here side by side
-    ((6, 12, 18), 3, [o for o in range(-18, 19) if o % 6]),  # DeepLabv3's rates: 30 of 37 offsets are holes
-    ((2,), 5, [-3, -1, 1, 3]),
-    ((1,), 1, []),
-])
+@pytest.mark.parametrize(
+    "rates,kernel,holes",
+    [
+        ((1, 2, 3), 3, []),  # dense: every offset in -3..3 is sampled
+        ((2, 4, 6), 3, [-5, -3, -1, 1, 3, 5]),  # even rates never sample odd offsets
+        ((1, 2, 5), 3, [-4, -3, 3, 4]),  # HDC's sawtooth rates, here side by side
+        ((6, 12, 18), 3, [o for o in range(-18, 19) if o % 6]),  # DeepLabv3's rates: 30 of 37 offsets are holes
+        ((2,), 5, [-3, -1, 1, 3]),
+        ((1,), 1, []),
+    ],
+)
 def test_gridding_holes_of_known_rate_sets(rates, kernel, holes):
     assert analysis.gridding_holes(rates, kernel) == holes
 
 
-@pytest.mark.parametrize("rates,kernel,match", [([0, 2], 3, "positive"), ([], 3, "non-empty"),
-                                                ([2, 2], 3, "distinct"), ([2], 4, "odd"), ([2], True, "odd")])
+@pytest.mark.parametrize(
+    "rates,kernel,match",
+    [([0, 2], 3, "positive"), ([], 3, "non-empty"), ([2, 2], 3, "distinct"), ([2], 4, "odd"), ([2], True, "odd")],
+)
 def test_gridding_holes_rejects_bad_input(rates, kernel, match):
     with pytest.raises(ValueError, match=match):
         analysis.gridding_holes(rates, kernel)
@@ -226,7 +265,8 @@ def test_neck_summary_flattens_the_branches():
     rows = analysis.neck_receptive_fields(cfg)
     assert summary["rf/encoder"] == analysis.config_encoder_rf(cfg)[0]
     assert {k: v for k, v in summary.items() if k.startswith("rf/") and k != "rf/encoder"} == {
-        f"rf/{b['branch']}": b["rf_px"] for b in rows}
+        f"rf/{b['branch']}": b["rf_px"] for b in rows
+    }
     assert summary["taps9/rate12"] == valid_tap_shares(16, 12)[9]
     assert summary["gridding_holes"] == len(analysis.gridding_holes([6, 12, 18]))
     assert all(isinstance(v, float) for v in summary.values())
@@ -237,7 +277,7 @@ def test_erf_radius_by_hand():
     erf[4, 4], erf[4, 8] = 1.0, 1.0  # half the mass at the centre, half 4 px to the right
     assert analysis.erf_radius(erf, 0.5) == 0.0 and analysis.erf_radius(erf, 0.9) == 4.0
     erf[0, 0] = 2.0  # now half the mass is sqrt(32) px away, in the corner
-    assert analysis.erf_radius(erf, 0.5) == 4.0 and analysis.erf_radius(erf, 0.9) == pytest.approx(32 ** 0.5)
+    assert analysis.erf_radius(erf, 0.5) == 4.0 and analysis.erf_radius(erf, 0.9) == pytest.approx(32**0.5)
 
 
 def erf_of(neck: dict, seed: int, images: torch.Tensor) -> np.ndarray:
@@ -254,10 +294,14 @@ def test_erf_of_identity_is_smaller_than_of_aspp_on_the_same_encoder():
     from ablate.data.shapes import make_split
 
     images = make_split(4, 128, seed=0)[0].float() / 255  # (4, 3, 128, 128): real shapes images
-    identity, aspp = {"name": "identity", "out_channels": 16}, {"name": "aspp", "out_channels": 16,
-                                                                "rates": [2, 4, 6]}  # the full ASPP, pooling too
-    r90 = {"identity": analysis.erf_radius(erf_of(identity, 0, images)),
-           "aspp": analysis.erf_radius(erf_of(aspp, 0, images))}
+    identity, aspp = (
+        {"name": "identity", "out_channels": 16},
+        {"name": "aspp", "out_channels": 16, "rates": [2, 4, 6]},
+    )  # the full ASPP, pooling too
+    r90 = {
+        "identity": analysis.erf_radius(erf_of(identity, 0, images)),
+        "aspp": analysis.erf_radius(erf_of(aspp, 0, images)),
+    }
     control = analysis.erf_radius(erf_of(identity, 1, images))  # the same architecture, another init
     gap, noise = r90["aspp"] - r90["identity"], abs(control - r90["identity"])
     assert gap > 5 * noise and gap > 0, (r90, control)  # the dilated branches widen it, not the init
@@ -288,8 +332,16 @@ def test_cli_json_is_the_library_s_numbers(capsys):
 def test_cli_prints_the_tables(capsys):
     code, out, _ = analyze(capsys, "model.neck.rates=[6,12,18]")
     assert code == 0
-    for part in ("encoder receptive field 99 px", "16x16", "rate12", "291", "219*", "pools the whole map",
-                 "±1-5, ±7-11, ±13-17 (30 of 37)", "degenerate"):
+    for part in (
+        "encoder receptive field 99 px",
+        "16x16",
+        "rate12",
+        "291",
+        "219*",
+        "pools the whole map",
+        "±1-5, ±7-11, ±13-17 (30 of 37)",
+        "degenerate",
+    ):
         assert part in out, part
 
 
@@ -344,16 +396,23 @@ def test_cli_checkpoint_errors(checkpoint, capsys):
         (["--checkpoint", tmp / "text.ckpt"], "cannot be read as a PyTorch checkpoint"),
         (["--checkpoint", tmp / "bare.ckpt"], "is not a checkpoint of an ablate run"),
         (["--checkpoint", tmp / "cut.ckpt"], "weights do not fit the model its config describes"),
-        ([*TINY, "model.neck.rates=[2,4,6]", "--checkpoint", checkpoint],
-         "is from a different model (model.neck.rates: checkpoint [1, 2, 3], config [2, 4, 6])"),
+        (
+            [*TINY, "model.neck.rates=[2,4,6]", "--checkpoint", checkpoint],
+            "is from a different model (model.neck.rates: checkpoint [1, 2, 3], config [2, 4, 6])",
+        ),
     ]:
         code, out, err = analyze(capsys, *argv)
         assert (code, out) == (2, "") and message in err, (argv, err)
 
 
-@pytest.mark.parametrize("argv,message", [(["--images", "0"], "--images must be >= 1; got 0"),
-                                          (["model.neck.ratez=[1]"], "did you mean model.neck.rates"),
-                                          (["missing.yaml"], "does not exist")])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--images", "0"], "--images must be >= 1; got 0"),
+        (["model.neck.ratez=[1]"], "did you mean model.neck.rates"),
+        (["missing.yaml"], "does not exist"),
+    ],
+)
 def test_cli_rejects_bad_input(capsys, argv, message):
     code, out, err = analyze(capsys, *argv)
     assert (code, out) == (2, "") and message in err, err

@@ -1,5 +1,6 @@
 """What every command shares (ablate.cli), as a new user meets it: messages printed literally and never wrapped,
 flags and overrides in any order, and a regular (non-editable) install that runs the default sweep anywhere."""
+
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "40"}  # a narrow termina
 
 
 # Text from users, files and exceptions is printed literally: rich markup never eats `[...]`.
+
 
 def test_a_path_with_brackets_is_reported_literally(capsys, monkeypatch):
     from ablate.train import main
@@ -50,10 +52,14 @@ def test_a_progress_line_and_the_table_show_a_variant_with_brackets(tmp_path, ca
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     roots = ["/data/[train]", "/data/[val]"]
     for root, values in zip(roots, ([0.5, 0.6], [0.7, 0.8])):
-        study.add_trial(optuna.trial.create_trial(
-            value=sum(values) / 2, params={"data.root": root},
-            distributions={"data.root": CategoricalDistribution(roots)},
-            user_attrs={"variant": f"data.root={root}", "seeds": [0, 1], "values": values}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=sum(values) / 2,
+                params={"data.root": root},
+                distributions={"data.root": CategoricalDistribution(roots)},
+                user_attrs={"variant": f"data.root={root}", "seeds": [0, 1], "values": values},
+            )
+        )
     progress(2, time.time())(study, study.trials[0])
     show_results(study, tmp_path / "runs/s", url)
     out, err = capsys.readouterr()
@@ -64,6 +70,7 @@ def test_a_progress_line_and_the_table_show_a_variant_with_brackets(tmp_path, ca
 # Messages are never wrapped (tests/test_datasets.py: bad data stopping a sweep and the train command, with a long
 # path and COLUMNS=40); here the closing lines of a sweep and the console itself.
 
+
 def test_the_console_never_wraps_whatever_the_width(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "40")
     path = "/" + "/".join(["x" * 60] * 4) + "/train2.png"
@@ -72,6 +79,7 @@ def test_the_console_never_wraps_whatever_the_width(capsys, monkeypatch):
 
 
 # Flags and overrides in any order, on every command that takes overrides.
+
 
 def _orders(file: str, flags: list[str], override: str) -> list[list[str]]:
     """The file, then flags, then an override; the override first; the flags first."""
@@ -103,8 +111,9 @@ def test_train_takes_flags_between_its_file_and_overrides(order, capsys):
 def test_reproduce_takes_flags_between_its_file_and_overrides(order, capsys):
     from ablate.reproduce import main
 
-    argv = _orders(str(ROOT / "experiments/aspp_components.yaml"), ["--storage", "sqlite:///r.db"],
-                   "model.neck.norm=batch")[order]
+    argv = _orders(
+        str(ROOT / "experiments/aspp_components.yaml"), ["--storage", "sqlite:///r.db"], "model.neck.norm=batch"
+    )[order]
     assert main(argv) == 2  # every row's config is checked before anything trains
     assert "norm='batch' is not valid" in capsys.readouterr().err
     assert not Path("runs").exists()
@@ -130,6 +139,7 @@ def test_the_ablate_command_runs_each_command(capsys):
 
 # A regular install: the wheel carries the default sweep and its base config, and runs from an empty folder.
 
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh venv holding ablate installed from its wheel (not editable), the dependencies taken from this
@@ -142,8 +152,9 @@ def installed(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     run = lambda *args: subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV)  # noqa: E731
-    built = run(sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-w",
-                str(tmp / "dist"))  # this environment's setuptools (the dev extra): no network
+    built = run(
+        sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist")
+    )  # this environment's setuptools (the dev extra): no network
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = (tmp / "dist").glob("ablate-*.whl")
     assert {"ablate/configs/default.yaml", "ablate/configs/base.yaml"} <= set(zipfile.ZipFile(wheel).namelist())
@@ -161,8 +172,14 @@ def test_the_wheel_runs_the_default_sweep_from_an_empty_folder(installed, tmp_pa
     empty = tmp_path / "empty"
     empty.mkdir()
     python = str(installed / "bin/python")
-    where = subprocess.run([python, "-c", "import ablate; print(ablate.__file__)"], cwd=empty, env=ENV,
-                           capture_output=True, text=True, timeout=60)
+    where = subprocess.run(
+        [python, "-c", "import ablate; print(ablate.__file__)"],
+        cwd=empty,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert Path(where.stdout.strip()).is_relative_to(installed), where  # the wheel's copy, not this checkout
     for command in ([python, "-m", "ablate.sweep", "--dry-run"], [str(installed / "bin/ablate"), "sweep", "--dry-run"]):
         done = subprocess.run(command, cwd=empty, env=ENV, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,5 @@
 """Config loading, overrides and validation: every bad value is a clear error before training."""
+
 import sys
 from pathlib import Path
 
@@ -16,8 +17,10 @@ def test_base_yaml_is_the_default():
 
 
 def test_overrides_follow_the_config_path():
-    cfg = load_config(ROOT / "experiments/base.yaml",
-                      ["model.neck.rates=[1,3,5,7]", "model.neck.norm=none", "trainer.max_epochs=1", "optim.lr=3e-4"])
+    cfg = load_config(
+        ROOT / "experiments/base.yaml",
+        ["model.neck.rates=[1,3,5,7]", "model.neck.norm=none", "trainer.max_epochs=1", "optim.lr=3e-4"],
+    )
     assert cfg.model.neck == {"name": "aspp", "out_channels": 64, "rates": [1, 3, 5, 7], "norm": "none"}
     assert cfg.trainer["max_epochs"] == 1 and cfg.trainer["log_every_n_steps"] == 16  # merged, not replaced
     assert cfg.optim.lr == 3e-4
@@ -30,29 +33,32 @@ def test_mapping_override_replaces_the_section():
     assert cfg.model.neck["rates"] == [2, 4, 6] and cfg.model.neck["norm"] == "gn"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("model.nek.name=aspp", ["model.nek", "did you mean model.neck"]),
-    ("optim.lrr=0.1", ["optim.lrr", "optim.lr"]),
-    ("data.batch_size=two", ["data.batch_size", "int", "'two'"]),
-    ("seed=1.5", ["seed", "int", "1.5"]),
-    ("model.neck.name=asp", ["'asp'", "aspp", "identity", "ppm"]),
-    ("model.neck.rate=[1,2]", ["model.neck.rate", "did you mean model.neck.rates"]),
-    ("model.neck.rates=[6,6]", ["distinct", "[6, 6]"]),
-    ("model.neck.rates=[0,2]", ["positive", "[0]"]),
-    ("model.neck.rates=[]", ["non-empty"]),
-    ("model.neck.norm=batch", ["'batch'", "'bn'", "'gn'", "'none'"]),
-    ("model.neck.fusion=add", ["'add'", "'concat'", "'sum'"]),
-    ("model.head=unet", ["'unet'", "deeplabv3plus"]),
-    ("model.encoder=resnet19", ["resnet19", "resnet18"]),
-    ("model.output_stride=4", ["output_stride=4", "8"]),
-    ("trainer.max_epoch=1", ["trainer.max_epoch", "did you mean trainer.max_epochs"]),
-    ("trainer.logger=false", ["trainer.logger", "set by ablate"]),
-    ("wandb.mode=on", ["wandb.mode", "True", "'offline'", "'online'", "'disabled'"]),
-    ("optim.schedule=step", ["'step'", "'poly'", "'cosine'"]),
-    ("data.batch_size=0", ["data.batch_size", ">= 1"]),
-    ("imports=[no_such_module_xyz]", ["no_such_module_xyz"]),
-    ("model.neck.rates", ["key.path=value"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.nek.name=aspp", ["model.nek", "did you mean model.neck"]),
+        ("optim.lrr=0.1", ["optim.lrr", "optim.lr"]),
+        ("data.batch_size=two", ["data.batch_size", "int", "'two'"]),
+        ("seed=1.5", ["seed", "int", "1.5"]),
+        ("model.neck.name=asp", ["'asp'", "aspp", "identity", "ppm"]),
+        ("model.neck.rate=[1,2]", ["model.neck.rate", "did you mean model.neck.rates"]),
+        ("model.neck.rates=[6,6]", ["distinct", "[6, 6]"]),
+        ("model.neck.rates=[0,2]", ["positive", "[0]"]),
+        ("model.neck.rates=[]", ["non-empty"]),
+        ("model.neck.norm=batch", ["'batch'", "'bn'", "'gn'", "'none'"]),
+        ("model.neck.fusion=add", ["'add'", "'concat'", "'sum'"]),
+        ("model.head=unet", ["'unet'", "deeplabv3plus"]),
+        ("model.encoder=resnet19", ["resnet19", "resnet18"]),
+        ("model.output_stride=4", ["output_stride=4", "8"]),
+        ("trainer.max_epoch=1", ["trainer.max_epoch", "did you mean trainer.max_epochs"]),
+        ("trainer.logger=false", ["trainer.logger", "set by ablate"]),
+        ("wandb.mode=on", ["wandb.mode", "True", "'offline'", "'online'", "'disabled'"]),
+        ("optim.schedule=step", ["'step'", "'poly'", "'cosine'"]),
+        ("data.batch_size=0", ["data.batch_size", ">= 1"]),
+        ("imports=[no_such_module_xyz]", ["no_such_module_xyz"]),
+        ("model.neck.rates", ["key.path=value"]),
+    ],
+)
 def test_bad_values_name_the_key_and_what_is_valid(override, words):
     with pytest.raises(ConfigError) as e:
         load_config(ROOT / "experiments/base.yaml", [override])
@@ -73,7 +79,8 @@ def test_imports_register_third_party_necks(tmp_path, monkeypatch):
     (tmp_path / "my_necks.py").write_text(
         "import torch.nn as nn\nfrom ablate.necks import register_neck\n\n"
         "@register_neck\ndef my_conv(in_channels, *, out_channels=32):\n"
-        "    m = nn.Conv2d(in_channels, out_channels, 1)\n    m.out_channels = out_channels\n    return m\n")
+        "    m = nn.Conv2d(in_channels, out_channels, 1)\n    m.out_channels = out_channels\n    return m\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(neck_registry, "_NECKS", dict(neck_registry._NECKS))  # my_conv leaves with the test
     (tmp_path / "c.yaml").write_text("imports: [my_necks]\nmodel:\n  neck: {name: my_conv, out_channels: 16}\n")

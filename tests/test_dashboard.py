@@ -1,4 +1,5 @@
 """The W&B workspace spec of a study, built from a real tiny sweep, against what its W&B runs really hold."""
+
 import json
 
 import pytest
@@ -53,8 +54,9 @@ def test_dry_run_spec_groups_by_variant_and_shows_what_the_runs_log(study, capsy
     assert (bar["groupAgg"], bar["groupArea"]) == ("mean", "stddev")  # mean ± std over seeds
     columns = [c["accessor"] for c in kinds["Parallel Coordinates Plot"]["columns"]]
     assert columns == ["config:neck.value.fusion", "config:swept.value.optim/lr", "summary:val/mIoU_best"]
-    scatters = [(p["config"]["xAxis"], p["config"]["yAxis"]) for p in panels["Variants"]
-                if p["viewType"] == "Scatter Plot"]
+    scatters = [
+        (p["config"]["xAxis"], p["config"]["yAxis"]) for p in panels["Variants"] if p["viewType"] == "Scatter Plot"
+    ]
     assert ("summary:params/neck", "summary:val/mIoU_best") in scatters
     assert len(runs) == 6  # 3 variants x 2 seeds
     for run in runs:  # grouped by the variant; every axis and point of the panels exists in every run
@@ -79,9 +81,12 @@ def test_per_class_panels_name_the_classes_the_runs_logged(study, capsys):
     assert set(metrics) <= logged
     media = _panels(_spec(folder, capsys, "--entity", "E"))["Best epoch"]
     assert [(m["viewType"], m["config"]["mediaKeys"]) for m in media] == [
-        ("Media Browser", ["val/predictions"]), ("Media Browser", ["val/erf"])]
-    assert all(any(f"{key}/_type" in h for h in run["history"]) for key in ("val/predictions", "val/erf")
-               for run in runs)  # what the panels show, every run logged
+        ("Media Browser", ["val/predictions"]),
+        ("Media Browser", ["val/erf"]),
+    ]
+    assert all(
+        any(f"{key}/_type" in h for h in run["history"]) for key in ("val/predictions", "val/erf") for run in runs
+    )  # what the panels show, every run logged
 
 
 def test_clear_errors_for_an_unknown_study_and_an_unknown_entity(study, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 """The synthetic shapes: deterministic, every class present, the scene a global vote, objects visible, labels
 checked."""
+
 import numpy as np
 import pytest
 import torch

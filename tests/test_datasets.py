@@ -1,4 +1,5 @@
 """Real-dataset layouts on miniature trees: exact class mapping, the DeepLab recipe, clear errors, one-epoch runs."""
+
 import json
 import os
 import subprocess
@@ -22,9 +23,16 @@ from ablate.sweep import main as sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (40, 52)  # (H, W): not square, so a transposed mask would show
-FILE_TINY = ["data.image_size=32", "data.batch_size=2", "model.neck.out_channels=16", "model.neck.rates=[1,2,3]",
-             "trainer.max_epochs=1", "trainer.enable_checkpointing=false", "trainer.enable_model_summary=false",
-             "wandb.mode=disabled"]
+FILE_TINY = [
+    "data.image_size=32",
+    "data.batch_size=2",
+    "model.neck.out_channels=16",
+    "model.neck.rates=[1,2,3]",
+    "trainer.max_epochs=1",
+    "trainer.enable_checkpointing=false",
+    "trainer.enable_model_summary=false",
+    "wandb.mode=disabled",
+]
 
 
 def raw_mask(values: list[int], k: int, size=SIZE, width: int = 3) -> np.ndarray:
@@ -118,8 +126,10 @@ def datamodule(root: Path, name: str, *overrides: str):
 
 
 def val_masks(dm) -> dict[str, np.ndarray]:
-    return {img.name.split("_leftImg8bit")[0].rsplit(".", 1)[0]: dm.val_set[i][1].numpy()
-            for i, (img, _) in enumerate(dm.val_set.pairs)}
+    return {
+        img.name.split("_leftImg8bit")[0].rsplit(".", 1)[0]: dm.val_set[i][1].numpy()
+        for i, (img, _) in enumerate(dm.val_set.pairs)
+    }
 
 
 def cityscapes_train_ids() -> np.ndarray:
@@ -142,8 +152,14 @@ def test_voc_palette_masks_are_class_ids(tmp_path):
 
 def test_voc_train_aug_reads_sbd_masks(tmp_path):
     masks = make_voc(tmp_path, sbd=True)
-    dm = datamodule(tmp_path, "voc", "data.train_split=train_aug", "data.scale_range=[1,1]", "data.image_size=64",
-                    "data.hflip=false")
+    dm = datamodule(
+        tmp_path,
+        "voc",
+        "data.train_split=train_aug",
+        "data.scale_range=[1,1]",
+        "data.image_size=64",
+        "data.hflip=false",
+    )
     assert len(dm.train_set) == 7
     assert all(m.parent.name == "SegmentationClassAug" for _, m in dm.train_set.pairs)
     L.seed_everything(0)
@@ -222,8 +238,10 @@ def test_recipe_scales_masks_by_nearest_and_pads_with_255(tmp_path):
         real = ~pad & (y != 255)
         assert real.sum() > 0
         # image and mask moved together: away from stripe edges, the colour still says the class
-        inner = real & (torch.nn.functional.max_pool2d(y[None, None].float(), 3, 1, 1)[0, 0] ==
-                        -torch.nn.functional.max_pool2d(-y[None, None].float(), 3, 1, 1)[0, 0])
+        inner = real & (
+            torch.nn.functional.max_pool2d(y[None, None].float(), 3, 1, 1)[0, 0]
+            == -torch.nn.functional.max_pool2d(-y[None, None].float(), 3, 1, 1)[0, 0]
+        )
         assert inner.sum() > 0 and (encoded_class(x)[inner] == y[inner]).float().mean() > 0.95
     assert padded > 0  # crops larger than the scaled 40x52 image did pad
 
@@ -259,8 +277,9 @@ BUILDERS = {"voc": make_voc, "cityscapes": make_cityscapes, "ade20k": make_ade20
 def test_one_epoch_on_each_layout(tmp_path, name):
     masks = BUILDERS[name](tmp_path / "data")
     extra = ["data.val_mode=slide"] if name == "cityscapes" else []
-    summary = run(load_config(None, [f"data.name={name}", f"data.root={tmp_path / 'data'}", *FILE_TINY, *extra]),
-                  tmp_path / "out")
+    summary = run(
+        load_config(None, [f"data.name={name}", f"data.root={tmp_path / 'data'}", *FILE_TINY, *extra]), tmp_path / "out"
+    )
     assert summary["classes"] == {"voc": 21, "cityscapes": 19, "ade20k": 150, "folder": 3}[name]
     assert 0 <= summary["val/mIoU"] <= 1 and summary["epochs"] == 1
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["config"]["data"]["name"] == name
@@ -272,10 +291,24 @@ def test_one_epoch_on_each_layout(tmp_path, name):
 
 def test_train_command_on_a_user_folder(tmp_path):
     make_folder(tmp_path / "my_data")
-    cmd = [sys.executable, "-m", "ablate.train", str(REPO / "experiments" / "base.yaml"), "data.name=folder",
-           f"data.root={tmp_path / 'my_data'}", *FILE_TINY, "--output", str(tmp_path / "out")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablate.train",
+        str(REPO / "experiments" / "base.yaml"),
+        "data.name=folder",
+        f"data.root={tmp_path / 'my_data'}",
+        *FILE_TINY,
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["classes"] == 3 and summary["config"]["data"]["name"] == "folder"
@@ -284,13 +317,25 @@ def test_train_command_on_a_user_folder(tmp_path):
 
 def test_voc_recipe_applies_to_a_folder(tmp_path):
     make_folder(tmp_path / "my_data")
-    cfg = load_config(REPO / "experiments" / "voc.yaml", [
-        "data.name=folder", f"data.root={tmp_path / 'my_data'}", "data.train_split=null", "data.val_split=null",
-        "model.encoder=resnet18", "model.encoder_weights=null", "model.encoder_depth=3", "model.output_stride=8",
-        "model.neck.rates=[1,2,3]", *FILE_TINY, "trainer.max_steps=2", "data.num_workers=0"])
+    cfg = load_config(
+        REPO / "experiments" / "voc.yaml",
+        [
+            "data.name=folder",
+            f"data.root={tmp_path / 'my_data'}",
+            "data.train_split=null",
+            "data.val_split=null",
+            "model.encoder=resnet18",
+            "model.encoder_weights=null",
+            "model.encoder_depth=3",
+            "model.output_stride=8",
+            "model.neck.rates=[1,2,3]",
+            *FILE_TINY,
+            "trainer.max_steps=2",
+            "data.num_workers=0",
+        ],
+    )
     summary = run(cfg, tmp_path / "out")
     assert summary["classes"] == 3 and cfg.optim.name == "sgd" and cfg.data.scale_range == [0.5, 2.0]
-
 
 
 def break_tree(root: Path, case: str) -> str:
@@ -326,9 +371,19 @@ def break_tree(root: Path, case: str) -> str:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["image without mask", "mask without image", "values outside the classes",
-                                  "size mismatch", "rgb mask", "empty split", "missing split folder",
-                                  "no classes.txt"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "image without mask",
+        "mask without image",
+        "values outside the classes",
+        "size mismatch",
+        "rgb mask",
+        "empty split",
+        "missing split folder",
+        "no classes.txt",
+    ],
+)
 def test_bad_folder_trees_name_the_file(tmp_path, case):
     expected = break_tree(tmp_path / "data", case)
     with pytest.raises(ConfigError) as e:
@@ -390,9 +445,22 @@ def test_bad_data_stops_the_train_command_before_training(tmp_path):
     root = tmp_path.joinpath(*LONG, "data")
     expected = f"{root / 'masks' / 'train' / 'train2.png'}: mask values [7] are not valid here; valid: 0..2 and 255"
     assert expected.endswith(break_tree(root, "values outside the classes"))
-    done = subprocess.run([sys.executable, "-m", "ablate.train", "data.name=folder", f"data.root={root}",
-                           *FILE_TINY, "--output", str(tmp_path / "out")], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "40"}, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ablate.train",
+            "data.name=folder",
+            f"data.root={root}",
+            *FILE_TINY,
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "40"},
+        timeout=300,
+    )
     assert done.returncode == 2
     assert any(line.startswith(f"error: {expected}") for line in done.stderr.splitlines()), done.stderr
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written

@@ -1,4 +1,5 @@
 """GPU assignment of `--workers N`: the pure function, `--gpus` errors, and what real worker processes see."""
+
 import os
 import subprocess
 import sys
@@ -17,21 +18,27 @@ from ablate.sweep import main
 FOUR = ["0", "1", "2", "3"]
 
 
-@pytest.mark.parametrize("workers, per_trial, expected", [
-    (4, 1, ["0", "1", "2", "3"]),  # one GPU each
-    (2, 1, ["0", "1"]),  # fewer workers than GPUs: the rest stay free
-    (6, 1, ["0", "1", "2", "3", "0", "1"]),  # more workers than GPUs: round-robin
-    (2, 2, ["0,1", "2,3"]),  # trainer.devices=2: two GPUs for each worker's DDP ranks
-    (1, 3, ["0,1,2"]),
-])
+@pytest.mark.parametrize(
+    "workers, per_trial, expected",
+    [
+        (4, 1, ["0", "1", "2", "3"]),  # one GPU each
+        (2, 1, ["0", "1"]),  # fewer workers than GPUs: the rest stay free
+        (6, 1, ["0", "1", "2", "3", "0", "1"]),  # more workers than GPUs: round-robin
+        (2, 2, ["0,1", "2,3"]),  # trainer.devices=2: two GPUs for each worker's DDP ranks
+        (1, 3, ["0,1,2"]),
+    ],
+)
 def test_assign_spreads_then_packs(workers, per_trial, expected):
     assert assign_gpus(workers, FOUR, per_trial) == expected
 
 
 @pytest.mark.parametrize("workers, per_trial", [(3, 2), (1, 5)])
 def test_ddp_workers_beyond_the_gpus_are_an_error_naming_the_numbers(workers, per_trial):
-    with pytest.raises(ConfigError, match=rf"--workers {workers} with trainer.devices={per_trial} needs "
-                                          rf"{workers * per_trial} GPUs, and 4 are chosen \(0,1,2,3\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"--workers {workers} with trainer.devices={per_trial} needs "
+        rf"{workers * per_trial} GPUs, and 4 are chosen \(0,1,2,3\)",
+    ):
         assign_gpus(workers, FOUR, per_trial)
 
 
@@ -44,11 +51,14 @@ def test_visible_gpus_come_from_the_environment(monkeypatch):
     assert visible_gpus() == []
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0,7", "'7' is not a visible GPU; visible GPUs: 0,1,2,3"),
-    ("1,x", "'x' is not a visible GPU"),
-    ("1,1", "a GPU is named twice"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0,7", "'7' is not a visible GPU; visible GPUs: 0,1,2,3"),
+        ("1,x", "'x' is not a visible GPU"),
+        ("1,1", "a GPU is named twice"),
+    ],
+)
 def test_parse_gpus_names_the_bad_value_and_the_valid_ones(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_gpus(text, FOUR)
@@ -90,8 +100,24 @@ def test_each_worker_process_sees_its_own_gpus():
     """Three workers on two chosen GPUs of a (pretend) four-GPU machine: each trial records what its worker saw."""
     path = write_sweep(space={"model.neck.out_channels": {"choices": [8, 12, 16]}}, n_trials=3, seeds=(0,))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1,2,3"}  # no GPU here: CUDA finds none, trains on CPU
-    done = subprocess.run([sys.executable, "-m", "ablate.sweep", path, "--storage", "sqlite:///runs/g.db",
-                           "--workers", "3", "--gpus", "1,3"], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ablate.sweep",
+            path,
+            "--storage",
+            "sqlite:///runs/g.db",
+            "--workers",
+            "3",
+            "--gpus",
+            "1,3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "GPUs (CUDA_VISIBLE_DEVICES) of each worker: worker 0: 1, worker 1: 3, worker 2: 1" in done.stderr
     trials = optuna.load_study(study_name="t", storage="sqlite:///runs/g.db").get_trials()

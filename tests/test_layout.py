@@ -1,5 +1,6 @@
 """The package's shape: every module imports on its own, no import circle, the library never imports a command, and
 a command's --help stays light (no torch, no Lightning)."""
+
 import ast
 import os
 import pkgutil
@@ -36,7 +37,7 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parts, *([base] if base else [])])
             out.update(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names)
     return {m for m in out if m in known and m != name}
@@ -56,7 +57,7 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
         path.append(m)
         for n in sorted(edges[m]):
             if state.get(n) == "open":
-                return path[path.index(n):] + [n]
+                return path[path.index(n) :] + [n]
             if n not in state and (found := visit(n)):
                 return found
         state[m] = "done"
@@ -68,12 +69,27 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_reader_sees_every_kind_of_import(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import ablate.cli\nfrom ablate.study import engine\nfrom ablate.errors import ConfigError\n"
-                   "def f():\n    from .results.rows import rows_of\n    from . import table\n")
-    known = {"ablate", "ablate.cli", "ablate.study", "ablate.study.engine", "ablate.errors", "ablate.results",
-             "ablate.results.rows", "ablate.table"}
-    assert imports("ablate.m", src, known) == {"ablate.cli", "ablate.study.engine", "ablate.errors",
-                                                "ablate.results.rows", "ablate.table"}
+    src.write_text(
+        "import ablate.cli\nfrom ablate.study import engine\nfrom ablate.errors import ConfigError\n"
+        "def f():\n    from .results.rows import rows_of\n    from . import table\n"
+    )
+    known = {
+        "ablate",
+        "ablate.cli",
+        "ablate.study",
+        "ablate.study.engine",
+        "ablate.errors",
+        "ablate.results",
+        "ablate.results.rows",
+        "ablate.table",
+    }
+    assert imports("ablate.m", src, known) == {
+        "ablate.cli",
+        "ablate.study.engine",
+        "ablate.errors",
+        "ablate.results.rows",
+        "ablate.table",
+    }
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
@@ -96,8 +112,13 @@ def test_no_import_circle_and_the_library_never_imports_a_command():
 
 @pytest.mark.parametrize("command", ["table", "report", "dashboard"])
 def test_help_of_a_command_that_trains_nothing_loads_no_torch(command):
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"ablate.{command}", "--help"],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", f"ablate.{command}", "--help"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert done.returncode == 0 and f"python -m ablate.{command}" in done.stdout
     loaded = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "ablate.cli" in loaded  # what -X importtime reports is what was imported (the command runs as __main__)

@@ -1,5 +1,6 @@
 """A user's LightningCLI project swept unchanged: examples/lightning_project with its own ablation.yaml, a real
 Trainer, real SQLite and real W&B offline files."""
+
 import csv
 import dataclasses
 import json
@@ -23,9 +24,17 @@ EXAMPLE = ROOT / "examples" / "lightning_project"
 ABLATION = str(EXAMPLE / "ablation.yaml")
 STUDY = "lightning_project"  # ablation.yaml's study.name; the default storage is sqlite:///runs/ablate.db
 CSV_LOGGER = "trainer.logger={class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs}}"
-TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "data.init_args.train_size=16", "data.init_args.val_size=8", "data.init_args.batch_size=8"]
+TINY = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.init_args.train_size=16",
+    "data.init_args.val_size=8",
+    "data.init_args.batch_size=8",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +55,13 @@ def trials():
 
 
 def sweep(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablate.sweep", ABLATION, *TINY, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablate.sweep", ABLATION, *TINY, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def csv_metric(run: str, key: str) -> list[float]:
@@ -110,16 +124,25 @@ def bad_sweep(**changes) -> str:
     return "bad.yaml"
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"space": {"model.init_args.dropout_rate": {"choices": [0.1]}}}, ["model.init_args.dropout_rate=0.1",
-                                                                        "'dropout_rate' is not accepted"]),
-    ({"space": {"model.init_args.neck.class_path": {"choices": ["ablate.necks.ASPP", "my_necks.Missing"]}}},
-     ["model.init_args.neck.class_path=my_necks.Missing", "No module named 'my_necks'"]),
-    ({"space": {"model.init_args.dropout": {"choices": [0.1, "high"]}}}, ["model.init_args.dropout=high",
-                                                                          "Expected a <class 'float'>"]),
-    ({"cli": "seg_project.clii.MyCLI"}, ["cannot import 'seg_project.clii.MyCLI'", "No module named"]),
-    ({"base": "configs/missing.yaml"}, ["base config 'configs/missing.yaml' does not exist"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (
+            {"space": {"model.init_args.dropout_rate": {"choices": [0.1]}}},
+            ["model.init_args.dropout_rate=0.1", "'dropout_rate' is not accepted"],
+        ),
+        (
+            {"space": {"model.init_args.neck.class_path": {"choices": ["ablate.necks.ASPP", "my_necks.Missing"]}}},
+            ["model.init_args.neck.class_path=my_necks.Missing", "No module named 'my_necks'"],
+        ),
+        (
+            {"space": {"model.init_args.dropout": {"choices": [0.1, "high"]}}},
+            ["model.init_args.dropout=high", "Expected a <class 'float'>"],
+        ),
+        ({"cli": "seg_project.clii.MyCLI"}, ["cannot import 'seg_project.clii.MyCLI'", "No module named"]),
+        ({"base": "configs/missing.yaml"}, ["base config 'configs/missing.yaml' does not exist"]),
+    ],
+)
 def test_bad_input_is_an_error_naming_it_before_anything_is_written(changes, words, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(EXAMPLE))  # bad.yaml lives here, not in the project's folder
     assert main([bad_sweep(**changes)]) == 2
@@ -135,8 +158,10 @@ def test_a_metric_the_module_never_logs_fails_fast_listing_what_it_logs(monkeypa
     assert time.time() - started < 60  # at the sanity check, not after 50 epochs
     first = trials()[0]
     assert first.state == TrialState.FAIL and not first.intermediate_values
-    assert "'val/miou' is not logged by the module; it logged: val/acc, val/loss, val/mIoU" in first.user_attrs[
-        "fail_reason"]
+    assert (
+        "'val/miou' is not logged by the module; it logged: val/acc, val/loss, val/mIoU"
+        in first.user_attrs["fail_reason"]
+    )
 
 
 def test_a_minimized_metric_keeps_its_least_value_and_a_rerun_into_the_same_folder_is_not_refused():
@@ -162,12 +187,19 @@ def test_a_trial_behind_the_median_is_pruned_before_its_last_epoch():
     from ablate.study.storage import open_study
 
     study = open_study(load_sweep(ABLATION), "sqlite:///runs/ablate.db")
-    space = {"model.init_args.dropout": CategoricalDistribution([0.0, 0.3]),
-             "model.init_args.neck.init_args.fusion": CategoricalDistribution(["concat", "sum"])}
+    space = {
+        "model.init_args.dropout": CategoricalDistribution([0.0, 0.3]),
+        "model.init_args.neck.init_args.fusion": CategoricalDistribution(["concat", "sum"]),
+    }
     for fusion in ("concat", "sum"):  # two finished trials far ahead at every epoch
-        study.add_trial(optuna.trial.create_trial(
-            params={"model.init_args.dropout": 0.0, "model.init_args.neck.init_args.fusion": fusion},
-            distributions=space, value=0.99, intermediate_values={e: 0.99 for e in range(4)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"model.init_args.dropout": 0.0, "model.init_args.neck.init_args.fusion": fusion},
+                distributions=space,
+                value=0.99,
+                intermediate_values={e: 0.99 for e in range(4)},
+            )
+        )
     assert main([ABLATION, *TINY, "trainer.max_epochs=4", "--n-trials", "3"]) == 0
     last = trials()[-1]
     assert last.state == TrialState.PRUNED and max(last.intermediate_values) < 3
@@ -201,8 +233,9 @@ def test_two_workers_on_sqlite_run_exactly_the_total():
 
 
 def test_a_ddp_trial_on_two_cpu_processes_trains_the_same_config_on_both_ranks():
-    proc = sweep("trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "--n-trials", "1",
-                 "--seeds", "0")
+    proc = sweep(
+        "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "--n-trials", "1", "--seeds", "0"
+    )
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     (trial,) = trials()

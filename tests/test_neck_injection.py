@@ -1,4 +1,5 @@
 """ablate's necks injected by LightningCLI (jsonargparse class_path/init_args), and the example LightningCLI project."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,19 +52,35 @@ def test_injected_neck_is_the_registry_neck_with_the_same_options(name):
 
 
 def test_every_aspp_option_is_typed_and_reaches_the_module():
-    neck = cli(neck_arg(ASPP, out_channels=6, rates=[1, 2], norm="none", fusion="sum", image_pooling=False,
-                        separable=True, dropout=0.2, act="none")).model.neck
+    neck = cli(
+        neck_arg(
+            ASPP,
+            out_channels=6,
+            rates=[1, 2],
+            norm="none",
+            fusion="sum",
+            image_pooling=False,
+            separable=True,
+            dropout=0.2,
+            act="none",
+        )
+    ).model.neck
     assert neck.rates == (1, 2) and neck.fusion == "sum" and len(neck.convs) == 3  # 1x1 + two rates, no pooling
     assert neck.project[-1].p == 0.2 and all(c.bias is not None for c in neck.project if isinstance(c, nn.Conv2d))
     assert not any(isinstance(m, (nn.ReLU, nn.BatchNorm2d)) for m in neck.modules())
 
 
-@pytest.mark.parametrize("init_args,named", [({"norm": "batch"}, ["norm", "batch", "bn", "gn", "none"]),
-                                             ({"fusion": "add"}, ["fusion", "concat", "sum"]),
-                                             ({"out_channels": "wide"}, ["out_channels", "wide"]),
-                                             ({"image_pooling": "maybe"}, ["image_pooling"]),
-                                             ({"rates": "6,12,18"}, ["rates"]),
-                                             ({"no_such_option": 1}, ["no_such_option"])])
+@pytest.mark.parametrize(
+    "init_args,named",
+    [
+        ({"norm": "batch"}, ["norm", "batch", "bn", "gn", "none"]),
+        ({"fusion": "add"}, ["fusion", "concat", "sum"]),
+        ({"out_channels": "wide"}, ["out_channels", "wide"]),
+        ({"image_pooling": "maybe"}, ["image_pooling"]),
+        ({"rates": "6,12,18"}, ["rates"]),
+        ({"no_such_option": 1}, ["no_such_option"]),
+    ],
+)
 def test_wrong_type_or_unknown_init_arg_is_a_parse_error_naming_it(capsys, init_args, named):
     with pytest.raises(SystemExit) as exit_:
         cli(neck_arg(ASPP, **init_args))
@@ -98,10 +115,26 @@ def test_print_config_fills_in_the_neck_defaults(capsys):
 
 def test_swap_neck_callback_from_a_config(tmp_path):
     config = tmp_path / "fit.yaml"
-    config.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
-        "class_path": "ablate.necks.SwapNeck",
-        "init_args": {"path": "neck", "neck": {"class_path": "ablate.necks.PPM",
-                                               "init_args": {"out_channels": 4, "bins": [1, 2]}}}}]}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {
+                            "class_path": "ablate.necks.SwapNeck",
+                            "init_args": {
+                                "path": "neck",
+                                "neck": {
+                                    "class_path": "ablate.necks.PPM",
+                                    "init_args": {"out_channels": 4, "bins": [1, 2]},
+                                },
+                            },
+                        }
+                    ]
+                }
+            }
+        )
+    )
     parsed = cli(f"--config={config}", neck_arg(Identity, out_channels=4))
     swap = next(c for c in parsed.trainer.callbacks if isinstance(c, SwapNeck))
     assert swap.path == "neck"
@@ -110,6 +143,7 @@ def test_swap_neck_callback_from_a_config(tmp_path):
 
 
 # --- the example project (examples/lightning_project), which does not import ablate's model or data --------
+
 
 @pytest.fixture
 def example(monkeypatch):
@@ -122,9 +156,19 @@ def example(monkeypatch):
 
 def fit_example(MyCLI, tmp_path, *args: str) -> dict:
     """Fit the example for 1 epoch of 2 batches through its own CLI class; the logged metrics."""
-    run = MyCLI(args=["--config", str(EXAMPLE / "configs" / "fit.yaml"), "--trainer.max_epochs=1",
-                      "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
-                      f"--trainer.default_root_dir={tmp_path}", *QUIET[1:], *args], run=False)
+    run = MyCLI(
+        args=[
+            "--config",
+            str(EXAMPLE / "configs" / "fit.yaml"),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2",
+            f"--trainer.default_root_dir={tmp_path}",
+            *QUIET[1:],
+            *args,
+        ],
+        run=False,
+    )
     run.trainer.fit(run.model, datamodule=run.datamodule)
     assert isinstance(run.model.neck, ASPP) and run.model.neck.out_channels == 32 and run.model.neck.rates == (1, 2, 3)
     assert run.model.hparams.num_classes == run.datamodule.num_classes  # linked by MyCLI
@@ -139,8 +183,10 @@ def test_example_project_fits_through_its_cli_and_a_seed_changes_results(example
     assert fit_example(example, tmp_path / "c", "--seed_everything=1") != first
     checkpoint = next((tmp_path / "a").rglob("*.ckpt"))  # the project's own ModelCheckpoint, in the run folder
     hparams = torch.load(checkpoint, weights_only=True)["hyper_parameters"]  # plain config values, no modules
-    assert hparams["neck"] == {"class_path": "ablate.necks.ASPP", "init_args": {
-        **neck_options("aspp"), "out_channels": 32, "rates": [1, 2, 3], "dropout": 0.0}}
+    assert hparams["neck"] == {
+        "class_path": "ablate.necks.ASPP",
+        "init_args": {**neck_options("aspp"), "out_channels": 32, "rates": [1, 2, 3], "dropout": 0.0},
+    }
     from seg_project.module import SegModule
 
     assert SegModule.load_from_checkpoint(checkpoint).neck.rates == (1, 2, 3)  # the neck rebuilt from its config
@@ -153,8 +199,16 @@ def test_example_sweep_file_keys_and_space_resolve_through_the_cli(example, tmp_
     overrides = [f"--{item}" for item in sweep["overrides"]]
     for key, spec in sweep["space"].items():
         for value in spec["choices"]:
-            run = example(args=["--config", str(EXAMPLE / sweep["base"]), *overrides, f"--{key}={value}",
-                                f"--trainer.default_root_dir={tmp_path}"], run=False)
+            run = example(
+                args=[
+                    "--config",
+                    str(EXAMPLE / sweep["base"]),
+                    *overrides,
+                    f"--{key}={value}",
+                    f"--trainer.default_root_dir={tmp_path}",
+                ],
+                run=False,
+            )
             node = run.config
             for part in key.split("."):
                 node = node[part]

@@ -1,4 +1,5 @@
 """Tests of the neck registry and necks: ASPP (DeepLabv3, Chen et al. 2017) vs torchvision, smp and seed 000."""
+
 import inspect
 import os
 
@@ -39,13 +40,14 @@ class SeedASPP(nn.Module):
         size = x.shape[2:]
         image_features = self.mean(x)
         image_features = self.conv(image_features)
-        image_features = F.interpolate(image_features, size=size, mode='bilinear')
+        image_features = F.interpolate(image_features, size=size, mode="bilinear")
         atrous_block1 = self.atrous_block1(x)
         atrous_block6 = self.atrous_block6(x)
         atrous_block12 = self.atrous_block12(x)
         atrous_block18 = self.atrous_block18(x)
-        net = self.conv_1x1_output(torch.cat([image_features, atrous_block1, atrous_block6,
-                                              atrous_block12, atrous_block18], dim=1))
+        net = self.conv_1x1_output(
+            torch.cat([image_features, atrous_block1, atrous_block6, atrous_block12, atrous_block18], dim=1)
+        )
         return net
 
 
@@ -92,6 +94,7 @@ def far_region_moves_centre(neck: nn.Module) -> bool:
 
 
 # --- registry, over every registered neck -------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", list_necks())
@@ -158,8 +161,11 @@ def test_a_neck_written_as_users_write_functions_takes_its_options(registry):
     assert neck_options("my_neck") == {"out_channels": 32, "norm": "bn"}
     assert create_neck("my_neck", C_IN).out_channels == 32
     assert create_neck("my_neck", C_IN, out_channels=5, norm="none").out_channels == 5
-    with pytest.raises(ValueError, match=r"'out_chanels' \(did you mean 'out_channels'\?\); valid options: "
-                                         r"out_channels, norm"):
+    with pytest.raises(
+        ValueError,
+        match=r"'out_chanels' \(did you mean 'out_channels'\?\); valid options: "
+        r"out_channels, norm",
+    ):
         create_neck("my_neck", C_IN, out_chanels=5)
 
 
@@ -195,12 +201,18 @@ def star_args(in_channels, *sizes): ...
 def nothing(): ...
 
 
-@pytest.mark.parametrize("factory,says", [
-    (no_in_channels, "the first parameter must be `in_channels`"), (nothing, "the first parameter must be"),
-    (kwargs_only, "takes **kwargs"), (kwargs_to_a_plain_module, "takes **kwargs"),
-    (option_without_default, "option 'out_channels' must be a keyword parameter with a default"),
-    (keyword_option_without_default, "option 'out_channels' must be a keyword parameter with a default"),
-    (star_args, "option 'sizes' must be")])
+@pytest.mark.parametrize(
+    "factory,says",
+    [
+        (no_in_channels, "the first parameter must be `in_channels`"),
+        (nothing, "the first parameter must be"),
+        (kwargs_only, "takes **kwargs"),
+        (kwargs_to_a_plain_module, "takes **kwargs"),
+        (option_without_default, "option 'out_channels' must be a keyword parameter with a default"),
+        (keyword_option_without_default, "option 'out_channels' must be a keyword parameter with a default"),
+        (star_args, "option 'sizes' must be"),
+    ],
+)
 def test_a_factory_whose_options_cannot_be_listed_is_refused_at_registration_saying_how(registry, factory, says):
     with pytest.raises(TypeError) as err:
         register_neck(factory)
@@ -217,9 +229,18 @@ def test_builtin_necks_are_thin_factories_over_their_classes():
         assert all(p.kind is p.KEYWORD_ONLY and p.annotation is not p.empty for p in params[1:])
 
 
-@pytest.mark.parametrize("options", [dict(fusion="sum"), dict(image_pooling=False), dict(separable=True),
-                                     dict(norm="gn"), dict(norm="none", act="none"), dict(rates=(1,)),
-                                     dict(rates="2,4,6,8")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(fusion="sum"),
+        dict(image_pooling=False),
+        dict(separable=True),
+        dict(norm="gn"),
+        dict(norm="none", act="none"),
+        dict(rates=(1,)),
+        dict(rates="2,4,6,8"),
+    ],
+)
 def test_aspp_variants_keep_spatial_size(options):
     neck = aspp(**options).eval()
     for size in [(1, 1), (2, 3), (5, 4)]:
@@ -228,6 +249,7 @@ def test_aspp_variants_keep_spatial_size(options):
 
 
 # --- equivalence with torchvision, smp and the seed article ----------------------------------------
+
 
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("rates", [(1,), (1, 2, 3), (1, 2, 3, 5)])
@@ -255,9 +277,13 @@ def test_linear_bn_free_aspp_is_seed_article_aspp():
     seed = randomize_(SeedASPP(C_IN, C_OUT))
     ours = aspp(norm="none", act="none").eval()  # default rates (6, 12, 18), as the seed's
     state = {}
-    for key, conv in [("convs.0.0", seed.atrous_block1), ("convs.1.0", seed.atrous_block6),
-                      ("convs.2.0", seed.atrous_block12), ("convs.3.0", seed.atrous_block18),
-                      ("convs.4.1", seed.conv)]:
+    for key, conv in [
+        ("convs.0.0", seed.atrous_block1),
+        ("convs.1.0", seed.atrous_block6),
+        ("convs.2.0", seed.atrous_block12),
+        ("convs.3.0", seed.atrous_block18),
+        ("convs.4.1", seed.conv),
+    ]:
         state[f"{key}.weight"], state[f"{key}.bias"] = conv.weight, conv.bias
     w = seed.conv_1x1_output.weight  # input blocks [pool, 1x1, r6, r12, r18]; ours [1x1, r6, r12, r18, pool]
     state["project.0.weight"] = torch.cat([w[:, C_OUT:], w[:, :C_OUT]], dim=1)
@@ -270,12 +296,13 @@ def test_linear_bn_free_aspp_is_seed_article_aspp():
 
 # --- each axis does what it says -------------------------------------------------------------------
 
+
 def test_each_rate_branch_is_a_3x3_conv_dilated_and_padded_by_its_rate():
     rates = (1, 2, 5)
     neck = aspp(rates=rates, norm="none", act="none").eval()
     x = torch.randn(1, C_IN, 11, 12)
     assert neck.convs[0][0].kernel_size == (1, 1)
-    for branch, r in zip(neck.convs[1:1 + len(rates)], rates):
+    for branch, r in zip(neck.convs[1 : 1 + len(rates)], rates):
         conv = branch[0]
         assert conv.kernel_size == (3, 3) and conv.dilation == conv.padding == (r, r)
         with torch.no_grad():
@@ -304,7 +331,8 @@ def test_sum_fusion_adds_branches_before_the_projection():
     summed = aspp(rates=(1, 2), fusion="sum", norm="none").eval()
     assert concat.project[0].in_channels == 4 * C_OUT and summed.project[0].in_channels == C_OUT
     missing, unexpected = summed.load_state_dict(
-        {k: v for k, v in concat.state_dict().items() if not k.startswith("project.")}, strict=False)
+        {k: v for k, v in concat.state_dict().items() if not k.startswith("project.")}, strict=False
+    )
     assert not unexpected and all(k.startswith("project.") for k in missing)
     x = torch.randn(2, C_IN, 6, 7)
     with torch.no_grad():
@@ -319,8 +347,7 @@ def convs_of(module: nn.Module) -> list[nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
-@pytest.mark.parametrize("name,options", [("aspp", {}), ("aspp", {"separable": True}), ("identity", {}),
-                                          ("ppm", {})])
+@pytest.mark.parametrize("name,options", [("aspp", {}), ("aspp", {"separable": True}), ("identity", {}), ("ppm", {})])
 def test_norm_none_has_no_norm_layer_and_every_conv_a_bias(name, options):
     neck = create_neck(name, C_IN, out_channels=C_OUT, norm="none", **options)
     assert not any(isinstance(m, NORM_LAYERS) for m in neck.modules())
@@ -328,8 +355,7 @@ def test_norm_none_has_no_norm_layer_and_every_conv_a_bias(name, options):
     assert pointwise and all(c.bias is not None for c in pointwise)
 
 
-@pytest.mark.parametrize("name,options", [("aspp", {}), ("aspp", {"separable": True}), ("identity", {}),
-                                          ("ppm", {})])
+@pytest.mark.parametrize("name,options", [("aspp", {}), ("aspp", {"separable": True}), ("identity", {}), ("ppm", {})])
 @pytest.mark.parametrize("norm,layer", [("bn", nn.BatchNorm2d), ("gn", nn.GroupNorm)])
 def test_norm_layers_follow_convs_without_bias(name, options, norm, layer):
     neck = create_neck(name, C_IN, out_channels=C_OUT, norm=norm, **options)
@@ -349,8 +375,9 @@ def test_gn_aspp_trains_at_batch_one_where_bn_cannot():
     x = torch.randn(1, C_IN, 5, 5)
     neck = create_neck("aspp", C_IN, out_channels=C_OUT, norm="gn").train()
     neck(x).sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
-               for p in neck.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in neck.parameters()
+    )
     with pytest.raises(ValueError, match="more than 1 value per channel"):  # BN of the pooled 1x1 branch
         create_neck("aspp", C_IN, out_channels=C_OUT, norm="bn").train()(x)
 
@@ -366,7 +393,7 @@ def test_group_norm_works_for_any_width(out_channels):
 def test_separable_uses_depthwise_dilated_convs():
     rates = (1, 2, 3)
     neck = aspp(rates=rates, separable=True)
-    for branch, r in zip(neck.convs[1:1 + len(rates)], rates):
+    for branch, r in zip(neck.convs[1 : 1 + len(rates)], rates):
         depthwise, pointwise = branch[0]
         assert depthwise.groups == depthwise.in_channels == depthwise.out_channels == C_IN
         assert depthwise.dilation == depthwise.padding == (r, r) and depthwise.kernel_size == (3, 3)
@@ -374,17 +401,24 @@ def test_separable_uses_depthwise_dilated_convs():
     assert all(c.groups == 1 for c in convs_of(aspp(rates=rates, separable=False)))
 
 
-@pytest.mark.parametrize("rates,shown", [([], "[]"), ([0], "[0]"), ([6, 6], "[6, 6]"), ([-1], "[-1]"),
-                                         ("a,b", "'a,b'"), ([6, 2.5], "[2.5]"), (6, "6")])
+@pytest.mark.parametrize(
+    "rates,shown",
+    [([], "[]"), ([0], "[0]"), ([6, 6], "[6, 6]"), ([-1], "[-1]"), ("a,b", "'a,b'"), ([6, 2.5], "[2.5]"), (6, "6")],
+)
 def test_bad_rates_raise_showing_the_bad_value(rates, shown):
     with pytest.raises(ValueError) as err:
         aspp(rates=rates)
     assert shown in str(err.value)
 
 
-@pytest.mark.parametrize("option,value,choices", [("norm", "batch", ("'bn'", "'gn'", "'none'")),
-                                                  ("fusion", "add", ("'concat'", "'sum'")),
-                                                  ("act", "gelu", ("'relu'", "'none'"))])
+@pytest.mark.parametrize(
+    "option,value,choices",
+    [
+        ("norm", "batch", ("'bn'", "'gn'", "'none'")),
+        ("fusion", "add", ("'concat'", "'sum'")),
+        ("act", "gelu", ("'relu'", "'none'")),
+    ],
+)
 def test_bad_choice_raises_naming_valid_choices(option, value, choices):
     with pytest.raises(ValueError, match=option) as err:
         aspp(**{option: value})
@@ -392,6 +426,7 @@ def test_bad_choice_raises_naming_valid_choices(option, value, choices):
 
 
 # --- identity and ppm ------------------------------------------------------------------------------
+
 
 def test_identity_adds_no_context():
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
 """`python -m ablate.report` on a real small study, rendered in a real headless Chromium (no network)."""
+
 import base64
 import json
 import re
@@ -41,9 +42,24 @@ def chromium(url: str, *args: str, profile: Path) -> tuple[str, list[str]]:
     """(stdout, console messages) of headless Chromium on `url`, with every host name unresolvable."""
     exe = shutil.which("chromium")
     assert exe, "chromium not found: apt-get install -y chromium (Debian's package; .ci/run installs it)"
-    done = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-                           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
-                           "--virtual-time-budget=10000", *args, url], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
 
@@ -86,8 +102,13 @@ def test_report_renders_offline_in_chromium_with_every_plot_and_no_console_messa
     counts = rendered_plots(dom)
     assert set(counts) == {f"plot-{p}" for p in PLOTS} and all(n >= 1 for n in counts.values()), counts
     shot = tmp_path / "report.png"
-    chromium(report.as_uri(), f"--screenshot={shot}", "--window-size=1400,3200", "--hide-scrollbars",
-             profile=tmp_path / "profile")
+    chromium(
+        report.as_uri(),
+        f"--screenshot={shot}",
+        "--window-size=1400,3200",
+        "--hide-scrollbars",
+        profile=tmp_path / "profile",
+    )
     from PIL import Image
 
     with Image.open(shot) as image:
@@ -120,8 +141,9 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
     for t in trials:
         values = t.user_attrs["values"]
         mean, std = statistics.fmean(values), statistics.stdev(values)
-        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text())
-                for s in t.user_attrs["seeds"]]
+        runs = [
+            json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in t.user_attrs["seeds"]
+        ]
         latency = min(r["latency_ms"] for r in runs)  # the least of the seeds' measurements
         assert f"<td>{mean:.4f} ± {std:.4f}</td>" in text and f"<td>{latency:.1f}</td>" in text
         label = t.user_attrs["variant"]  # the keys share no section: shown whole
@@ -150,13 +172,16 @@ def test_main_effects_and_the_verdict_plots_hold_the_studys_numbers(study):
         assert f"<td>{term['term']}</td><td>{term['df']}</td><td>{term['F']:.3g}</td>" in text
     forest = {name: trace for trace in figure_data(text, "plot-forest") for name in [trace["name"]]}
     shown = [r for r in rows if not r["baseline"] and r["ci_low"] is not None]  # not the failed variant
-    points = sorted(v for t in forest.values() for xs in zip(t["x"], t["error_x"]["array"], t["error_x"]["arrayminus"])
-                    for v in xs)
-    assert points == pytest.approx(sorted(v for r in shown for v in (r["delta"], r["ci_high"] - r["delta"],
-                                                                     r["delta"] - r["ci_low"])))
+    points = sorted(
+        v for t in forest.values() for xs in zip(t["x"], t["error_x"]["array"], t["error_x"]["arrayminus"]) for v in xs
+    )
+    assert points == pytest.approx(
+        sorted(v for r in shown for v in (r["delta"], r["ci_high"] - r["delta"], r["delta"] - r["ci_low"]))
+    )
     seeds = figure_data(text, "plot-seeds")
     assert sorted(x for trace in seeds[::2] for x in trace["x"]) == pytest.approx(
-        sorted(v for r in rows for v in r["seeds"].values()))  # every seed's value, one marker each
+        sorted(v for r in rows for v in r["seeds"].values())
+    )  # every seed's value, one marker each
 
 
 def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
@@ -168,8 +193,10 @@ def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
     study = optuna.create_study(direction="maximize")  # the default sweep's 2x2x2 grid, one seed, as measured
     values = [0.6881, 0.6627, 0.5143, 0.3768, 0.3891, 0.3500, 0.3896, 0.3702]  # README, the fresh-clone run
     grid = [(p, n, r) for p in ("true", "false") for n in ("bn", "none") for r in ("2,4,6", "1,2,3")]
-    dists = {k: CategoricalDistribution(c) for k, c in (("pool", ("true", "false")), ("norm", ("bn", "none")),
-                                                        ("rates", ("2,4,6", "1,2,3")))}
+    dists = {
+        k: CategoricalDistribution(c)
+        for k, c in (("pool", ("true", "false")), ("norm", ("bn", "none")), ("rates", ("2,4,6", "1,2,3")))
+    }
     for (p, n, r), v in zip(grid, values):
         study.add_trial(create_trial(params={"pool": p, "norm": n, "rates": r}, distributions=dists, value=v))
     shares = optuna.importance.get_param_importances(study)
@@ -183,18 +210,19 @@ def test_best_and_baseline_predictions_are_the_run_folders_images(study):
     trials = complete(study)
     for t in (max(trials, key=lambda t: t.value), min(trials, key=lambda t: t.value)):  # best, baseline
         png = (study / f"runs/t/t{t.number}-s0/predictions.png").read_bytes()  # the lowest seed
-        assert f"src=\"data:image/png;base64,{base64.b64encode(png).decode()}\"" in text
+        assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in text
 
 
 def test_receptive_fields_are_the_analysis_numbers(study):
-    from ablate.run.analysis import neck_summary
     from ablate.config import from_dict
+    from ablate.run.analysis import neck_summary
 
     text = (study / "runs/t/report.html").read_text()
     for t in complete(study):
         numbers = neck_summary(from_dict(t.user_attrs["config"]))
-        runs = [json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text())
-                for s in t.user_attrs["seeds"]]
+        runs = [
+            json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in t.user_attrs["seeds"]
+        ]
         numbers.update({k: statistics.fmean(r[k] for r in runs) for k in ("erf/r50_px", "erf/r90_px")})
         erf = base64.b64encode((study / f"runs/t/t{t.number}-s0/erf.png").read_bytes()).decode()
         assert "".join(f"<td>{v:.4g}</td>" for v in numbers.values()) in text
@@ -223,8 +251,10 @@ def test_bad_input_is_a_clear_error_before_anything_is_written(study, capsys):
     assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
     assert main(["--study", "t", "--storage", url, "--runs", "missing"]) == 2
     assert "--runs 'missing' is not a folder" in capsys.readouterr().err
-    assert main(["--study", "t", "--storage", url, "--runs", str(study / "runs"), "--baseline",
-                 "model.neck.fusion=mean"]) == 2
+    assert (
+        main(["--study", "t", "--storage", url, "--runs", str(study / "runs"), "--baseline", "model.neck.fusion=mean"])
+        == 2
+    )
     assert "matches 0 rows" in capsys.readouterr().err
     assert not Path("runs").exists()
 
@@ -232,15 +262,18 @@ def test_bad_input_is_a_clear_error_before_anything_is_written(study, capsys):
 def test_a_class_that_one_run_lacks_is_averaged_over_the_runs_that_have_it():
     from ablate.results.html_report import class_ious, iou_heatmap
 
-    runs = [{"summary": {"val/IoU_best/background": 0.9, "val/IoU_best/diamond/blue": 0.5}},
-            {"summary": {"val/IoU_best/background": 0.7}}]  # diamond/blue in neither its predictions nor targets
+    runs = [
+        {"summary": {"val/IoU_best/background": 0.9, "val/IoU_best/diamond/blue": 0.5}},
+        {"summary": {"val/IoU_best/background": 0.7}},
+    ]  # diamond/blue in neither its predictions nor targets
     assert class_ious(runs) == ({"background": pytest.approx(0.8), "diamond/blue": 0.5}, "best epoch")
     older = [{"summary": {"val/IoU/a": 0.2, "val/IoU/b": 0.4}}, {"summary": {"val/IoU/b": 0.6}}]  # last epoch only
     assert class_ious(older) == ({"a": 0.2, "b": pytest.approx(0.5)}, "last epoch")
     assert class_ious([{"summary": {}}]) == ({}, "")
     other = [{"summary": {"val/IoU_best/background": 0.6, "val/IoU_best/square/red": 0.3}}]
-    (heat,) = iou_heatmap([{"variant": "v=1"}, {"variant": "v=2"}], {"v=1": runs, "v=2": other},
-                          {"v=1": "1", "v=2": "2"}).data
+    (heat,) = iou_heatmap(
+        [{"variant": "v=1"}, {"variant": "v=2"}], {"v=1": runs, "v=2": other}, {"v=1": "1", "v=2": "2"}
+    ).data
     assert list(heat.x) == ["background", "diamond/blue", "square/red"]  # every class of any variant
     assert [list(z) for z in heat.z] == [[pytest.approx(0.8), 0.5, None], [0.6, None, 0.3]]  # missing: a gap
     assert [list(t) for t in heat.text] == [["0.80", "0.50", ""], ["0.60", "", "0.30"]]
@@ -255,8 +288,9 @@ def test_the_report_renders_when_the_runs_of_a_variant_differ_in_their_classes(s
     first.write_text(json.dumps({k: v for k, v in summary.items() if k != gone}))  # one run lacks a class
     assert main(["--study", "t", "--storage", "sqlite:///runs/test.db", "--out", "r.html"]) == 0
     (iou,) = figure_data(Path("r.html").read_text(), "plot-iou")
-    others = [json.loads((tmp_path / f"runs/t/t{t.number}-s{s}/summary.json").read_text())
-              for s in t.user_attrs["seeds"][1:]]
+    others = [
+        json.loads((tmp_path / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in t.user_attrs["seeds"][1:]
+    ]
     have = [r[gone] for r in others if gone in r]
     shown = iou["z"][iou["y"].index(t.user_attrs["variant"])][iou["x"].index(gone.removeprefix("val/IoU_best/"))]
     assert shown == (pytest.approx(statistics.fmean(have)) if have else None)

@@ -1,4 +1,5 @@
 """`python -m ablate.reproduce`: a tiny experiment reproduces its own reference and fails on an edited one."""
+
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_experiment(rows=None, **extra):
     Path("experiments").mkdir(exist_ok=True)
     Path("experiments/base.yaml").write_text((ROOT / "experiments/base.yaml").read_text())
-    spec = {"name": "tiny", "base": "base.yaml", "overrides": TINY, "seeds": [0, 1], "tolerance": 0.001,
-            "baseline": "full", "rows": rows or {"full": {}, "sum": {"model.neck.fusion": "sum"},
-                                                 "identity": {"model.neck": {"name": "identity", "out_channels": 16}}},
-            **extra}
+    spec = {
+        "name": "tiny",
+        "base": "base.yaml",
+        "overrides": TINY,
+        "seeds": [0, 1],
+        "tolerance": 0.001,
+        "baseline": "full",
+        "rows": rows
+        or {
+            "full": {},
+            "sum": {"model.neck.fusion": "sum"},
+            "identity": {"model.neck": {"name": "identity", "out_channels": 16}},
+        },
+        **extra,
+    }
     Path("experiments/tiny.yaml").write_text(yaml.safe_dump(spec))
     return "experiments/tiny.yaml"
 
@@ -43,12 +55,15 @@ def test_reproduces_its_reference_and_fails_loudly_when_a_row_is_edited(capsys):
     assert "does not reproduce:" in err and "sum:" in err.split("does not reproduce:")[1]
 
 
-@pytest.mark.parametrize("extra, words", [
-    ({"rows": {"full": {}, "no bn": {"model.neck.norm": "none"}}}, ["row names", "no bn"]),
-    ({"baseline": "fll"}, ["baseline 'fll'", "full"]),
-    ({"rows": {"full": {"model.neck.norm": "batch"}}}, ["'batch'"]),
-    ({"seed": [0]}, ["'seed'", "seeds"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ({"rows": {"full": {}, "no bn": {"model.neck.norm": "none"}}}, ["row names", "no bn"]),
+        ({"baseline": "fll"}, ["baseline 'fll'", "full"]),
+        ({"rows": {"full": {"model.neck.norm": "batch"}}}, ["'batch'"]),
+        ({"seed": [0]}, ["'seed'", "seeds"]),
+    ],
+)
 def test_bad_experiments_are_refused_before_training(extra, words):
     rows = extra.pop("rows", None)
     with pytest.raises(ConfigError) as e:

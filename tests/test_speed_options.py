@@ -1,4 +1,5 @@
 """Options for small trials on a GPU (data.on_device, optim.fused), tested on the CPU: same numbers, reproducible."""
+
 import lightning as L
 import pytest
 import torch
@@ -16,8 +17,11 @@ def test_device_batches_are_the_dataloaders_batches(shuffle, drop_last):
     batches = {}
     for name in ("loader", "device"):
         L.seed_everything(3, verbose=False)
-        data = DataLoader(TensorSegmentation(images, masks), batch_size=4, shuffle=shuffle, drop_last=drop_last) \
-            if name == "loader" else DeviceBatches(images, masks, 4, shuffle=shuffle, drop_last=drop_last)
+        data = (
+            DataLoader(TensorSegmentation(images, masks), batch_size=4, shuffle=shuffle, drop_last=drop_last)
+            if name == "loader"
+            else DeviceBatches(images, masks, 4, shuffle=shuffle, drop_last=drop_last)
+        )
         batches[name] = [b for _ in range(2) for b in data]  # two epochs: a new order each
         batches[name].append(torch.rand(1))  # and the global generator left in the same state
     assert len(batches["device"]) == len(batches["loader"]) == (5 if drop_last else 7)
@@ -27,8 +31,9 @@ def test_device_batches_are_the_dataloaders_batches(shuffle, drop_last):
 
 def test_on_device_trains_to_the_default_numbers_bit_for_bit(tiny):
     default = run(load_config(None, tiny + ["trainer.max_epochs=2"]), "a")
-    on_device = [run(load_config(None, tiny + ["trainer.max_epochs=2", "data.on_device=true"]), f"b{i}")
-                 for i in range(2)]
+    on_device = [
+        run(load_config(None, tiny + ["trainer.max_epochs=2", "data.on_device=true"]), f"b{i}") for i in range(2)
+    ]
     for key in ("val/mIoU", "val/mIoU_best", "val/loss", "val/pixel_acc"):
         assert on_device[0][key] == on_device[1][key] == default[key]
 

@@ -1,12 +1,22 @@
 """ablate.results.stats on simulated truth: normal runs with a known Δ and bimodal runs like the built-in data."""
+
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from ablate.results.stats import (MAX_SEEDS, ROW_FIELDS, annotate, check_margin, compare, factorial_effects, holm,
-                                  seeds_needed, verdict)
+from ablate.results.stats import (
+    MAX_SEEDS,
+    ROW_FIELDS,
+    annotate,
+    check_margin,
+    compare,
+    factorial_effects,
+    holm,
+    seeds_needed,
+    verdict,
+)
 
 
 def paired_runs(rng, delta, seeds, seed_sd=0.03, noise=0.01):
@@ -41,8 +51,9 @@ def test_holm_matches_a_hand_step_down():
     assert holm([]) == [] and holm([None]) == [None]
 
 
-@pytest.mark.parametrize("row_seeds, test", [(range(5), "paired"), (range(2), "paired"), (range(4, 9), "welch"),
-                                             (range(10, 15), "welch")])
+@pytest.mark.parametrize(
+    "row_seeds, test", [(range(5), "paired"), (range(2), "paired"), (range(4, 9), "welch"), (range(10, 15), "welch")]
+)
 def test_paired_exactly_when_two_seeds_are_shared(row_seeds, test):
     rng = np.random.default_rng(0)
     base = {str(s): float(rng.normal(0.7, 0.02)) for s in range(5)}
@@ -69,8 +80,15 @@ def test_equivalence_is_the_90_percent_interval_inside_the_margin():
         assert lo < result["delta"] < hi
 
 
-@pytest.mark.parametrize("delta, direction, expected", [(0.05, "maximize", "better"), (-0.05, "maximize", "worse"),
-                                                        (0.05, "minimize", "worse"), (-0.05, "minimize", "better")])
+@pytest.mark.parametrize(
+    "delta, direction, expected",
+    [
+        (0.05, "maximize", "better"),
+        (-0.05, "maximize", "worse"),
+        (0.05, "minimize", "worse"),
+        (-0.05, "minimize", "better"),
+    ],
+)
 def test_a_large_true_difference_is_decided_with_8_seeds(delta, direction, expected):
     rng = np.random.default_rng(1)
     assert decide(*paired_runs(rng, delta, range(8)), direction=direction)[1] == expected
@@ -114,16 +132,18 @@ def test_seeds_needed_reaches_the_promised_power(delta, margin):
     rng, spread = np.random.default_rng(6), 100 * 0.016 * math.sqrt(2)  # sd of a difference, points
     truth = {"test": "paired", "delta": 100 * delta, "sd": spread, "n_pairs": 3, "n": 3, "n_base": 3}
     n = seeds_needed(truth, margin=margin)
-    decided = [decide(*paired_runs(rng, delta, range(n), noise=0.016), margin=margin)[1] != "undecided"
-               for _ in range(300)]
+    decided = [
+        decide(*paired_runs(rng, delta, range(n), noise=0.016), margin=margin)[1] != "undecided" for _ in range(300)
+    ]
     assert 0.8 - 0.1 < np.mean(decided) < 0.8 + 0.12  # the TOST power is a lower bound: slack above
 
 
 def test_annotate_sets_every_field_and_corrects_over_the_non_baseline_rows():
     rng = np.random.default_rng(7)
     runs = [paired_runs(rng, d, range(6)) for d in (0.05, 0.01, 0.0)]
-    rows = [{"variant": "a=0", "seeds": runs[0][1]}] + [{"variant": f"a={i + 1}", "seeds": r} for i, (r, _) in
-                                                       enumerate(runs)]
+    rows = [{"variant": "a=0", "seeds": runs[0][1]}] + [
+        {"variant": f"a={i + 1}", "seeds": r} for i, (r, _) in enumerate(runs)
+    ]
     rows.append({"variant": "a=9", "seeds": {"0": 0.5}})  # one seed: no test, still a verdict
     annotate(rows, rows[0], margin=1.0, alpha=0.05)
     assert all(set(ROW_FIELDS) <= set(r) for r in rows)
@@ -142,8 +162,9 @@ def factorial_rows(rng, effect, seeds=4, noise=0.015):
             for pooling in ("true", "false"):
                 variant = f"model.neck.norm={norm} model.neck.fusion={fusion} model.neck.image_pooling={pooling}"
                 mean = effect({"norm": norm, "fusion": fusion, "pooling": pooling})
-                rows.append({"variant": variant, "seeds": {str(s): float(mean + rng.normal(0, noise))
-                                                           for s in range(seeds)}})
+                rows.append(
+                    {"variant": variant, "seeds": {str(s): float(mean + rng.normal(0, noise)) for s in range(seeds)}}
+                )
     return rows
 
 

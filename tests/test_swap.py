@@ -1,4 +1,5 @@
 """Swapping the neck of models that hard-code it: smp DeepLabV3Plus and torchvision deeplabv3_resnet50 (random init)."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,8 +56,9 @@ def test_smp_deeplabv3plus_aspp_swapped_and_trains():
     total, shape = n_params(model), model(X).shape
     swap_neck(model, "decoder.aspp.0", "aspp", rates=(1, 2), fusion="sum", separable=True)
     assert model.decoder.aspp[0].fusion == "sum" and model.decoder.aspp[0].training
-    assert n_params(model) == total - n_params(old) + n_params(create_neck(
-        "aspp", 512, rates=(1, 2), fusion="sum", separable=True))
+    assert n_params(model) == total - n_params(old) + n_params(
+        create_neck("aspp", 512, rates=(1, 2), fusion="sum", separable=True)
+    )
     y = model(X)  # (B, classes, H, W)
     assert y.shape == shape == (2, 3, 64, 64)
     y.sum().backward()
@@ -78,8 +80,15 @@ def test_out_channels_mismatch_names_path_both_widths_and_the_option(torchvision
     assert isinstance(torchvision_model.classifier[0], nn.Module)  # nothing was replaced
 
 
-@pytest.mark.parametrize("path,nearest", [("decodr.aspp.0", "decoder.aspp.0"), ("decoder.aspp.9", "decoder.aspp.0"),
-                                          ("decoder.asp", "decoder.aspp"), ("", "decoder")])
+@pytest.mark.parametrize(
+    "path,nearest",
+    [
+        ("decodr.aspp.0", "decoder.aspp.0"),
+        ("decoder.aspp.9", "decoder.aspp.0"),
+        ("decoder.asp", "decoder.aspp"),
+        ("", "decoder"),
+    ],
+)
 def test_unknown_path_lists_nearest_valid_paths(path, nearest):
     with pytest.raises(ValueError, match=f"no submodule '{path}'; nearest valid paths: .*{nearest}"):
         swap_neck(smp_model(), path, "aspp")
@@ -122,23 +131,39 @@ class Segmenter(LightningModule):
 def test_swap_neck_callback_swaps_before_the_optimizer_and_trains_the_new_neck(tmp_path):
     data = DataLoader(TensorDataset(X, torch.randint(0, 3, (2, 64, 64))), batch_size=2)
     module = Segmenter()
-    trainer = Trainer(max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      accelerator="cpu", default_root_dir=tmp_path,
-                      callbacks=[SwapNeck("net.decoder.aspp.0", partial(ASPP, rates=(1, 2), fusion="sum"))])
+    trainer = Trainer(
+        max_steps=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[SwapNeck("net.decoder.aspp.0", partial(ASPP, rates=(1, 2), fusion="sum"))],
+    )
     trainer.fit(module, data, data)
     neck = module.net.decoder.aspp[0]
     assert isinstance(neck, ASPP) and neck.rates == (1, 2)
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert all(id(p) in optimized for p in neck.parameters())
-    assert all(not torch.equal(p, module.neck_before[k]) for k, p in neck.named_parameters()
-               if p.ndim == 4)  # every conv weight moved in the step
+    assert all(
+        not torch.equal(p, module.neck_before[k]) for k, p in neck.named_parameters() if p.ndim == 4
+    )  # every conv weight moved in the step
     trainer.validate(module, data, verbose=False)  # setup() runs again: the trained neck is kept
     assert module.net.decoder.aspp[0] is neck
 
 
 def test_swap_neck_callback_names_a_missing_path_and_configure_model(tmp_path):
-    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      accelerator="cpu", default_root_dir=tmp_path, callbacks=[SwapNeck("net.nope", ASPP)])
+    trainer = Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[SwapNeck("net.nope", ASPP)],
+    )
     with pytest.raises(ValueError, match=r"SwapNeck: .*'net.nope'.*configure_model"):
         trainer.fit(Segmenter(), DataLoader(TensorDataset(X, torch.zeros(2, 64, 64, dtype=torch.long))))

@@ -1,4 +1,5 @@
 """Sweeps on real storages with a real Trainer and real W&B offline files."""
+
 import signal
 import subprocess
 import sys
@@ -93,19 +94,23 @@ def test_reusing_a_study_name_with_another_space_shows_both():
     other = write_sweep("other.yaml", space={"model.neck.norm": {"choices": ["bn", "none"]}})
     with pytest.raises(ConfigError, match="another search space") as e:
         from ablate.study.storage import open_study
+
         open_study(load_sweep(other), STORAGE)
     assert "model.neck.fusion" in str(e.value) and "model.neck.norm" in str(e.value)
 
 
-@pytest.mark.parametrize("space, words", [
-    ({"model.neck.rates": {"choices": [[6, 12, 18]]}}, ["not a scalar", '"6,12,18"']),
-    ({"model.neck.rates": {"choices": ["2,4,16"]}}, ["degenerate", "16", "16x16"]),
-    ({"model.neck.rates": {"rates": 3, "low": 1, "high": 16}}, ["degenerate"]),
-    ({"model.neck.fusoin": {"choices": ["sum"]}}, ["model.neck.fusoin", "fusion"]),
-    ({"model.neck.norm": {"choices": ["bn", "batch"]}}, ["'batch'", "'gn'"]),
-    ({"optim.lr": {"low": 0.1, "high": 0.01}}, ["low=0.1"]),
-    ({"optim.lr": [0.1]}, ["choices"]),
-])
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({"model.neck.rates": {"choices": [[6, 12, 18]]}}, ["not a scalar", '"6,12,18"']),
+        ({"model.neck.rates": {"choices": ["2,4,16"]}}, ["degenerate", "16", "16x16"]),
+        ({"model.neck.rates": {"rates": 3, "low": 1, "high": 16}}, ["degenerate"]),
+        ({"model.neck.fusoin": {"choices": ["sum"]}}, ["model.neck.fusoin", "fusion"]),
+        ({"model.neck.norm": {"choices": ["bn", "batch"]}}, ["'batch'", "'gn'"]),
+        ({"optim.lr": {"low": 0.1, "high": 0.01}}, ["low=0.1"]),
+        ({"optim.lr": [0.1]}, ["choices"]),
+    ],
+)
 def test_bad_spaces_are_refused_before_training(space, words):
     path = write_sweep(space=space, sampler="tpe", overrides=["data.image_size=128"])
     with pytest.raises(ConfigError) as e:
@@ -143,13 +148,17 @@ def test_a_trial_behind_the_median_is_pruned_on_its_first_seed():
 
     from ablate.study.storage import open_study
 
-    path = write_sweep(n_trials=3, seeds=(0, 1), sampler="random", pruner="median",
-                       overrides=["trainer.max_epochs=4"])
+    path = write_sweep(n_trials=3, seeds=(0, 1), sampler="random", pruner="median", overrides=["trainer.max_epochs=4"])
     study = open_study(load_sweep(path), STORAGE)
     for _ in range(2):  # two finished trials far ahead at every epoch
-        study.add_trial(optuna.trial.create_trial(
-            params={"model.neck.fusion": "sum"}, distributions={"model.neck.fusion": CategoricalDistribution(
-                ["concat", "sum"])}, value=0.99, intermediate_values={e: 0.99 for e in range(4)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"model.neck.fusion": "sum"},
+                distributions={"model.neck.fusion": CategoricalDistribution(["concat", "sum"])},
+                value=0.99,
+                intermediate_values={e: 0.99 for e in range(4)},
+            )
+        )
     assert main([path, "--storage", STORAGE]) == 0
     last = trials()[-1]
     assert last.state == TrialState.PRUNED

@@ -1,4 +1,5 @@
 """`python -m ablate.table` on a real study: every format equals what one computes by hand from the trials."""
+
 import csv
 import io
 import json
@@ -69,7 +70,7 @@ def test_csv_round_trips(study, capsys):
 
 
 def test_markdown_latex_and_html_show_the_same_numbers(study, capsys):
-    for variant, t in study.items():
+    for t in study.values():
         v = t.user_attrs["values"]
         cell = f"{statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}"
         assert cell in table(capsys, "--format", "md", "--no-latency")
@@ -116,31 +117,41 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
 
     doc = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n%s\\end{document}\n"
     (tmp_path / "t.tex").write_text(doc % table(capsys, "--format", "latex", "--no-latency"))
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "t.pdf").stat().st_size > 0
 
 
 def test_the_sweep_end_shows_main_effects_and_interactions_of_the_factorial_model(capsys):
+    from ablate.cli import make_console
     from ablate.results.formats import effects_to_rich
     from ablate.results.stats import factorial_effects
-    from ablate.cli import make_console
 
-    rows = [{"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1}}
-            for (a, b, v0, v1) in [(1, "x", 0.1, 0.2), (1, "y", 0.3, 0.4), (2, "x", 0.5, 0.6), (2, "y", 0.7, 0.9)]]
+    rows = [
+        {"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1}}
+        for (a, b, v0, v1) in [(1, "x", 0.1, 0.2), (1, "y", 0.3, 0.4), (2, "x", 0.5, 0.6), (2, "y", 0.7, 0.9)]
+    ]
     terms = {t["term"]: t for t in factorial_effects(rows)}
     assert set(terms) == {"a", "b", "a × b"}  # 8 runs of a 2×2: room for the interaction
     assert {lv["value"]: lv["mean"] for lv in terms["a"]["levels"]} == pytest.approx(
-        {"1": 0.25, "2": (0.55 + 0.8) / 2})  # level means averaged evenly over b
+        {"1": 0.25, "2": (0.55 + 0.8) / 2}
+    )  # level means averaged evenly over b
     make_console(stderr=False).print(effects_to_rich(list(terms.values())))
     out = capsys.readouterr().out
     assert "a × b" in out and f"{terms['a']['p_value']:.3g}" in out and f"{terms['a']['effect']:.2f}" in out
 
 
 def test_another_metric_uses_each_seeds_last_epoch(study, capsys):
-    rows = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--no-latency",
-                                                      "--metric", "val/pixel_acc"))}
+    rows = {
+        r["variant"]: r
+        for r in json.loads(table(capsys, "--format", "json", "--no-latency", "--metric", "val/pixel_acc"))
+    }
     for variant, t in study.items():
         values = [m["val/pixel_acc"] for m in t.user_attrs["seed_metrics"]]
         assert rows[variant]["mean"] == pytest.approx(statistics.fmean(values))

@@ -1,4 +1,5 @@
 """One run end to end with a real Lightning Trainer: summary, reproducibility, checkpoints, W&B, CLI."""
+
 import json
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def test_miou_ignores_classes_absent_from_prediction_and_target():
 
 def _cfg_dict():
     from ablate.config import to_dict
+
     return to_dict(load_config(None, ["model.neck.out_channels=8", "model.encoder_depth=3"]))
 
 
@@ -64,12 +66,15 @@ def test_degenerate_rates_warn_and_strict_errors(capsys):
         warn_degenerate_rates(load_config(None, ["model.neck.rates=[2,16]", "model.strict=true"]))
 
 
-@pytest.mark.parametrize("extra", [
-    ["data.batch_size=1", "model.neck.norm=gn"],  # batch 1 trains with GroupNorm
-    ["model.head=deeplabv3plus", "model.neck.separable=true", "model.neck.fusion=sum"],
-    ["model.neck={name: ppm, out_channels: 16}", "optim.name=sgd", "optim.schedule=cosine"],
-    ["model.neck={name: identity, out_channels: 16}", "model.output_stride=16", "model.encoder_depth=5"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["data.batch_size=1", "model.neck.norm=gn"],  # batch 1 trains with GroupNorm
+        ["model.head=deeplabv3plus", "model.neck.separable=true", "model.neck.fusion=sum"],
+        ["model.neck={name: ppm, out_channels: 16}", "optim.name=sgd", "optim.schedule=cosine"],
+        ["model.neck={name: identity, out_channels: 16}", "model.output_stride=16", "model.encoder_depth=5"],
+    ],
+)
 def test_variants_train_end_to_end(tiny, extra):
     summary = run(load_config(None, tiny + extra), "out")
     assert summary["val/mIoU"] is not None and summary["epochs"] == 1
@@ -102,8 +107,9 @@ def test_wandb_offline_run_records_config_and_summary_not_argv(tiny, monkeypatch
 def test_cli_help_and_clear_errors_before_training():
     ok = subprocess.run([sys.executable, "-m", "ablate.train", "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--output" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "ablate.train", "model.neck.rates=[6,6]"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "ablate.train", "model.neck.rates=[6,6]"], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "distinct" in bad.stderr and "Traceback" not in bad.stderr
     assert not Path("runs").exists()  # nothing started
 

@@ -1,4 +1,5 @@
 """What each run shows: best-epoch confusion matrix, fixed validation images with masks, config columns, W&B media."""
+
 import json
 from pathlib import Path
 
@@ -51,8 +52,13 @@ def test_palette_is_distinct_and_overlay_leaves_ignored_pixels_alone():
 
 def test_config_columns_are_scalars_with_the_neck_defaults_filled_in():
     aspp = neck_columns({"name": "aspp", "rates": [2, 4, 6], "norm": "none"})
-    assert {k: aspp[k] for k in ("name", "rates", "norm", "fusion", "image_pooling")} == \
-        {"name": "aspp", "rates": "2,4,6", "norm": "none", "fusion": "concat", "image_pooling": True}
+    assert {k: aspp[k] for k in ("name", "rates", "norm", "fusion", "image_pooling")} == {
+        "name": "aspp",
+        "rates": "2,4,6",
+        "norm": "none",
+        "fusion": "concat",
+        "image_pooling": True,
+    }
     assert neck_columns({"name": "ppm"})["bins"] == "1,2,3,6"
     assert all(not isinstance(v, (list, tuple, dict)) for v in aspp.values())
     keys = swept_keys({"row": {"choices": ["a", "b"]}}, {"a": {"model.neck.norm": "none"}, "b": {"optim.lr": 0.01}})
@@ -84,7 +90,8 @@ def test_run_writes_the_best_epochs_confusion_matrix_and_fixed_predictions(tiny)
     iou = class_iou(matrix)
     assert np.nanmean(iou) == pytest.approx(summary["val/mIoU_best"], abs=1e-6)  # the matrix of the best epoch
     assert {k: summary[k] for k in summary if k.startswith("val/IoU_best/")} == pytest.approx(
-        {f"val/IoU_best/{c}": v for c, v in zip(dm.classes, iou) if not np.isnan(v)})
+        {f"val/IoU_best/{c}": v for c, v in zip(dm.classes, iou) if not np.isnan(v)}
+    )
     assert summary["latency_ms"] > 0
     saved = json.loads(Path("a/summary.json").read_text())
     assert saved["latency_ms"] == summary["latency_ms"] and "val/IoU_best/background" in saved

@@ -1,4 +1,5 @@
 """Many workers on one study (SQLite and a real PostgreSQL server), dead workers, and DDP inside a trial."""
+
 import os
 import re
 import signal
@@ -18,13 +19,24 @@ WIDTHS = [8, 10, 12, 14, 16, 18, 20, 22]  # an 8-point grid: every point a diffe
 
 def write_sweep(n_trials, widths=WIDTHS, overrides=(), **study):
     """test_sweep's sweep file, over a grid of neck widths, one seed, study `w`."""
-    return sweep_file(space={"model.neck.out_channels": {"choices": list(widths)}}, n_trials=n_trials, seeds=(0,),
-                      overrides=overrides, name="w", **study)
+    return sweep_file(
+        space={"model.neck.out_channels": {"choices": list(widths)}},
+        n_trials=n_trials,
+        seeds=(0,),
+        overrides=overrides,
+        name="w",
+        **study,
+    )
 
 
 def sweep(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablate.sweep", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablate.sweep", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def study_trials(storage):
@@ -52,8 +64,9 @@ def test_three_workers_on_postgresql_run_exactly_the_total_and_no_grid_point_twi
 
 def test_a_worker_killed_mid_trial_is_rerun_by_another(postgres_url):
     fresh(postgres_url)
-    path = write_sweep(n_trials=3, widths=[8, 12, 16], overrides=["trainer.max_epochs=6"],
-                       heartbeat_interval=1, grace_period=4)
+    path = write_sweep(
+        n_trials=3, widths=[8, 12, 16], overrides=["trainer.max_epochs=6"], heartbeat_interval=1, grace_period=4
+    )
     victim = sweep(path, "--storage", postgres_url, start_new_session=True)
     deadline = time.time() + 300
     while not list(Path("runs/w").glob("t*-s0/hparams.yaml")) and time.time() < deadline:  # its fit has begun
@@ -135,13 +148,19 @@ def test_a_ddp_trial_is_pruned_on_every_rank():
     from ablate.study.space import load_sweep
     from ablate.study.storage import open_study
 
-    path = write_sweep(n_trials=3, widths=[8, 12], overrides=[*DDP, "trainer.max_epochs=4"], sampler="random",
-                       pruner="median")
+    path = write_sweep(
+        n_trials=3, widths=[8, 12], overrides=[*DDP, "trainer.max_epochs=4"], sampler="random", pruner="median"
+    )
     study = open_study(load_sweep(path), "sqlite:///runs/w.db")
     for _ in range(2):  # two finished trials far ahead at every epoch
-        study.add_trial(optuna.trial.create_trial(
-            params={"model.neck.out_channels": 8}, distributions={"model.neck.out_channels": CategoricalDistribution(
-                [8, 12])}, value=0.99, intermediate_values={e: 0.99 for e in range(4)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"model.neck.out_channels": 8},
+                distributions={"model.neck.out_channels": CategoricalDistribution([8, 12])},
+                value=0.99,
+                intermediate_values={e: 0.99 for e in range(4)},
+            )
+        )
     proc = sweep(path, "--storage", "sqlite:///runs/w.db")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out  # both ranks stopped together: no hang, no error

@@ -1,5 +1,6 @@
 """Datamodules by `data.name`; every one exposes `.classes` (names) before training starts, and the `.mean`
 and `.std` its images are normalized with."""
+
 from __future__ import annotations
 
 from ablate.config import ConfigError, RunConfig
@@ -16,7 +17,8 @@ def create_datamodule(cfg: RunConfig):
     dm = ShapesDataModule(cfg.data) if cfg.data.name == "shapes" else FilesDataModule(cfg.data)
     dm.setup("fit")
     if cfg.model.classes is not None and cfg.model.classes != len(dm.classes):
-        raise ConfigError(f"model.classes={cfg.model.classes} but data {cfg.data.name!r} has {len(dm.classes)} "
-                          f"classes ({', '.join(dm.classes)}); set model.classes={len(dm.classes)} or leave it null")
+        raise ConfigError(
+            f"model.classes={cfg.model.classes} but data {cfg.data.name!r} has {len(dm.classes)} "
+            f"classes ({', '.join(dm.classes)}); set model.classes={len(dm.classes)} or leave it null"
+        )
     return dm
-

@@ -1,4 +1,5 @@
 """Datasets read from image/mask files on disk (any layout of `layouts.py`), checked before training."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -49,11 +50,15 @@ def check_pair(image_path: Path, mask_path: Path, layout: Layout) -> str | None:
 def _check_open_pair(image_path: Path, mask_path: Path, layout: Layout) -> str | None:
     with Image.open(image_path) as im, Image.open(mask_path) as m:
         if m.mode not in MASK_MODES:
-            return (f"{mask_path}: mask mode {m.mode!r}; expected a palette (P) or single-channel 8-bit (L) PNG of "
-                    "class ids (an RGB colour mask must be converted to ids first)")
+            return (
+                f"{mask_path}: mask mode {m.mode!r}; expected a palette (P) or single-channel 8-bit (L) PNG of "
+                "class ids (an RGB colour mask must be converted to ids first)"
+            )
         if im.size != m.size:
-            return (f"{mask_path}: mask is {m.size[0]}x{m.size[1]} but its image {image_path.name} is "
-                    f"{im.size[0]}x{im.size[1]}")
+            return (
+                f"{mask_path}: mask is {m.size[0]}x{m.size[1]} but its image {image_path.name} is "
+                f"{im.size[0]}x{im.size[1]}"
+            )
         values = np.flatnonzero(np.bincount(np.asarray(m).ravel(), minlength=256))
     bad = [int(v) for v in values if layout.lut[v] < 0]
     if bad:
@@ -67,8 +72,9 @@ def scan(name: str, root: str, split: str, classes: tuple | None) -> tuple[Layou
     layout = open_layout(name, root, classes)
     pairs = tuple(layout.find(split))
     if not pairs:
-        raise ConfigError(f"data.name={name!r} split {split!r} under {root} has no images; "
-                          "check data.root and the split")
+        raise ConfigError(
+            f"data.name={name!r} split {split!r} under {root} has no images; check data.root and the split"
+        )
     keys = [tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in pair) + (layout.valid,) for pair in pairs]
     todo = [(pair, key) for pair, key in zip(pairs, keys) if key not in CHECKED]
     with ThreadPoolExecutor(max_workers=8) as pool:  # decoding releases the GIL
@@ -83,8 +89,9 @@ def scan(name: str, root: str, split: str, classes: tuple | None) -> tuple[Layou
 def open_layout(name: str, root: str | None, classes: tuple | None) -> Layout:
     """The layout of `data.name` at `data.root`, which must exist."""
     if root is None:
-        raise ConfigError(f"data.name={name!r} reads files: set data.root to the dataset's folder "
-                          f"(see README, 'Your data')")
+        raise ConfigError(
+            f"data.name={name!r} reads files: set data.root to the dataset's folder (see README, 'Your data')"
+        )
     if not Path(root).is_dir():
         raise ConfigError(f"data.root={root!r} is not a folder (data.name={name!r})")
     return LAYOUTS[name](Path(root), classes)
@@ -115,19 +122,30 @@ class FilesDataModule(L.LightningDataModule):
         _, val = scan(c.name, str(c.root), val_split, classes)
         shared = sorted({i.resolve() for i, _ in train} & {i.resolve() for i, _ in val})  # the same files
         if shared:
-            raise ConfigError(f"splits {train_split!r} and {val_split!r} share {len(shared)} image(s) (e.g. "
-                              f"{shared[0]}): validation would measure training images")
+            raise ConfigError(
+                f"splits {train_split!r} and {val_split!r} share {len(shared)} image(s) (e.g. "
+                f"{shared[0]}): validation would measure training images"
+            )
         if len(train) < c.batch_size:
-            raise ConfigError(f"split {train_split!r} has {len(train)} image(s), fewer than data.batch_size="
-                              f"{c.batch_size}: no full training batch; lower data.batch_size")
+            raise ConfigError(
+                f"split {train_split!r} has {len(train)} image(s), fewer than data.batch_size="
+                f"{c.batch_size}: no full training batch; lower data.batch_size"
+            )
         self.classes = layout.classes
         self.train_set = FileSegmentation(list(train), layout.lut, train_transform(c))
         self.val_set = FileSegmentation(list(val), layout.lut, val_transform())
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:  # full-resolution images differ in size: one at a time, unpadded
-        return DataLoader(self.val_set, batch_size=1, num_workers=self.cfg.num_workers,
-                          persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(
+            self.val_set, batch_size=1, num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0
+        )

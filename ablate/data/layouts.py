@@ -1,4 +1,5 @@
 """The standard on-disk layouts of Pascal VOC 2012 (+SBD), Cityscapes, ADE20K and a plain image/mask folder."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,29 +10,203 @@ import numpy as np
 from ablate.config import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 # Cityscapes label ids of the 19 evaluated classes, in train-id order (cityscapesscripts' labels.py)
-CITYSCAPES = {7: "road", 8: "sidewalk", 11: "building", 12: "wall", 13: "fence", 17: "pole", 19: "traffic light",
-              20: "traffic sign", 21: "vegetation", 22: "terrain", 23: "sky", 24: "person", 25: "rider", 26: "car",
-              27: "truck", 28: "bus", 31: "train", 32: "motorcycle", 33: "bicycle"}
+CITYSCAPES = {
+    7: "road",
+    8: "sidewalk",
+    11: "building",
+    12: "wall",
+    13: "fence",
+    17: "pole",
+    19: "traffic light",
+    20: "traffic sign",
+    21: "vegetation",
+    22: "terrain",
+    23: "sky",
+    24: "person",
+    25: "rider",
+    26: "car",
+    27: "truck",
+    28: "bus",
+    31: "train",
+    32: "motorcycle",
+    33: "bicycle",
+}
 ADE20K_CLASSES = (  # SceneParsing objectInfo150, in index order 1..150 (0 = "other", ignored)
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
-    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
-    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel",
-    "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
-    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
-    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
-    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
-    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag")
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +230,10 @@ def identity_lut(num_classes: int) -> np.ndarray:
 def voc(root: Path, classes: tuple[str, ...] | None = None) -> Layout:
     """VOCdevkit/VOC2012: JPEGImages, SegmentationClass (palette PNGs), ImageSets/Segmentation/<split>.txt;
     split `train_aug` (SBD, 10,582 images) reads SegmentationClassAug instead."""
-    base = next((p for p in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root) if (p / "JPEGImages").is_dir()),
-                root / "VOCdevkit" / "VOC2012")
+    base = next(
+        (p for p in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root) if (p / "JPEGImages").is_dir()),
+        root / "VOCdevkit" / "VOC2012",
+    )
 
     def find(split: str) -> list[tuple[Path, Path]]:
         masks = base / ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass")
@@ -64,8 +241,10 @@ def voc(root: Path, classes: tuple[str, ...] | None = None) -> Layout:
         pairs = [(base / "JPEGImages" / f"{s}.jpg", masks / f"{s}.png") for s in read_split_file(listed)]
         missing = [path for pair in pairs for path in pair if not path.is_file()]
         if missing:
-            raise ConfigError(f"{missing[0]} does not exist, but {listed.name} lists it ({len(missing)} missing "
-                              "file(s)); every listed image needs its JPEG and its mask PNG")
+            raise ConfigError(
+                f"{missing[0]} does not exist, but {listed.name} lists it ({len(missing)} missing "
+                "file(s)); every listed image needs its JPEG and its mask PNG"
+            )
         return pairs
 
     return Layout(VOC_CLASSES, identity_lut(21), "0..20 and 255 (boundary)", ("train", "val"), find)
@@ -112,8 +291,9 @@ def folder(root: Path, classes: tuple[str, ...] | None = None) -> Layout:
 
     if len(classes) > 255:
         raise ConfigError(f"{root / 'classes.txt'}: {len(classes)} classes; masks of uint8 ids hold at most 255")
-    return Layout(classes, identity_lut(len(classes)), f"0..{len(classes) - 1} and 255 (ignored)", ("train", "val"),
-                  find)
+    return Layout(
+        classes, identity_lut(len(classes)), f"0..{len(classes) - 1} and 255 (ignored)", ("train", "val"), find
+    )
 
 
 LAYOUTS = {"voc": voc, "cityscapes": cityscapes, "ade20k": ade20k, "folder": folder}
@@ -131,8 +311,10 @@ def read_split_file(path: Path) -> list[str]:
 def read_classes(path: Path) -> tuple[str, ...]:
     """Class names, one per line, blank lines skipped; duplicates are an error."""
     if not path.is_file():
-        raise ConfigError(f"{path} does not exist: write the class names one per line (line k = mask value k), "
-                          "or set data.classes=[background, ...]")
+        raise ConfigError(
+            f"{path} does not exist: write the class names one per line (line k = mask value k), "
+            "or set data.classes=[background, ...]"
+        )
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not names or len(set(names)) < len(names):
         raise ConfigError(f"{path} must list distinct class names, one per line; got {list(names)}")
@@ -157,6 +339,8 @@ def match(images: dict[str, Path], masks: dict[str, Path], image_dir: str, mask_
     for have, lack, where in ((images, masks, mask_dir), (masks, images, image_dir)):
         missing = sorted(set(have) - set(lack))
         if missing:
-            raise ConfigError(f"{have[missing[0]]} has no counterpart in {where} ({len(missing)} such file(s): "
-                              f"{', '.join(missing[:5])}); every image needs a mask of the same name and vice versa")
+            raise ConfigError(
+                f"{have[missing[0]]} has no counterpart in {where} ({len(missing)} such file(s): "
+                f"{', '.join(missing[:5])}); every image needs a mask of the same name and vice versa"
+            )
     return [(images[s], masks[s]) for s in sorted(images)]

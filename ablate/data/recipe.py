@@ -1,4 +1,5 @@
 """The DeepLab training recipe (Chen et al. 2017, DeepLabv3 Sec. 4): scale, crop with padding, flip; torchvision v2."""
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,10 @@ class RandomScale(v2.Transform):
 
 def to_normalized() -> list:
     """uint8 image -> float in [0, 1] -> ImageNet-normalized; the mask stays as it is."""
-    return [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return [
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
 
 
 def train_transform(data_cfg) -> v2.Compose:
@@ -41,8 +44,11 @@ def train_transform(data_cfg) -> v2.Compose:
         j = data_cfg.jitter
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
     steps += to_normalized()
-    steps.append(v2.RandomCrop(data_cfg.image_size, pad_if_needed=True,
-                               fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}))
+    steps.append(
+        v2.RandomCrop(
+            data_cfg.image_size, pad_if_needed=True, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}
+        )
+    )
     if data_cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
@@ -59,12 +65,12 @@ def sliding_logits(forward, x: torch.Tensor, window: int, stride: int) -> torch.
     total = count = None
     for top in _starts(h, window, stride):
         for left in _starts(w, window, stride):
-            tile = forward(x[..., top:top + window, left:left + window])  # (B, K, <=window, <=window)
+            tile = forward(x[..., top : top + window, left : left + window])  # (B, K, <=window, <=window)
             if total is None:
                 total = x.new_zeros(x.shape[0], tile.shape[1], h, w)
                 count = x.new_zeros(1, 1, h, w)
-            total[..., top:top + window, left:left + window] += tile
-            count[..., top:top + window, left:left + window] += 1
+            total[..., top : top + window, left : left + window] += tile
+            count[..., top : top + window, left : left + window] += 1
     return total / count
 
 

@@ -1,4 +1,5 @@
 """Synthetic shapes whose class needs context: shape (needs a receptive field) x scene (needs global pooling)."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -54,12 +55,12 @@ def _draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray] 
             y0, y1 = max(int(cy - clear), 0), min(int(cy + clear) + 2, size)
             x0, x1 = max(int(cx - clear), 0), min(int(cx + clear) + 2, size)
             d2 = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2
-            if not occupied[y0:y1, x0:x1][d2 <= clear ** 2].any():
+            if not occupied[y0:y1, x0:x1][d2 <= clear**2].any():
                 break
         else:
             return None
-        image[:, y0:y1, x0:x1][:, d2 <= radius ** 2] = MARKER_RGB[colour][:, None]
-        occupied[y0:y1, x0:x1] |= d2 <= clear ** 2
+        image[:, y0:y1, x0:x1][:, d2 <= radius**2] = MARKER_RGB[colour][:, None]
+        occupied[y0:y1, x0:x1] |= d2 <= clear**2
     image += rng.normal(0, 0.04, size=image.shape).astype(np.float32)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
 
@@ -67,7 +68,7 @@ def _draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray] 
 def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """Inside test on coordinates normalized by the radius; the three shapes have about equal area."""
     if shape == "disk":
-        return dy ** 2 + dx ** 2 <= 1.0
+        return dy**2 + dx**2 <= 1.0
     if shape == "square":
         return np.maximum(np.abs(dy), np.abs(dx)) <= 0.886
     return np.abs(dy) + np.abs(dx) <= 1.253  # diamond
@@ -117,7 +118,7 @@ class DeviceBatches:
             order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
         order = order.to(self.images.device)
         for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield (self.images[index].float() / 255 - MEAN) / STD, self.masks[index].long()  # (B, 3, S, S), (B, S, S)
 
 
@@ -144,21 +145,34 @@ class ShapesDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.cfg.on_device:
             return self._on_device(self.train_set, shuffle=True, drop_last=True)
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
         if self.cfg.on_device:
             return self._on_device(self.val_set, shuffle=False, drop_last=False)
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                          persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.cfg.batch_size,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
 
     def _on_device(self, data: TensorSegmentation, *, shuffle: bool, drop_last: bool) -> DeviceBatches:
         """`data.on_device`: the split moved once to the trainer's device (the CPU outside a Trainer)."""
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
-            raise ConfigError(f"data.on_device=true trains on one device; this run has {trainer.world_size} "
-                              "(trainer.devices): set data.on_device=false, whose sampler shards the data")
+            raise ConfigError(
+                f"data.on_device=true trains on one device; this run has {trainer.world_size} "
+                "(trainer.devices): set data.on_device=false, whose sampler shards the data"
+            )
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        return DeviceBatches(data.images.to(device), data.masks.to(device), self.cfg.batch_size, shuffle=shuffle,
-                             drop_last=drop_last)
+        return DeviceBatches(
+            data.images.to(device), data.masks.to(device), self.cfg.batch_size, shuffle=shuffle, drop_last=drop_last
+        )

@@ -1,4 +1,5 @@
 """ASPP, atrous spatial pyramid pooling (DeepLabv3, Chen et al. 2017; DeepLabv3+, 2018), every axis an option."""
+
 from __future__ import annotations
 
 import math
@@ -59,12 +60,29 @@ class ASPP(nn.Module):
         act: activation after each norm; act=none with norm=none is the seed article's linear ASPP.
     """
 
-    def __init__(self, in_channels: int, *, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18),
-                 norm: Norm = "bn", fusion: Fusion = "concat", image_pooling: bool = True, separable: bool = False,
-                 dropout: float = 0.1, act: Act = "relu"):
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        out_channels: int = 256,
+        rates: Sequence[int] = (6, 12, 18),
+        norm: Norm = "bn",
+        fusion: Fusion = "concat",
+        image_pooling: bool = True,
+        separable: bool = False,
+        dropout: float = 0.1,
+        act: Act = "relu",
+    ):
         super().__init__()
-        _check_options(out_channels=out_channels, norm=norm, fusion=fusion, act=act, image_pooling=image_pooling,
-                       separable=separable, dropout=dropout)
+        _check_options(
+            out_channels=out_channels,
+            norm=norm,
+            fusion=fusion,
+            act=act,
+            image_pooling=image_pooling,
+            separable=separable,
+            dropout=dropout,
+        )
         self.out_channels, self.rates, self.fusion = out_channels, check_rates(rates), fusion
         bias = norm == "none"  # conv bias exactly when there is no norm
 
@@ -77,8 +95,9 @@ class ASPP(nn.Module):
         if image_pooling:  # GroupNorm of a 1x1 map only sees a group's few channels: use a biased conv instead
             pool_norm = "none" if norm == "gn" else norm
             pool_conv = nn.Conv2d(in_channels, out_channels, 1, bias=pool_norm == "none")
-            self.convs.append(ImagePooling(nn.AdaptiveAvgPool2d(1),
-                                           *conv_norm_act(pool_conv, out_channels, pool_norm, act)))
+            self.convs.append(
+                ImagePooling(nn.AdaptiveAvgPool2d(1), *conv_norm_act(pool_conv, out_channels, pool_norm, act))
+            )
         fused = out_channels * len(self.convs) if fusion == "concat" else out_channels
         project = conv_norm_act(nn.Conv2d(fused, out_channels, 1, bias=bias), out_channels, norm, act)
         self.project = nn.Sequential(*project, nn.Dropout(float(dropout)))
@@ -124,9 +143,13 @@ def check_choice(neck: str, name: str, value, choices) -> None:
 
 
 def _check_options(*, out_channels, norm, fusion, act, image_pooling, separable, dropout) -> None:
-    for name, value, choices in (("norm", norm, NORMS), ("fusion", fusion, FUSIONS), ("act", act, ACTS),
-                                 ("image_pooling", image_pooling, (True, False)),
-                                 ("separable", separable, (True, False))):
+    for name, value, choices in (
+        ("norm", norm, NORMS),
+        ("fusion", fusion, FUSIONS),
+        ("act", act, ACTS),
+        ("image_pooling", image_pooling, (True, False)),
+        ("separable", separable, (True, False)),
+    ):
         check_choice("aspp", name, value, choices)
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"aspp out_channels must be a positive integer; got {out_channels!r}")

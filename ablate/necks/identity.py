@@ -1,4 +1,5 @@
 """The no-context baseline: a 1x1 projection (conv + norm + ReLU), no spatial context added."""
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -18,8 +19,9 @@ class Identity(nn.Sequential):
 
     def __init__(self, in_channels: int, *, out_channels: int = 256, norm: Norm = "bn"):
         check_choice("identity", "norm", norm, NORMS)
-        super().__init__(*conv_norm_act(nn.Conv2d(in_channels, out_channels, 1, bias=norm == "none"),
-                                        out_channels, norm, "relu"))
+        super().__init__(
+            *conv_norm_act(nn.Conv2d(in_channels, out_channels, 1, bias=norm == "none"), out_channels, norm, "relu")
+        )
         self.out_channels = out_channels
 
 

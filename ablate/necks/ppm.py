@@ -1,4 +1,5 @@
 """PPM, the pyramid pooling module of PSPNet (Zhao et al. 2017): pooled context at several grid sizes."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,16 +22,20 @@ class PPM(nn.Module):
         norm: norm after each conv: BatchNorm, GroupNorm or none (then the convs have a bias).
     """
 
-    def __init__(self, in_channels: int, *, out_channels: int = 256, bins: Sequence[int] = (1, 2, 3, 6),
-                 norm: Norm = "bn"):
+    def __init__(
+        self, in_channels: int, *, out_channels: int = 256, bins: Sequence[int] = (1, 2, 3, 6), norm: Norm = "bn"
+    ):
         super().__init__()
         bins = _check(in_channels, bins, norm)
         self.out_channels = out_channels
         width, bias = in_channels // len(bins), norm == "none"
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), *conv_norm_act(nn.Conv2d(in_channels, width, 1, bias=bias),
-                                                                  width, norm, "relu"))
-            for b in bins)
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                *conv_norm_act(nn.Conv2d(in_channels, width, 1, bias=bias), width, norm, "relu"),
+            )
+            for b in bins
+        )
         fuse = nn.Conv2d(in_channels + width * len(bins), out_channels, 3, padding=1, bias=bias)
         self.bottleneck = nn.Sequential(*conv_norm_act(fuse, out_channels, norm, "relu"))
 

@@ -1,4 +1,5 @@
 """The neck registry: a dict plus a bare decorator keyed by the factory's name (timm style)."""
+
 from __future__ import annotations
 
 import inspect
@@ -9,8 +10,10 @@ import torch.nn as nn
 from ablate.errors import did_you_mean
 
 _NECKS: dict[str, Callable[..., nn.Module]] = {}
-_HOW = ("write it as `def {name}(in_channels, out_channels=256, ...)`: the input width first, then each option "
-        "with its default (or `def {name}(in_channels, **options) -> NeckClass` to take NeckClass's options)")
+_HOW = (
+    "write it as `def {name}(in_channels, out_channels=256, ...)`: the input width first, then each option "
+    "with its default (or `def {name}(in_channels, **options) -> NeckClass` to take NeckClass's options)"
+)
 
 
 def register_neck(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -54,16 +57,22 @@ def create_neck(name: str, in_channels: int, **options) -> nn.Module:
 def _options_of(factory: Callable, name: str) -> dict[str, object]:
     """The keyword options of `factory` after its `in_channels`; a factory that cannot be called so is refused."""
     params = list(_signature(factory, name).parameters.values())
-    if not params or params[0].name != "in_channels" or params[0].kind not in (
-            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        raise TypeError(f"neck {name!r}: the first parameter must be `in_channels` (the input width); "
-                        + _HOW.format(name=name))
+    if (
+        not params
+        or params[0].name != "in_channels"
+        or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ):
+        raise TypeError(
+            f"neck {name!r}: the first parameter must be `in_channels` (the input width); " + _HOW.format(name=name)
+        )
     if params[-1].kind is inspect.Parameter.VAR_KEYWORD:
         return _options_of(_returned_class(factory, name, params), name)
     for p in params[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.default is p.empty:
-            raise TypeError(f"neck {name!r}: option {p.name!r} must be a keyword parameter with a default; "
-                            + _HOW.format(name=name))
+            raise TypeError(
+                f"neck {name!r}: option {p.name!r} must be a keyword parameter with a default; "
+                + _HOW.format(name=name)
+            )
     return {p.name: p.default for p in params[1:]}
 
 
@@ -80,17 +89,20 @@ def _returned_class(factory: Callable, name: str, params: list[inspect.Parameter
         returned = inspect.signature(factory, eval_str=True).return_annotation
     except (NameError, TypeError, SyntaxError):
         returned = None
-    if inspect.isclass(factory) or len(params) != 2 or not (
-            inspect.isclass(returned) and issubclass(returned, nn.Module) and returned is not nn.Module):
-        raise TypeError(f"neck {name!r} takes **kwargs, so its options cannot be listed or checked; "
-                        + _HOW.format(name=name))
+    if (
+        inspect.isclass(factory)
+        or len(params) != 2
+        or not (inspect.isclass(returned) and issubclass(returned, nn.Module) and returned is not nn.Module)
+    ):
+        raise TypeError(
+            f"neck {name!r} takes **kwargs, so its options cannot be listed or checked; " + _HOW.format(name=name)
+        )
     return returned
 
 
 def _get(name: str) -> Callable[..., nn.Module]:
     if name not in _NECKS:
-        raise ValueError(f"unknown neck {name!r}{_closest(name, _NECKS)}; "
-                         f"registered necks: {', '.join(list_necks())}")
+        raise ValueError(f"unknown neck {name!r}{_closest(name, _NECKS)}; registered necks: {', '.join(list_necks())}")
     return _NECKS[name]
 
 

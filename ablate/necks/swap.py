@@ -1,4 +1,5 @@
 """Swap the neck of a model that hard-codes it (smp DeepLabV3Plus, torchvision deeplabv3_resnet50, ...)."""
+
 from __future__ import annotations
 
 import difflib
@@ -11,8 +12,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 PROBE = 16  # side of the (2, C_in, 16, 16) feature map both modules are run on to compare their outputs
 
 
-def swap_neck(model: nn.Module, path: str, neck: str | Callable[..., nn.Module], *, in_channels: int | None = None,
-              **options) -> nn.Module:
+def swap_neck(
+    model: nn.Module, path: str, neck: str | Callable[..., nn.Module], *, in_channels: int | None = None, **options
+) -> nn.Module:
     """Replace `model`'s submodule at dotted `path` (e.g. "classifier.0") by a neck, in place; returns `model`.
 
     `neck` is a registered name, built by `create_neck(neck, in_channels, **options)`, or a callable
@@ -48,15 +50,19 @@ def find_submodule(model: nn.Module, path: str) -> nn.Module:
         parts = path.split(".")
         prefix = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in modules), "")
         near = [n for n in names if n.rpartition(".")[0] == prefix][:12]
-    raise ValueError(f"{type(model).__name__} has no submodule {path!r}; nearest valid paths: {', '.join(near)} "
-                     "(print(model) shows them all)")
+    raise ValueError(
+        f"{type(model).__name__} has no submodule {path!r}; nearest valid paths: {', '.join(near)} "
+        "(print(model) shows them all)"
+    )
 
 
 def _first_conv_in_channels(module: nn.Module, path: str) -> int:
     conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise ValueError(f"the module at {path!r} ({type(module).__name__}) has no Conv2d to read its input "
-                         "width from; pass in_channels=...")
+        raise ValueError(
+            f"the module at {path!r} ({type(module).__name__}) has no Conv2d to read its input "
+            "width from; pass in_channels=..."
+        )
     return conv.in_channels
 
 
@@ -74,21 +80,33 @@ def _output_shape(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
 
 
 def _check_fits(path: str, old: nn.Module, new: nn.Module, c_in: int, like: torch.Tensor | None) -> None:
-    x = torch.randn(2, c_in, PROBE, PROBE, device=like.device if like is not None else None,
-                    dtype=like.dtype if like is not None else None)  # (B, C_in, H, W)
+    x = torch.randn(
+        2,
+        c_in,
+        PROBE,
+        PROBE,
+        device=like.device if like is not None else None,
+        dtype=like.dtype if like is not None else None,
+    )  # (B, C_in, H, W)
     try:
         want = _output_shape(old, x)
     except Exception as e:
-        raise ValueError(f"cannot run the module at {path!r} ({type(old).__name__}) on a (2, {c_in}, {PROBE}, "
-                         f"{PROBE}) feature map ({e}); swap_neck replaces a module that maps (B, C_in, H, W) to "
-                         f"(B, C_out, H', W'); if its input width is not {c_in}, pass in_channels=...") from e
+        raise ValueError(
+            f"cannot run the module at {path!r} ({type(old).__name__}) on a (2, {c_in}, {PROBE}, "
+            f"{PROBE}) feature map ({e}); swap_neck replaces a module that maps (B, C_in, H, W) to "
+            f"(B, C_out, H', W'); if its input width is not {c_in}, pass in_channels=..."
+        ) from e
     got = _output_shape(new, x)
     if got[1] != want[1]:
-        raise ValueError(f"the new neck at {path!r} gives {got[1]} channels, but the module it replaces gave "
-                         f"{want[1]}, which is what follows expects; set the neck's out_channels={want[1]}")
+        raise ValueError(
+            f"the new neck at {path!r} gives {got[1]} channels, but the module it replaces gave "
+            f"{want[1]}, which is what follows expects; set the neck's out_channels={want[1]}"
+        )
     if got[2:] != want[2:]:
-        raise ValueError(f"the new neck at {path!r} gives a {got[2]}x{got[3]} map from {PROBE}x{PROBE}, but the "
-                         f"module it replaces gave {want[2]}x{want[3]}, which is what follows expects")
+        raise ValueError(
+            f"the new neck at {path!r} gives a {got[2]}x{got[3]} map from {PROBE}x{PROBE}, but the "
+            f"module it replaces gave {want[2]}x{want[3]}, which is what follows expects"
+        )
 
 
 class SwapNeck(Callback):
@@ -112,8 +130,10 @@ class SwapNeck(Callback):
         try:
             current = find_submodule(pl_module, self.path)
         except ValueError as e:
-            raise ValueError(f"SwapNeck: {e}. SwapNeck runs at setup(), before configure_model(): for a module "
-                             "built there, call ablate.necks.swap_neck in configure_model() instead") from None
+            raise ValueError(
+                f"SwapNeck: {e}. SwapNeck runs at setup(), before configure_model(): for a module "
+                "built there, call ablate.necks.swap_neck in configure_model() instead"
+            ) from None
         if current is not self._swapped:
             swap_neck(pl_module, self.path, self.neck)
             self._swapped = pl_module.get_submodule(self.path)

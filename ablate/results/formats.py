@@ -1,4 +1,5 @@
 """Table output: markdown, LaTeX (booktabs), CSV, JSON, HTML and the terminal (rich)."""
+
 from __future__ import annotations
 
 import csv
@@ -7,16 +8,35 @@ import io
 import json
 
 FORMATS = ("md", "latex", "csv", "json", "html")
-COLUMNS = ("variant", "n", "mean", "std", "delta", "ci_low", "ci_high", "boot_low", "boot_high", "test", "p_value",
-           "p_adjusted", "p_equivalence", "verdict", "seeds_needed", "params/neck", "params/total", "gflops",
-           "latency_ms", "status", "seeds")
+COLUMNS = (
+    "variant",
+    "n",
+    "mean",
+    "std",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "boot_low",
+    "boot_high",
+    "test",
+    "p_value",
+    "p_adjusted",
+    "p_equivalence",
+    "verdict",
+    "seeds_needed",
+    "params/neck",
+    "params/total",
+    "gflops",
+    "latency_ms",
+    "status",
+    "seeds",
+)
 MARKS = {"better": "▲ better", "worse": "▼ worse", "equivalent": "≈ equivalent", "undecided": "? undecided"}
 
 
 def settings(variant: str) -> dict[str, str]:
     """'a=1 b=x' -> {'a': '1', 'b': 'x'}."""
     return dict(s.partition("=")[::2] for s in variant.split(" ") if s)
-
 
 
 def fmt_mean_std(row: dict, scale: float = 1.0) -> str:
@@ -50,9 +70,11 @@ def verdict_note(alpha: float = 0.05, margin: float | None = None, looks: list |
     level = f"{100 * (1 - 2 * alpha):.3g} %"
     sequential = f" (α per look of --until-decided, {looks[0]} to {looks[1]} seeds)" if looks else ""
     equivalent = f"; ≈ equivalent: the {level} CI of Δ inside ±{margin:g} points (TOST)" if margin else ""
-    return (f"Δ vs the baseline in points with its {level} CI; paired t-test when the rows share seeds, else Welch; "
-            f"▲ better / ▼ worse: Holm-adjusted p < {alpha:.3g}{sequential}{equivalent}; ? undecided: not yet "
-            "(~k: seeds per variant that would decide with 80 % probability at the observed Δ and spread)")
+    return (
+        f"Δ vs the baseline in points with its {level} CI; paired t-test when the rows share seeds, else Welch; "
+        f"▲ better / ▼ worse: Holm-adjusted p < {alpha:.3g}{sequential}{equivalent}; ? undecided: not yet "
+        "(~k: seeds per variant that would decide with 80 % probability at the observed Δ and spread)"
+    )
 
 
 def _opt(value, spec: str) -> str:
@@ -63,15 +85,39 @@ def _opt(value, spec: str) -> str:
 def _cells(r: dict, keys: list[str], metric: str) -> list[str]:
     s = settings(r["variant"])
     lat = "" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f}"
-    return [*(s.get(k, "") for k in keys), fmt_mean_std(r), str(r["n"]), fmt_delta(r), _opt(r.get("p_value"), ".3g"),
-            _opt(r.get("p_adjusted"), ".3g"), r.get("test") or "", fmt_verdict(r),
-            _opt(r.get("params/neck"), ","), _opt(r.get("params/total"), ","), _opt(r.get("gflops"), ".2f"), lat,
-            r["status"]]
+    return [
+        *(s.get(k, "") for k in keys),
+        fmt_mean_std(r),
+        str(r["n"]),
+        fmt_delta(r),
+        _opt(r.get("p_value"), ".3g"),
+        _opt(r.get("p_adjusted"), ".3g"),
+        r.get("test") or "",
+        fmt_verdict(r),
+        _opt(r.get("params/neck"), ","),
+        _opt(r.get("params/total"), ","),
+        _opt(r.get("gflops"), ".2f"),
+        lat,
+        r["status"],
+    ]
 
 
 def _header(keys: list[str], metric: str, alpha: float) -> list[str]:
-    return [*keys, f"{metric} (mean ± std)", "n", f"Δ (points) [{100 * (1 - 2 * alpha):.3g} % CI]", "p", "p (Holm)",
-            "test", "verdict", "neck params", "total params", "GFLOPs", "latency (ms)", "status"]
+    return [
+        *keys,
+        f"{metric} (mean ± std)",
+        "n",
+        f"Δ (points) [{100 * (1 - 2 * alpha):.3g} % CI]",
+        "p",
+        "p (Holm)",
+        "test",
+        "verdict",
+        "neck params",
+        "total params",
+        "GFLOPs",
+        "latency (ms)",
+        "status",
+    ]
 
 
 def varied_keys(rows: list[dict]) -> list[str]:
@@ -94,8 +140,12 @@ def render(rows: list[dict], fmt: str, metric: str = "val/mIoU", alpha: float = 
         writer.writerow([*keys, *COLUMNS])
         for r in rows:
             s = settings(r["variant"])
-            writer.writerow([*(s.get(k, "") for k in keys),
-                             *(json.dumps(r["seeds"]) if c == "seeds" else r.get(c) for c in COLUMNS)])
+            writer.writerow(
+                [
+                    *(s.get(k, "") for k in keys),
+                    *(json.dumps(r["seeds"]) if c == "seeds" else r.get(c) for c in COLUMNS),
+                ]
+            )
         return out.getvalue()
     header, body = _header(keys, metric, alpha), [_cells(r, keys, metric) for r in rows]
     if fmt == "md":
@@ -111,14 +161,28 @@ def render(rows: list[dict], fmt: str, metric: str = "val/mIoU", alpha: float = 
 
 def _latex(header: list[str], body: list[list[str]], keys: int) -> str:
     def esc(text: str) -> str:
-        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                     ("~", r"$\sim$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("▲", r"$\uparrow$"),
-                     ("▼", r"$\downarrow$"), ("≈", r"$\approx$")):
+        for a, b in (
+            ("\\", r"\textbackslash{}"),
+            ("_", r"\_"),
+            ("%", r"\%"),
+            ("&", r"\&"),
+            ("#", r"\#"),
+            ("~", r"$\sim$"),
+            ("±", r"$\pm$"),
+            ("Δ", r"$\Delta$"),
+            ("▲", r"$\uparrow$"),
+            ("▼", r"$\downarrow$"),
+            ("≈", r"$\approx$"),
+        ):
             text = text.replace(a, b)
         return text
 
-    lines = [r"\begin{tabular}{" + "l" * keys + "rrrrrllrrrrl}", r"\toprule",
-             " & ".join(map(esc, header)) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{tabular}{" + "l" * keys + "rrrrrllrrrrl}",
+        r"\toprule",
+        " & ".join(map(esc, header)) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(map(esc, row)) + r" \\" for row in body]
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
@@ -140,13 +204,31 @@ def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
 
     prefix = common_prefix([r["variant"] for r in rows])
     table = Table(title=title, caption=f"settings under {prefix}" if prefix else None)
-    for col in ("variant", f"{metric} mean ± std", "n", "Δ [CI]", "p (Holm)", "verdict", "status", "neck params",
-                "GFLOPs"):
+    for col in (
+        "variant",
+        f"{metric} mean ± std",
+        "n",
+        "Δ [CI]",
+        "p (Holm)",
+        "verdict",
+        "status",
+        "neck params",
+        "GFLOPs",
+    ):
         table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
     for r in rows:
         variant = "\n".join(setting.removeprefix(prefix) for setting in r["variant"].split(" "))
-        table.add_row(variant, fmt_mean_std(r), str(r["n"]), fmt_delta(r), _opt(r.get("p_adjusted"), ".3g"),
-                      fmt_verdict(r), r["status"], _opt(r.get("params/neck"), ","), _opt(r.get("gflops"), ".2f"))
+        table.add_row(
+            variant,
+            fmt_mean_std(r),
+            str(r["n"]),
+            fmt_delta(r),
+            _opt(r.get("p_adjusted"), ".3g"),
+            fmt_verdict(r),
+            r["status"],
+            _opt(r.get("params/neck"), ","),
+            _opt(r.get("gflops"), ".2f"),
+        )
     return table
 
 
@@ -170,6 +252,7 @@ def effects_to_rich(effects: list[dict], metric: str = "val/mIoU"):
     for col in ("term", "df", "F", "p", "effect (points)", "level means"):
         table.add_column(col, justify="left" if col in ("term", "level means") else "right", overflow="fold")
     for e in effects:
-        table.add_row(e["term"], str(e["df"]), _opt(e["F"], ".3g"), _opt(e["p_value"], ".3g"), f"{e['effect']:.2f}",
-                      fmt_levels(e))
+        table.add_row(
+            e["term"], str(e["df"]), _opt(e["F"], ".3g"), _opt(e["p_value"], ".3g"), f"{e['effect']:.2f}", fmt_levels(e)
+        )
     return table

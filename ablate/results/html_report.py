@@ -1,5 +1,6 @@
 """One self-contained HTML report of a study (plotly.js inline, no network): table, plots, receptive fields,
 predictions."""
+
 from __future__ import annotations
 
 import base64
@@ -15,11 +16,13 @@ from ablate.results.formats import EFFECTS_NOTE, common_prefix, fmt_levels, rend
 from ablate.results.rows import study_objective
 from ablate.results.verdict_plots import forest_figure, strip_figure
 
-STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}p.note{color:#8a4b00}"
-         "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}"
-         "img.erf{width:128px;height:128px}figure.erf{width:140px;font-size:11px;margin:0 8px 8px 0}")
+STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:1400px}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}p.note{color:#8a4b00}"
+    "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}"
+    "img.erf{width:128px;height:128px}figure.erf{width:140px;font-size:11px;margin:0 8px 8px 0}"
+)
 
 
 def run_folders(runs: Path, study: str, rows: list[dict]) -> dict[str, list[dict]]:
@@ -40,7 +43,7 @@ def class_ious(runs: list[dict]) -> tuple[dict[str, float], str]:
     """Per-class IoU of a variant at the best epoch, else (older runs) the last epoch: each class averaged over the
     runs that have it (a class absent from a run's predictions and targets has no IoU there)."""
     for prefix, when in (("val/IoU_best/", "best epoch"), ("val/IoU/", "last epoch")):
-        per_run = [{k[len(prefix):]: v for k, v in r["summary"].items() if k.startswith(prefix)} for r in runs]
+        per_run = [{k[len(prefix) :]: v for k, v in r["summary"].items() if k.startswith(prefix)} for r in runs]
         classes = list(dict.fromkeys(c for p in per_run for c in p))  # first seen first
         if classes:
             return {c: statistics.fmean(p[c] for p in per_run if c in p) for c in classes}, when
@@ -67,7 +70,10 @@ def optuna_figures(study: optuna.Study) -> list[tuple[str, str, object]]:
     if len(varied) < 2 or caught or flat:
         why = "; ".join(str(w.message) for w in caught) or (
             f"its evaluator gives every setting the same share (1/{len(shares)}) on {len(done)} trials; "
-            "see the main effects above" if flat else f"{len(varied)} swept setting(s) varied, 2 needed")
+            "see the main effects above"
+            if flat
+            else f"{len(varied)} swept setting(s) varied, 2 needed"
+        )
         out.append(("importances", "Parameter importances", f"Optuna cannot rank the settings of this study: {why}"))
     else:
         out.append(("importances", "Parameter importances", plot_param_importances(study)))
@@ -85,10 +91,18 @@ def cost_figure(rows: list[dict], labels: dict[str, str], metric: str = "val/mIo
     done = [r for r in rows if r["mean"] is not None]
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} vs neck parameters", f"{metric} vs GFLOPs"))
     for col, key in ((1, "params/neck"), (2, "gflops")):
-        fig.add_scatter(x=[r.get(key) for r in done], y=[r["mean"] for r in done], mode="markers+text",
-                        error_y={"type": "data", "array": [r["std"] or 0 for r in done]},
-                        text=[labels[r["variant"]] for r in done], textposition="top center", cliponaxis=False,
-                        showlegend=False, row=1, col=col)
+        fig.add_scatter(
+            x=[r.get(key) for r in done],
+            y=[r["mean"] for r in done],
+            mode="markers+text",
+            error_y={"type": "data", "array": [r["std"] or 0 for r in done]},
+            text=[labels[r["variant"]] for r in done],
+            textposition="top center",
+            cliponaxis=False,
+            showlegend=False,
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text=key, row=1, col=col)
     fig.update_yaxes(title_text=f"{metric} (mean ± std over seeds)")
     return fig.update_layout(height=450)
@@ -105,12 +119,22 @@ def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str,
     classes = list(dict.fromkeys(c for v in shown for c in per_variant[v][0]))  # one a variant lacks: a gap
     z = [[per_variant[v][0].get(c) for c in classes] for v in shown]
     when = sorted({per_variant[v][1] for v in shown})
-    fig = go.Figure(go.Heatmap(z=z, x=classes, y=[labels[v] for v in shown], zmin=0, zmax=1, colorscale="Viridis",
-                               text=[[f"{x:.2f}" if x is not None else "" for x in zs] for zs in z],
-                               texttemplate="%{text}"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=classes,
+            y=[labels[v] for v in shown],
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            text=[[f"{x:.2f}" if x is not None else "" for x in zs] for zs in z],
+            texttemplate="%{text}",
+        )
+    )
     fig.update_yaxes(autorange="reversed")
-    return fig.update_layout(title=f"IoU per class at the {' / '.join(when)}, mean over seeds",
-                             height=180 + 40 * len(shown))
+    return fig.update_layout(
+        title=f"IoU per class at the {' / '.join(when)}, mean over seeds", height=180 + 40 * len(shown)
+    )
 
 
 def receptive_field_section(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]) -> str:
@@ -128,16 +152,26 @@ def receptive_field_section(rows: list[dict], runs: dict[str, list[dict]], label
                 n[key] = statistics.fmean(values)
     keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
     if not keys:
-        return note("no variant has ablate's own run config to compute receptive fields from (a LightningCLI "
-                    "study's model belongs to its project)")
+        return note(
+            "no variant has ablate's own run config to compute receptive fields from (a LightningCLI "
+            "study's model belongs to its project)"
+        )
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys])
-    body = "".join("<tr><td>" + html.escape(labels[v]) + "</td>" + "".join(
-        f"<td>{n[k]:.4g}</td>" if k in n else "<td></td>" for k in keys) + "</tr>" for v, n in numbers.items())
+    body = "".join(
+        "<tr><td>"
+        + html.escape(labels[v])
+        + "</td>"
+        + "".join(f"<td>{n[k]:.4g}</td>" if k in n else "<td></td>" for k in keys)
+        + "</tr>"
+        for v, n in numbers.items()
+    )
     images = [erf_image(runs[v], labels[v]) for v in numbers]
     gallery = "".join(images) if any(images) else note("no run folder has erf.png")
-    return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<p>Effective receptive field of each variant's final model (lowest seed; the centre pixel's gradient "
-            f"on the first validation images):</p>{gallery}")
+    return (
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p>Effective receptive field of each variant's final model (lowest seed; the centre pixel's gradient "
+        f"on the first validation images):</p>{gallery}"
+    )
 
 
 def erf_image(runs: list[dict], label: str) -> str:
@@ -146,8 +180,10 @@ def erf_image(runs: list[dict], label: str) -> str:
         png = run["folder"] / "erf.png"
         if png.is_file():
             data = base64.b64encode(png.read_bytes()).decode()
-            return (f'<figure class="erf"><img class="erf" alt="ERF" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(label)}</figcaption></figure>")
+            return (
+                f'<figure class="erf"><img class="erf" alt="ERF" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(label)}</figcaption></figure>"
+            )
     return ""
 
 
@@ -158,8 +194,10 @@ def predictions(row: dict, runs: list[dict], role: str, label: str) -> str:
         if png.is_file():
             data = base64.b64encode(png.read_bytes()).decode()
             caption = f"{role}: {label} ({run['name']}, val/mIoU_best {run['summary'].get('val/mIoU_best', 0):.4f})"
-            return (f'<figure><figcaption>{html.escape(caption)}</figcaption>'
-                    f'<img alt="{html.escape(role)} predictions" src="data:image/png;base64,{data}"></figure>')
+            return (
+                f"<figure><figcaption>{html.escape(caption)}</figcaption>"
+                f'<img alt="{html.escape(role)} predictions" src="data:image/png;base64,{data}"></figure>'
+            )
     return note(f"{role} ({label}): no run folder has predictions.png")
 
 
@@ -171,12 +209,17 @@ def effects_table(rows: list[dict], metric: str = "val/mIoU") -> str:
     if not effects:
         return note("one swept setting, or runs that cannot estimate a model: the comparison table is its effect")
     cell = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
-    body = "".join(f"<tr><td>{html.escape(e['term'])}</td><td>{e['df']}</td><td>{cell(e['F'], '.3g')}</td>"
-                   f"<td>{cell(e['p_value'], '.3g')}</td><td>{e['effect']:.2f}</td>"
-                   f"<td>{html.escape(fmt_levels(e))}</td></tr>" for e in effects)
-    return (f"<table><thead><tr><th>term ({html.escape(metric)})</th><th>df</th><th>F</th><th>p</th>"
-            f"<th>effect (points)</th><th>level means</th></tr></thead><tbody>{body}</tbody></table>"
-            f"<p>{html.escape(EFFECTS_NOTE)}</p>")
+    body = "".join(
+        f"<tr><td>{html.escape(e['term'])}</td><td>{e['df']}</td><td>{cell(e['F'], '.3g')}</td>"
+        f"<td>{cell(e['p_value'], '.3g')}</td><td>{e['effect']:.2f}</td>"
+        f"<td>{html.escape(fmt_levels(e))}</td></tr>"
+        for e in effects
+    )
+    return (
+        f"<table><thead><tr><th>term ({html.escape(metric)})</th><th>df</th><th>F</th><th>p</th>"
+        f"<th>effect (points)</th><th>level means</th></tr></thead><tbody>{body}</tbody></table>"
+        f"<p>{html.escape(EFFECTS_NOTE)}</p>"
+    )
 
 
 def note(text: str) -> str:
@@ -200,8 +243,9 @@ def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:
         if isinstance(fig, str):
             parts.append(note(fig))
             continue
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"plot-{div_id}",
-                                 config={"displaylogo": False}))
+        parts.append(
+            fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"plot-{div_id}", config={"displaylogo": False})
+        )
         first = False
     return parts
 
@@ -213,14 +257,22 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, ve
     metric, _ = study_objective(study)
     v = {"alpha": 0.05, "margin": None, "looks": None, **(verdicts or {})}
     latency_from_runs(rows, runs)
-    parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", "<h2>Comparison table</h2>",
-             render(rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"])),
-             "<h2>Main effects</h2>", effects_table(rows, metric)]
+    parts = [
+        f"<h1>Study {html.escape(study.study_name)}</h1>",
+        "<h2>Comparison table</h2>",
+        render(rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"])),
+        "<h2>Main effects</h2>",
+        effects_table(rows, metric),
+    ]
     forest = forest_figure(rows, labels, v["alpha"], v["margin"])
-    verdict_plots = [("forest", "Δ vs the baseline, with its interval", forest),
-                     ("seeds", "Every seed", strip_figure(rows, labels, metric))]
-    others = [("cost", "Accuracy vs cost", cost_figure(rows, labels, metric)),
-              ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels))]
+    verdict_plots = [
+        ("forest", "Δ vs the baseline, with its interval", forest),
+        ("seeds", "Every seed", strip_figure(rows, labels, metric)),
+    ]
+    others = [
+        ("cost", "Accuracy vs cost", cost_figure(rows, labels, metric)),
+        ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels)),
+    ]
     parts += plot_sections(verdict_plots + optuna_figures(study) + others)
     parts += ["<h2>Receptive fields</h2>", receptive_field_section(rows, runs, labels), "<h2>Example predictions</h2>"]
     best = next(r for r in rows if r["mean"] is not None)
@@ -228,6 +280,9 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, ve
     parts += [predictions(r, runs[r["variant"]], role, labels[r["variant"]]) for r, role in shown]
     if base is best:
         parts.append(note("the baseline is the best variant; --baseline KEY=VALUE picks another to compare"))
-    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>ablate report: '
-            f'{html.escape(study.study_name)}</title><style>{STYLE}</style></head><body>\n'
-            + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>ablate report: '
+        f"{html.escape(study.study_name)}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )

@@ -1,4 +1,5 @@
 """A study's rows, one per variant: seeds' values, mean ± std, verdicts vs a baseline row, latency."""
+
 from __future__ import annotations
 
 import statistics
@@ -26,16 +27,21 @@ def seed_values(t: optuna.trial.FrozenTrial, metric: str, objective: str = "val/
     return {str(s): m[metric] for s, m in zip(t.user_attrs["seeds"], metrics)}
 
 
-def study_rows(trials: list[optuna.trial.FrozenTrial], metric: str | None = None, objective: str = "val/mIoU",
-               direction: str = "maximize") -> list[dict]:
+def study_rows(
+    trials: list[optuna.trial.FrozenTrial],
+    metric: str | None = None,
+    objective: str = "val/mIoU",
+    direction: str = "maximize",
+) -> list[dict]:
     """Group finished trials by variant, best first (by `direction`); complete seeds are averaged, incomplete
     variants are marked. `metric` None: the trials' `objective` (each seed's best epoch)."""
     metric, groups = metric or objective, {}
     for t in trials:
         if "variant" not in t.user_attrs or t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
-        row = groups.setdefault(t.user_attrs["variant"], {"variant": t.user_attrs["variant"], "seeds": {},
-                                                          "status": set(), "trials": []})
+        row = groups.setdefault(
+            t.user_attrs["variant"], {"variant": t.user_attrs["variant"], "seeds": {}, "status": set(), "trials": []}
+        )
         row["trials"].append(t.number)
         row["status"].add({TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "failed"))
         if t.state == TrialState.COMPLETE:
@@ -90,8 +96,16 @@ def _wandb_runs(source: str) -> list[dict]:
         raise ConfigError(f"--from-wandb {source!r} is neither a folder of offline runs nor ENTITY/PROJECT")
     import wandb
 
-    return [{"job_type": r.job_type, "group": r.group, "config": dict(r.config), "summary": dict(r.summary),
-             "exit_code": 0 if r.state == "finished" else 1} for r in wandb.Api().runs(source)]
+    return [
+        {
+            "job_type": r.job_type,
+            "group": r.group,
+            "config": dict(r.config),
+            "summary": dict(r.summary),
+            "exit_code": 0 if r.state == "finished" else 1,
+        }
+        for r in wandb.Api().runs(source)
+    ]
 
 
 def _summarize(row: dict) -> dict:
@@ -103,16 +117,24 @@ def _summarize(row: dict) -> dict:
     return row
 
 
-def add_deltas(rows: list[dict], baseline: dict[str, str] | None, *, margin: float | None = None,
-               alpha: float = 0.05, direction: str = "maximize") -> dict:
+def add_deltas(
+    rows: list[dict],
+    baseline: dict[str, str] | None,
+    *,
+    margin: float | None = None,
+    alpha: float = 0.05,
+    direction: str = "maximize",
+) -> dict:
     """Every row compared with the baseline row (default: the best) over seeds, by ablate.results.stats.annotate:
     Δ (points) with its interval, paired or Welch t, Holm-adjusted p, TOST with `margin`, verdict, seeds needed."""
     from ablate.results.stats import annotate
 
     candidates = [r for r in rows if baseline is None or baseline.items() <= settings(r["variant"]).items()]
     if baseline is not None and len(candidates) != 1:
-        raise ConfigError(f"--baseline {baseline} matches {len(candidates)} rows, not one; rows: "
-                          + "; ".join(r["variant"] for r in rows))
+        raise ConfigError(
+            f"--baseline {baseline} matches {len(candidates)} rows, not one; rows: "
+            + "; ".join(r["variant"] for r in rows)
+        )
     if not candidates or candidates[0]["mean"] is None:
         raise ConfigError("the baseline row has no complete seed")
     base = candidates[0]
@@ -140,9 +162,14 @@ def measure_latencies(rows: list[dict]) -> None:
             continue
         m = from_dict(r["config"]).model
         torch.manual_seed(0)
-        model = SegmentationModel(encoder=m.encoder, classes=r.get("classes", 1), neck=m.neck,
-                                  encoder_depth=m.encoder_depth,
-                                  output_stride=m.output_stride, head=m.head)
+        model = SegmentationModel(
+            encoder=m.encoder,
+            classes=r.get("classes", 1),
+            neck=m.neck,
+            encoder_depth=m.encoder_depth,
+            output_stride=m.output_stride,
+            head=m.head,
+        )
         r["latency_ms"] = measure_latency_ms(model, r["config"]["data"]["image_size"])
 
 
@@ -170,8 +197,12 @@ def study_verdicts(study: optuna.Study) -> dict:
     alpha (the α per look once the study added seeds until decided), looks ([first, max_seeds] or None) and the
     baseline row's settings (an experiment's `baseline`; None: the best row)."""
     v = study.user_attrs.get("verdicts") or {}
-    return {"margin": v.get("margin"), "alpha": v.get("look_alpha") or v.get("alpha", 0.05), "looks": v.get("looks"),
-            "baseline": v.get("baseline")}
+    return {
+        "margin": v.get("margin"),
+        "alpha": v.get("look_alpha") or v.get("alpha", 0.05),
+        "looks": v.get("looks"),
+        "baseline": v.get("baseline"),
+    }
 
 
 def parse_baseline(text: str | None) -> dict[str, str] | None:

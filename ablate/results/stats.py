@@ -19,6 +19,7 @@ Every non-baseline row is compared with the baseline row, Δ in points (100 × d
   or TOST (noncentral-t approximation), whichever needs fewer. An estimate, not a promise.
 - `factorial_effects`: OLS on every seed's value, categorical factors with pairwise interactions, type-II ANOVA.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -37,8 +38,19 @@ DIRECTIONS = ("maximize", "minimize")
 POWER = 0.8
 MAX_SEEDS = 1000  # seeds_needed is capped here: "at least this many"
 BOOTSTRAP_RESAMPLES = 2000  # an interval wants ≥ 1000 (Efron & Tibshirani 1993); this one is only shown
-ROW_FIELDS = ("delta", "ci_low", "ci_high", "boot_low", "boot_high", "test", "p_value", "p_adjusted",
-              "p_equivalence", "verdict", "seeds_needed")
+ROW_FIELDS = (
+    "delta",
+    "ci_low",
+    "ci_high",
+    "boot_low",
+    "boot_high",
+    "test",
+    "p_value",
+    "p_adjusted",
+    "p_equivalence",
+    "verdict",
+    "seeds_needed",
+)
 
 
 def check_margin(margin: float | None) -> float | None:
@@ -46,8 +58,10 @@ def check_margin(margin: float | None) -> float | None:
     if margin is None:
         return None
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < math.inf:
-        raise ValueError(f"margin must be a positive number of points (e.g. 1.0 for ±1 point of mIoU), "
-                         f"or None for no equivalence test; got {margin!r}")
+        raise ValueError(
+            f"margin must be a positive number of points (e.g. 1.0 for ±1 point of mIoU), "
+            f"or None for no equivalence test; got {margin!r}"
+        )
     return float(margin)
 
 
@@ -58,8 +72,7 @@ def _check(alpha: float, direction: str) -> None:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
 
 
-def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: float = 0.05,
-            rng_seed: int = 0) -> dict:
+def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: float = 0.05, rng_seed: int = 0) -> dict:
     """Δ of a row vs the baseline in points: paired over the shared seeds when ≥ 2 are shared, else Welch.
 
     Returns test ("paired" | "welch" | None when a side has < 2 seeds), delta, ci ((1−2α) t interval),
@@ -72,13 +85,19 @@ def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: f
     x, y = (100 * np.array([s[k] for k in (shared if paired else s)], float) for s in (row_seeds, base_seeds))
     if min(len(x), len(y)) < 2:
         delta = float(x.mean() - y.mean()) if len(x) and len(y) else None
-        out = {"test": None, "delta": delta, "ci": None, "ci_boot": None, "p_value": None,
-               "p_equivalence": None, "sd": None}
+        out = {
+            "test": None,
+            "delta": delta,
+            "ci": None,
+            "ci_boot": None,
+            "p_value": None,
+            "p_equivalence": None,
+            "sd": None,
+        }
     else:
         out = (_paired if paired else _welch)(x, y, margin, alpha)
         out["ci_boot"] = _bootstrap_ci(x, y, paired, 1 - 2 * alpha, rng_seed)
-    return out | {"n_pairs": len(shared) if paired else 0, "n": len(row_seeds),
-                  "n_base": len(base_seeds)}
+    return out | {"n_pairs": len(shared) if paired else 0, "n": len(row_seeds), "n_base": len(base_seeds)}
 
 
 def _paired(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
@@ -86,10 +105,14 @@ def _paired(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) ->
     delta, sd = float(d.mean()), float(d.std(ddof=1))
     if sd == 0:
         return _exact("paired", delta, margin)
-    return {"test": "paired", "delta": delta, "sd": sd,
-            "ci": tuple(map(float, DescrStatsW(d).tconfint_mean(alpha=2 * alpha))),
-            "p_value": float(stats.ttest_rel(x, y).pvalue),
-            "p_equivalence": None if margin is None else float(ttost_paired(x, y, -margin, margin)[0])}
+    return {
+        "test": "paired",
+        "delta": delta,
+        "sd": sd,
+        "ci": tuple(map(float, DescrStatsW(d).tconfint_mean(alpha=2 * alpha))),
+        "p_value": float(stats.ttest_rel(x, y).pvalue),
+        "p_equivalence": None if margin is None else float(ttost_paired(x, y, -margin, margin)[0]),
+    }
 
 
 def _welch(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
@@ -98,14 +121,26 @@ def _welch(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> 
         return _exact("welch", delta, margin)
     ci = CompareMeans(DescrStatsW(x), DescrStatsW(y)).tconfint_diff(alpha=2 * alpha, usevar="unequal")
     p_eq = None if margin is None else float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
-    return {"test": "welch", "delta": delta, "sd": sd, "ci": tuple(map(float, ci)),
-            "p_value": float(stats.ttest_ind(x, y, equal_var=False).pvalue), "p_equivalence": p_eq}
+    return {
+        "test": "welch",
+        "delta": delta,
+        "sd": sd,
+        "ci": tuple(map(float, ci)),
+        "p_value": float(stats.ttest_ind(x, y, equal_var=False).pvalue),
+        "p_equivalence": p_eq,
+    }
 
 
 def _exact(test: str, delta: float, margin: float | None) -> dict:
     """No spread at all (runs identical to the bit): Δ is known exactly."""
-    return {"test": test, "delta": delta, "sd": 0.0, "ci": (delta, delta), "p_value": float(delta == 0),
-            "p_equivalence": None if margin is None else float(abs(delta) >= margin)}
+    return {
+        "test": test,
+        "delta": delta,
+        "sd": 0.0,
+        "ci": (delta, delta),
+        "p_value": float(delta == 0),
+        "p_equivalence": None if margin is None else float(abs(delta) >= margin),
+    }
 
 
 def _bootstrap_ci(x: np.ndarray, y: np.ndarray, paired: bool, level: float, rng_seed: int) -> tuple | None:
@@ -114,11 +149,17 @@ def _bootstrap_ci(x: np.ndarray, y: np.ndarray, paired: bool, level: float, rng_
     if all(np.ptp(s) == 0 for s in data):
         return (float(np.mean(x) - np.mean(y)),) * 2
     statistic = np.mean if paired else (lambda a, b, axis: a.mean(axis) - b.mean(axis))
-    for method in ("BCa", "percentile")[min(len(s) for s in data) < 3:]:
+    for method in ("BCa", "percentile")[min(len(s) for s in data) < 3 :]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate resamples: we fall back below
-            ci = stats.bootstrap(data, statistic, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=level,
-                                 method=method, random_state=rng_seed).confidence_interval
+            ci = stats.bootstrap(
+                data,
+                statistic,
+                n_resamples=BOOTSTRAP_RESAMPLES,
+                confidence_level=level,
+                method=method,
+                random_state=rng_seed,
+            ).confidence_interval
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             return float(ci.low), float(ci.high)
     return None
@@ -136,7 +177,7 @@ def holm(p_values: list[float | None]) -> list[float | None]:
 
 
 def verdict(result: dict, p_adjusted: float | None, *, alpha: float = 0.05, direction: str = "maximize") -> str:
-    """'equivalent' (TOST p < α), else 'better' / 'worse' (adjusted p < α; sign of Δ and direction), else 'undecided'."""
+    """'equivalent' (TOST p < α), else 'better' / 'worse' (adjusted p < α; sign of Δ, direction), else 'undecided'."""
     _check(alpha, direction)
     if result["p_equivalence"] is not None and result["p_equivalence"] < alpha:
         return "equivalent"
@@ -145,8 +186,9 @@ def verdict(result: dict, p_adjusted: float | None, *, alpha: float = 0.05, dire
     return "undecided"
 
 
-def seeds_needed(result: dict, *, margin: float | None = None, alpha: float = 0.05, power: float = POWER,
-                 family: int = 1) -> int | None:
+def seeds_needed(
+    result: dict, *, margin: float | None = None, alpha: float = 0.05, power: float = POWER, family: int = 1
+) -> int | None:
     """Seeds per variant that would decide with `power` if the observed Δ and sd were the truth.
 
     The smaller of: the t-test at α / family (Holm's threshold with `family` rows still open) showing
@@ -191,8 +233,15 @@ def _equivalence_power(result: dict, n: np.ndarray, margin: float, alpha: float)
     return np.clip(both, 0, 1)
 
 
-def annotate(rows: list[dict], baseline_row: dict, *, margin: float | None = None, alpha: float = 0.05,
-             direction: str = "maximize", rng_seed: int = 0) -> None:
+def annotate(
+    rows: list[dict],
+    baseline_row: dict,
+    *,
+    margin: float | None = None,
+    alpha: float = 0.05,
+    direction: str = "maximize",
+    rng_seed: int = 0,
+) -> None:
     """Compare every row with `baseline_row` (by `seeds`) and set on each row the fields of ROW_FIELDS.
 
     delta (points), ci_low / ci_high ((1−2α) t interval, the one TOST reads), boot_low / boot_high
@@ -203,8 +252,9 @@ def annotate(rows: list[dict], baseline_row: dict, *, margin: float | None = Non
     margin = check_margin(margin)
     _check(alpha, direction)
     others = [r for r in rows if r["variant"] != baseline_row["variant"]]
-    results = [compare(r["seeds"], baseline_row["seeds"], margin=margin, alpha=alpha, rng_seed=rng_seed)
-               for r in others]
+    results = [
+        compare(r["seeds"], baseline_row["seeds"], margin=margin, alpha=alpha, rng_seed=rng_seed) for r in others
+    ]
     adjusted = holm([res["p_value"] for res in results])
     family = max(1, sum(p is not None and p >= alpha for p in adjusted))  # rows Holm has not rejected
     for row, res, p_adj in zip(others, results, adjusted):
@@ -217,10 +267,19 @@ def annotate(rows: list[dict], baseline_row: dict, *, margin: float | None = Non
 
 def _fields(result: dict, p_adjusted: float | None, decision: str) -> dict:
     ci, boot = result["ci"] or (None, None), result["ci_boot"] or (None, None)
-    return {"delta": result["delta"], "ci_low": ci[0], "ci_high": ci[1], "boot_low": boot[0],
-            "boot_high": boot[1], "test": result["test"], "p_value": result["p_value"],
-            "p_adjusted": p_adjusted, "p_equivalence": result["p_equivalence"], "verdict": decision,
-            "seeds_needed": None}
+    return {
+        "delta": result["delta"],
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "boot_low": boot[0],
+        "boot_high": boot[1],
+        "test": result["test"],
+        "p_value": result["p_value"],
+        "p_adjusted": p_adjusted,
+        "p_equivalence": result["p_equivalence"],
+        "verdict": decision,
+        "seeds_needed": None,
+    }
 
 
 def factorial_effects(rows: list[dict], metric_scale: float = 1.0) -> list[dict]:
@@ -244,8 +303,11 @@ def factorial_effects(rows: list[dict], metric_scale: float = 1.0) -> list[dict]
     anova = anova_lm(fit, typ=2)
     grid = _grid(data, len(names))
     grid["y"] = np.asarray(fit.predict(grid))
-    return [_term(term, anova.loc[term], grid, data, names, 100 / metric_scale)
-            for term in anova.index if term != "Residual"]
+    return [
+        _term(term, anova.loc[term], grid, data, names, 100 / metric_scale)
+        for term in anova.index
+        if term != "Residual"
+    ]
 
 
 def _observations(rows: list[dict]) -> tuple:
@@ -257,8 +319,11 @@ def _observations(rows: list[dict]) -> tuple:
     parsed = [(settings(r["variant"]), list(r["seeds"].values())) for r in rows if r["seeds"]]
     keys = sorted({k for settings, _ in parsed for k in settings})
     names = [k for k in keys if len({settings.get(k, "") for settings, _ in parsed}) > 1]
-    records = [{**{f"x{i}": settings.get(k, "") for i, k in enumerate(names)}, "y": float(v)}
-               for settings, values in parsed for v in values]
+    records = [
+        {**{f"x{i}": settings.get(k, "") for i, k in enumerate(names)}, "y": float(v)}
+        for settings, values in parsed
+        for v in values
+    ]
     return pd.DataFrame(records), names
 
 
@@ -287,8 +352,10 @@ def _term(term: str, line, grid, data, names: list[str], points: float) -> dict:
     columns = re.findall(r"x\d+", term)
     means = grid.groupby(columns)["y"].mean()
     counts = data.groupby(columns).size()
-    levels = [{"value": " / ".join(np.atleast_1d(key)), "mean": float(m), "n": int(counts.get(key, 0))}
-              for key, m in means.items()]
+    levels = [
+        {"value": " / ".join(np.atleast_1d(key)), "mean": float(m), "n": int(counts.get(key, 0))}
+        for key, m in means.items()
+    ]
     cells = means.to_numpy() if len(columns) == 1 else means.unstack().to_numpy()
     if len(columns) == 1:
         effect = np.ptp(cells)
@@ -296,8 +363,15 @@ def _term(term: str, line, grid, data, names: list[str], points: float) -> dict:
         diffs = cells[:, :, None] - cells[:, None, :]
         effect = np.nanmax(np.abs(diffs[:, None] - diffs[None, :]))
     factors = [names[int(c[1:])] for c in columns]
-    return {"term": " × ".join(factors), "factors": factors, "df": int(line["df"]), "F": _finite(line["F"]),
-            "p_value": _finite(line["PR(>F)"]), "levels": levels, "effect": float(effect) * points}
+    return {
+        "term": " × ".join(factors),
+        "factors": factors,
+        "df": int(line["df"]),
+        "F": _finite(line["F"]),
+        "p_value": _finite(line["PR(>F)"]),
+        "levels": levels,
+        "effect": float(effect) * points,
+    }
 
 
 def _finite(value) -> float | None:

@@ -1,4 +1,5 @@
 """What a finished sweep shows: the table (also written to runs/<study>/table.md), main effects, where to look."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,9 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
     rows, (metric, direction) = rows_of(study), study_objective(study)
     v = verdict_options({**study_verdicts(study), "direction": direction})
     if any(r["mean"] is not None for r in rows):  # Δ against the named baseline once it has a result
-        named = baseline and any(r["mean"] is not None and baseline.items() <= settings(r["variant"]).items()
-                                 for r in rows)
+        named = baseline and any(
+            r["mean"] is not None and baseline.items() <= settings(r["variant"]).items() for r in rows
+        )
         add_deltas(rows, baseline if named else None, margin=v["margin"], alpha=v["alpha"], direction=direction)
     note = verdict_note(v["alpha"], v["margin"], v["looks"])
     root.mkdir(parents=True, exist_ok=True)
@@ -32,17 +34,22 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
     effects = factorial_effects(rows) if len(rows) > 2 and len(varied_keys(rows)) > 1 else []
     if effects:  # one swept key: the table already is its effect
         out.print(effects_to_rich(effects, metric))
-    where = f"--study {study.study_name}" + (f" --storage {redact(storage_url)}" if storage_url != DEFAULT_STORAGE else "")
-    console.print(f"table: {root / 'table.md'}\nlook further:\n"
-                  f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
-                  f"  python -m ablate.table {where} --format md|latex|csv|json|html\n"
-                  f"  python -m ablate.report {where}   # one HTML file with the plots\n"
-                  f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"
-                  f"  python -m ablate.dashboard {where} --entity E --project P   # W&B workspace")
+    where = f"--study {study.study_name}" + (
+        f" --storage {redact(storage_url)}" if storage_url != DEFAULT_STORAGE else ""
+    )
+    console.print(
+        f"table: {root / 'table.md'}\nlook further:\n"
+        f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
+        f"  python -m ablate.table {where} --format md|latex|csv|json|html\n"
+        f"  python -m ablate.report {where}   # one HTML file with the plots\n"
+        f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"
+        f"  python -m ablate.dashboard {where} --entity E --project P   # W&B workspace"
+    )
 
 
-def run_and_show(sweep, target, storage_url: str, workers: int = 1, argv: list[str] = (),
-                 gpus: list[str] | None = None) -> int:
+def run_and_show(
+    sweep, target, storage_url: str, workers: int = 1, argv: list[str] = (), gpus: list[str] | None = None
+) -> int:
     """Run the study, then (unless this process is one of `--workers N`) print its table."""
     code = run_study(sweep, target, storage_url, workers, argv, gpus=gpus)
     if not is_worker() and ddp_rank() == 0:

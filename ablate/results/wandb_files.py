@@ -1,4 +1,5 @@
 """Read W&B offline run folders (`run-*.wandb`: LevelDB-log framing of protobuf `Record`s), no network needed."""
+
 import json
 import struct
 from pathlib import Path
@@ -18,10 +19,10 @@ def records(path: Path) -> list:
         if BLOCK - pos % BLOCK < HEADER:  # block trailer: zero padding
             pos += BLOCK - pos % BLOCK
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         if kind == 0 and length == 0:
             break
-        chunks.append(data[pos + HEADER:pos + HEADER + length])
+        chunks.append(data[pos + HEADER : pos + HEADER + length])
         pos += HEADER + length
         if kind in (1, 4):  # FULL or LAST: a record is complete
             record = pb.Record()
@@ -46,7 +47,9 @@ def run_info(run_dir: Path) -> dict:
         elif kind == "config":
             info["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
         elif kind == "summary":
-            info["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+            info["summary"].update(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update}
+            )
         elif kind == "history":
             info["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
         elif kind == "exit":

@@ -1,4 +1,5 @@
 """A study's W&B workspace (wandb-workspaces): its runs grouped by variant, curves, parallel coordinates, media."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,26 @@ def study_facts(study: optuna.Study) -> dict:
         raise ConfigError(f"study {study.study_name!r} was not made by `python -m ablate.sweep` (it has no space)")
     stored = json.loads(study.user_attrs["space"])
     keys = swept_keys(stored["space"], stored.get("rows"))
-    classes = sorted({k.removeprefix("val/IoU/") for t in study.get_trials(deepcopy=False)
-                      for m in t.user_attrs.get("seed_metrics", []) for k in m if k.startswith("val/IoU/")})
+    classes = sorted(
+        {
+            k.removeprefix("val/IoU/")
+            for t in study.get_trials(deepcopy=False)
+            for m in t.user_attrs.get("seed_metrics", [])
+            for k in m
+            if k.startswith("val/IoU/")
+        }
+    )
     base = study.user_attrs.get("sweep", {}).get("base")
     wandb_cfg = base.get("wandb", {}) if isinstance(base, dict) else {}  # a LightningCLI study: --entity/--project
-    return {"study": study.study_name, "metric": study_objective(study)[0], "keys": keys,
-            "columns": list(dict.fromkeys(map(config_column, keys))), "classes": classes,
-            "entity": wandb_cfg.get("entity"), "project": wandb_cfg.get("project")}
+    return {
+        "study": study.study_name,
+        "metric": study_objective(study)[0],
+        "keys": keys,
+        "columns": list(dict.fromkeys(map(config_column, keys))),
+        "classes": classes,
+        "entity": wandb_cfg.get("entity"),
+        "project": wandb_cfg.get("project"),
+    }
 
 
 def variant_panels(facts: dict) -> list:
@@ -37,8 +51,9 @@ def variant_panels(facts: dict) -> list:
     return [
         wr.BarPlot(title=f"best {metric} per variant (mean ± std over seeds)", metrics=[best], **grouped),
         wr.LinePlot(title=f"{metric} per epoch (mean ± std over seeds)", x="epoch", y=[metric], **grouped),
-        wr.ParallelCoordinatesPlot(title=f"swept settings -> best {metric}",
-                                   columns=[*columns, wr.ParallelCoordinatesPlotColumn(metric=best)]),
+        wr.ParallelCoordinatesPlot(
+            title=f"swept settings -> best {metric}", columns=[*columns, wr.ParallelCoordinatesPlotColumn(metric=best)]
+        ),
         wr.ScatterPlot(title=f"best {metric} vs neck parameters", x=wr.SummaryMetric("params/neck"), y=best),
         wr.ScatterPlot(title=f"best {metric} vs latency (ms, batch 1)", x=wr.SummaryMetric("latency_ms"), y=best),
     ]
@@ -59,16 +74,30 @@ def build_workspace(facts: dict, entity: str, project: str, name: str | None = N
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    best = [wr.MediaBrowser(title="validation images at the best epoch (true and predicted masks)",
-                            media_keys=["val/predictions"], gallery_axis="run"),
-            wr.MediaBrowser(title="effective receptive field of the final model", media_keys=["val/erf"],
-                            gallery_axis="run")]
-    sections = [ws.Section(name="Variants", panels=variant_panels(facts), is_open=True),
-                ws.Section(name="Per-class IoU", panels=class_panels(facts), is_open=True),
-                ws.Section(name="Best epoch", panels=best, is_open=True)]
+    best = [
+        wr.MediaBrowser(
+            title="validation images at the best epoch (true and predicted masks)",
+            media_keys=["val/predictions"],
+            gallery_axis="run",
+        ),
+        wr.MediaBrowser(
+            title="effective receptive field of the final model", media_keys=["val/erf"], gallery_axis="run"
+        ),
+    ]
+    sections = [
+        ws.Section(name="Variants", panels=variant_panels(facts), is_open=True),
+        ws.Section(name="Per-class IoU", panels=class_panels(facts), is_open=True),
+        ws.Section(name="Best epoch", panels=best, is_open=True),
+    ]
     runs = ws.RunsetSettings(filters=ws.And(ws.Tags("tags").isin([facts["study"]])), groupby=[ws.Metric("Group")])
-    return ws.Workspace(entity=entity, project=project, name=name or f"ablate: {facts['study']}", sections=sections,
-                        settings=ws.WorkspaceSettings(x_axis="epoch", max_runs=1000), runset_settings=runs)
+    return ws.Workspace(
+        entity=entity,
+        project=project,
+        name=name or f"ablate: {facts['study']}",
+        sections=sections,
+        settings=ws.WorkspaceSettings(x_axis="epoch", max_runs=1000),
+        runset_settings=runs,
+    )
 
 
 def workspace_spec(workspace) -> dict:
@@ -81,8 +110,11 @@ def save(workspace) -> int:
     try:
         workspace.save()
     except Exception as e:  # no key, no network, no such entity: say so and how to look offline
-        return error(f"could not save the workspace to W&B {workspace.entity}/{workspace.project}: "
-                     f"{type(e).__name__}: {e}\nlog in with `wandb login` (or set WANDB_API_KEY), or print the spec "
-                     "with --dry-run", exit_code=1)
+        return error(
+            f"could not save the workspace to W&B {workspace.entity}/{workspace.project}: "
+            f"{type(e).__name__}: {e}\nlog in with `wandb login` (or set WANDB_API_KEY), or print the spec "
+            "with --dry-run",
+            exit_code=1,
+        )
     print(workspace.url)
     return 0

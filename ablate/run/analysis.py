@@ -1,5 +1,6 @@
 """Receptive fields of a neck: valid 3x3 taps vs rate (DeepLabv3, Chen et al. 2017, Fig. 4), theoretical and
 effective receptive fields (Luo et al. 2016) and gridding holes (HDC, Wang et al. 2018)."""
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,12 @@ def _height_width(size) -> tuple[int, int]:
 
 def feature_size(image_size, output_stride: int) -> tuple[int, int]:
     """(H, W) of the encoder's feature map: each stride-2 stage maps a side s to ceil(s / 2)."""
-    if isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride < 1 \
-            or output_stride & (output_stride - 1):
+    if (
+        isinstance(output_stride, bool)
+        or not isinstance(output_stride, int)
+        or output_stride < 1
+        or output_stride & (output_stride - 1)
+    ):
         raise ValueError(f"output_stride must be a power of 2 (1, 2, 4, 8, 16, 32, ...); got {output_stride!r}")
     h, w = _height_width(image_size)
     for _ in range(output_stride.bit_length() - 1):  # log2(output_stride) stride-2 stages
@@ -39,7 +44,7 @@ def _axis_counts(n: int, rate: int) -> Counter:
 
 
 def valid_tap_shares(size, rate: int) -> dict[int, float]:
-    """Share of output positions of a 3x3 conv (dilation = padding = `rate`) with 9, 6, 4, 3, 2, 1 taps inside the map."""
+    """Share of output positions of a 3x3 conv (dilation = padding = `rate`) with 9, 6, 4, 3, 2, 1 taps in the map."""
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
         raise ValueError(f"rate must be a positive int; got {rate!r}")
     h, w = _height_width(size)
@@ -65,12 +70,16 @@ def degenerate_rate_message(rates: Iterable[int], size) -> str | None:
         return None
     head = f"ASPP rates {bad} are degenerate on the {h}x{w} feature map"
     if h == w:
-        return (f"{head}: a 3x3 conv at rate >= {h} only sees padding outside its centre tap "
-                f"(a 1x1 conv in disguise); use rates < {h}")
+        return (
+            f"{head}: a 3x3 conv at rate >= {h} only sees padding outside its centre tap "
+            f"(a 1x1 conv in disguise); use rates < {h}"
+        )
     short, long_ = min(h, w), max(h, w)
     axis, kernel = ("height", "1x3") if h < w else ("width", "3x1")
-    text = (f"{head} (HxW): a 3x3 conv at rate >= {short} only sees padding in its off-centre taps "
-            f"along the {axis} (a {kernel} conv in disguise)")
+    text = (
+        f"{head} (HxW): a 3x3 conv at rate >= {short} only sees padding in its off-centre taps "
+        f"along the {axis} (a {kernel} conv in disguise)"
+    )
     if max(bad) >= long_:
         text += f", and at rate >= {long_} it only sees padding outside its centre tap (a 1x1 conv in disguise)"
     return f"{text}; use rates < {short}"
@@ -83,7 +92,7 @@ def config_rate_message(cfg) -> str | None:
         return None
     from ablate.necks.aspp import check_rates
 
-    stride = min(cfg.model.output_stride, 2 ** cfg.model.encoder_depth)  # stages deeper than stride are dilated
+    stride = min(cfg.model.output_stride, 2**cfg.model.encoder_depth)  # stages deeper than stride are dilated
     return degenerate_rate_message(check_rates(rates), feature_size(cfg.data.image_size, stride))
 
 
@@ -139,6 +148,7 @@ def _longest_path(root, weight: dict) -> int:
 def pooled_span(side: int, bins: int) -> int:
     """Most feature positions along a side that one output of adaptive-average-pool to `bins` cells and
     bilinear upsampling back (PSPNet's PPM, ASPP's image pooling at bins=1) depends on."""
+
     def pool_up(x):  # (1, 1, side, 1) -> (1, 1, side, 1)
         return F.interpolate(F.adaptive_avg_pool2d(x, (bins, 1)), size=(side, 1), mode="bilinear", align_corners=False)
 
@@ -173,8 +183,9 @@ def config_encoder_rf(cfg) -> tuple[int, int, tuple[int, int]]:
 def _smp_encoder_rf(name: str, depth: int, output_stride: int) -> tuple[int, int]:
     from segmentation_models_pytorch.encoders import get_encoder
 
-    return encoder_receptive_field(get_encoder(name, in_channels=3, depth=depth, weights=None,
-                                               output_stride=output_stride))
+    return encoder_receptive_field(
+        get_encoder(name, in_channels=3, depth=depth, weights=None, output_stride=output_stride)
+    )
 
 
 def neck_receptive_fields(cfg) -> list[dict]:
@@ -186,9 +197,16 @@ def neck_receptive_fields(cfg) -> list[dict]:
 
     enc_rf, stride, size = config_encoder_rf(cfg)
     options = {**neck_options(cfg.model.neck["name"]), **cfg.model.neck}
-    return [{"branch": branch, "rate": rate, "rf_px": enc_rf + (span - 1) * stride, "global": whole,
-             "taps": valid_tap_shares(size, rate) if rate else None}
-            for branch, rate, span, whole in _branches(cfg.model.neck["name"], options, max(size))]
+    return [
+        {
+            "branch": branch,
+            "rate": rate,
+            "rf_px": enc_rf + (span - 1) * stride,
+            "global": whole,
+            "taps": valid_tap_shares(size, rate) if rate else None,
+        }
+        for branch, rate, span, whole in _branches(cfg.model.neck["name"], options, max(size))
+    ]
 
 
 def gridding_holes(rates: Iterable[int], kernel: int = 3) -> list[int]:
@@ -254,7 +272,9 @@ def val_images(datamodule, size: int, n: int) -> torch.Tensor:
     if not images:
         raise ValueError("the data has no validation images")
     side = min(size, *(min(image.shape[-2:]) for image in images))
-    crops = [image[:, (image.shape[-2] - side) // 2:, (image.shape[-1] - side) // 2:][:, :side, :side] for image in images]
+    crops = [
+        image[:, (image.shape[-2] - side) // 2 :, (image.shape[-1] - side) // 2 :][:, :side, :side] for image in images
+    ]
     return torch.stack(crops)
 
 

@@ -1,4 +1,5 @@
 """One training run of ablate's own model: data, SegmentationModule, a real Lightning Trainer, summary.json."""
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,13 @@ class PlainProgress(L.Callback):
         if not trainer.is_global_zero:
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  train/loss {m.get('train/loss', float('nan')):.4f}"
-              f"  val/loss {m.get('val/loss', float('nan')):.4f}  val/mIoU {m.get('val/mIoU', 0):.4f}"
-              f"  best {m.get('val/mIoU_best', 0):.4f}", flush=True)
+        print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            f"  train/loss {m.get('train/loss', float('nan')):.4f}"
+            f"  val/loss {m.get('val/loss', float('nan')):.4f}  val/mIoU {m.get('val/mIoU', 0):.4f}"
+            f"  best {m.get('val/mIoU_best', 0):.4f}",
+            flush=True,
+        )
 
 
 def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: dict | None = None) -> dict:
@@ -68,18 +73,32 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     visuals = RunVisuals(output, list(datamodule.classes))  # best epoch's confusion matrix and masks
     tty = sys.stdout.isatty()
     progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
-    trainer = L.Trainer(default_root_dir=output, logger=loggers, callbacks=[timer, visuals, *progress, *callbacks],
-                        enable_progress_bar=tty, **cfg.trainer)
+    trainer = L.Trainer(
+        default_root_dir=output,
+        logger=loggers,
+        callbacks=[timer, visuals, *progress, *callbacks],
+        enable_progress_bar=tty,
+        **cfg.trainer,
+    )
     try:
         trainer.fit(module, datamodule=datamodule)
     except BaseException as e:
         finish_wandb(loggers, {"state": type(e).__name__}, failed=type(e).__name__ != "TrialPruned")
         raise
     last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}  # last epoch
-    summary = {**last, "val/mIoU": last.get("val/mIoU"), "val/mIoU_best": module.best_miou, **stats,
-               "time/train_step_s": timer.median(), "epochs": trainer.current_epoch, "seed": cfg.seed,
-               "classes": len(datamodule.classes), **visuals.summary(), **neck_summary(cfg),
-               "config": to_dict(cfg)}
+    summary = {
+        **last,
+        "val/mIoU": last.get("val/mIoU"),
+        "val/mIoU_best": module.best_miou,
+        **stats,
+        "time/train_step_s": timer.median(),
+        "epochs": trainer.current_epoch,
+        "seed": cfg.seed,
+        "classes": len(datamodule.classes),
+        **visuals.summary(),
+        **neck_summary(cfg),
+        "config": to_dict(cfg),
+    }
     if trainer.is_global_zero:  # under DDP only rank 0 writes the result
         summary["latency_ms"] = measure_latency_ms(module.model, cfg.data.image_size)  # batch 1, eval mode
         output.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """A run's loggers: CSV in the run folder, and a W&B run (offline unless chosen) that records no argv, git or code."""
+
 from __future__ import annotations
 
 import os
@@ -18,25 +19,38 @@ def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:
         return loggers
     run = {"name": output.name, "job_type": "train", **(wandb_run or {})}
     run["config"] = {**flatten(to_dict(cfg)), "neck": neck_columns(cfg.model.neck), **run.get("config", {})}
-    loggers.append(wandb_logger(run, mode=mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
-                                save_dir=cfg.wandb.dir))
+    loggers.append(
+        wandb_logger(run, mode=mode, project=cfg.wandb.project, entity=cfg.wandb.entity, save_dir=cfg.wandb.dir)
+    )
     return loggers
 
 
-def wandb_logger(run: dict, *, mode: str, project: str | None = None, entity: str | None = None,
-                 save_dir: str = "runs"):
+def wandb_logger(
+    run: dict, *, mode: str, project: str | None = None, entity: str | None = None, save_dir: str = "runs"
+):
     """A WandbLogger for one run (`run`: name, group, job_type, tags, config) that records no argv, git, code or
     system stats; project and entity default to $WANDB_PROJECT / $WANDB_ENTITY, else project `ablate`."""
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    settings = wandb.Settings(x_disable_meta=True, x_disable_stats=True, disable_git=True, save_code=False,
-                              x_save_requirements=False, silent=True)
+    settings = wandb.Settings(
+        x_disable_meta=True,
+        x_disable_stats=True,
+        disable_git=True,
+        save_code=False,
+        x_save_requirements=False,
+        silent=True,
+    )
     folder = Path(save_dir).resolve()  # absolute: W&B's service process keeps the cwd it started in
     folder.mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project or os.environ.get("WANDB_PROJECT") or "ablate",
-                       entity=entity or os.environ.get("WANDB_ENTITY"), mode=mode, save_dir=str(folder),
-                       settings=settings, **run)
+    return WandbLogger(
+        project=project or os.environ.get("WANDB_PROJECT") or "ablate",
+        entity=entity or os.environ.get("WANDB_ENTITY"),
+        mode=mode,
+        save_dir=str(folder),
+        settings=settings,
+        **run,
+    )
 
 
 def wandb_mode(cfg: RunConfig | None) -> str:
@@ -54,7 +68,6 @@ def neck_columns(neck: dict) -> dict:
     name = neck["name"]
     options = {**neck_options(name), **{k: v for k, v in neck.items() if k != "name"}}
     return {"name": name, **{k: scalar(v) for k, v in options.items()}}
-
 
 
 def finish_wandb(loggers: list, summary: dict, failed: bool) -> None:

@@ -1,4 +1,5 @@
 """SegmentationModel: smp encoder -> neck (registry) -> DeepLabv3 / DeepLabv3+ head -> upsample to the input."""
+
 from __future__ import annotations
 
 import torch
@@ -17,11 +18,21 @@ def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 class SegmentationModel(nn.Module):
     """Encoder features[-1] -> neck -> head; `deeplabv3plus` also fuses the stride-4 feature (48 channels)."""
 
-    def __init__(self, *, encoder: str, classes: int, neck: dict, encoder_weights: str | None = None,
-                 encoder_depth: int = 5, output_stride: int = 8, head: str = "deeplabv3"):
+    def __init__(
+        self,
+        *,
+        encoder: str,
+        classes: int,
+        neck: dict,
+        encoder_weights: str | None = None,
+        encoder_depth: int = 5,
+        output_stride: int = 8,
+        head: str = "deeplabv3",
+    ):
         super().__init__()
-        self.encoder = get_encoder(encoder, in_channels=3, depth=encoder_depth, weights=encoder_weights,
-                                   output_stride=output_stride)
+        self.encoder = get_encoder(
+            encoder, in_channels=3, depth=encoder_depth, weights=encoder_weights, output_stride=output_stride
+        )
         for k in range(encoder_depth, 5):  # smp keeps ResNet stages deeper than `depth`; they never run
             if hasattr(self.encoder, f"layer{k}"):
                 setattr(self.encoder, f"layer{k}", nn.Identity())

@@ -1,4 +1,5 @@
 """SegmentationModule: the LightningModule (cross-entropy, SGD/AdamW + poly/cosine, torchmetrics mIoU)."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -13,7 +14,6 @@ from ablate.data.recipe import sliding_logits
 from ablate.run.model import SegmentationModel, count_gflops, count_params
 
 
-
 class SegmentationModule(L.LightningModule):
     """Trains a `SegmentationModel` from a plain-dict run config (so checkpoints load with weights_only)."""
 
@@ -23,18 +23,27 @@ class SegmentationModule(L.LightningModule):
         self.cfg = from_dict(config)
         m = self.cfg.model
         self.class_names = list(class_names)
-        self.model = SegmentationModel(encoder=m.encoder, encoder_weights=m.encoder_weights, classes=len(class_names),
-                                       encoder_depth=m.encoder_depth, output_stride=m.output_stride,
-                                       neck=m.neck, head=m.head)
+        self.model = SegmentationModel(
+            encoder=m.encoder,
+            encoder_weights=m.encoder_weights,
+            classes=len(class_names),
+            encoder_depth=m.encoder_depth,
+            output_stride=m.output_stride,
+            neck=m.neck,
+            head=m.head,
+        )
         if m.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.model.forward) if m.compile else self.model.forward
         n = len(class_names)
-        self.val_metrics = MetricCollection({
-            "mIoU": MulticlassJaccardIndex(n, average="macro", ignore_index=IGNORE_INDEX),
-            "IoU": MulticlassJaccardIndex(n, average="none", ignore_index=IGNORE_INDEX, zero_division=float("nan")),
-            "pixel_acc": MulticlassAccuracy(n, average="micro", ignore_index=IGNORE_INDEX),
-        }, prefix="val/")
+        self.val_metrics = MetricCollection(
+            {
+                "mIoU": MulticlassJaccardIndex(n, average="macro", ignore_index=IGNORE_INDEX),
+                "IoU": MulticlassJaccardIndex(n, average="none", ignore_index=IGNORE_INDEX, zero_division=float("nan")),
+                "pixel_acc": MulticlassAccuracy(n, average="micro", ignore_index=IGNORE_INDEX),
+            },
+            prefix="val/",
+        )
         self.best_miou = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, classes, H, W)
@@ -44,8 +53,11 @@ class SegmentationModule(L.LightningModule):
 
     def model_stats(self) -> dict[str, float]:
         """Neck and total parameter counts and GFLOPs at the configured input size."""
-        return {"params/neck": count_params(self.model.neck), "params/total": count_params(self.model),
-                "gflops": count_gflops(self.model, self.cfg.data.image_size)}
+        return {
+            "params/neck": count_params(self.model.neck),
+            "params/total": count_params(self.model),
+            "gflops": count_gflops(self.model, self.cfg.data.image_size),
+        }
 
     def on_fit_start(self) -> None:
         if self.logger is not None:
@@ -55,15 +67,18 @@ class SegmentationModule(L.LightningModule):
         x, y = batch
         loss = F.cross_entropy(self(x), y, ignore_index=IGNORE_INDEX)
         if not torch.isfinite(loss):  # fail the run now rather than report a metric of a diverged model
-            raise FloatingPointError(f"train/loss is {loss.item()} at step {self.global_step}; "
-                                     f"lower optim.lr (now {self.cfg.optim.lr})")
+            raise FloatingPointError(
+                f"train/loss is {loss.item()} at step {self.global_step}; lower optim.lr (now {self.cfg.optim.lr})"
+            )
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         d = self.cfg.data
-        logits = sliding_logits(self, x, d.image_size, max(1, d.image_size * 2 // 3)) if d.val_mode == "slide" else self(x)
+        logits = (
+            sliding_logits(self, x, d.image_size, max(1, d.image_size * 2 // 3)) if d.val_mode == "slide" else self(x)
+        )
         self.log("val/loss", F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX), sync_dist=True)
         preds = logits.argmax(1)  # (B, H, W)
         self.val_metrics.update(preds, y)
@@ -75,8 +90,10 @@ class SegmentationModule(L.LightningModule):
         miou = float(metrics["val/mIoU"])
         if not self.trainer.sanity_checking:
             self.best_miou = max(self.best_miou, miou)
-        self.log_dict({"val/mIoU": miou, "val/mIoU_best": self.best_miou,
-                       "val/pixel_acc": metrics["val/pixel_acc"]}, prog_bar=True)
+        self.log_dict(
+            {"val/mIoU": miou, "val/mIoU_best": self.best_miou, "val/pixel_acc": metrics["val/pixel_acc"]},
+            prog_bar=True,
+        )
         present = {f"val/IoU/{c}": iou for c, iou in zip(self.class_names, metrics["val/IoU"]) if not iou.isnan()}
         self.log_dict(present)  # classes absent from both prediction and target have no IoU
 
@@ -85,8 +102,9 @@ class SegmentationModule(L.LightningModule):
         fused = {"fused": True} if o.fused else {}  # the default path stays exactly as it was
         try:
             if o.name == "sgd":
-                opt = torch.optim.SGD(self.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                      **fused)
+                opt = torch.optim.SGD(
+                    self.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused
+                )
             else:
                 opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, **fused)
         except RuntimeError as e:  # a device torch has no fused kernel for

@@ -1,5 +1,6 @@
 """What a run shows (DeepLabv3, Chen et al. 2017): the best epoch's confusion matrix, masks on fixed images, the
 final model's effective receptive field (Luo et al. 2016), config columns."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ def stack(arrays: list[np.ndarray], fill: int) -> np.ndarray:
     h, w = max(a.shape[0] for a in arrays), max(a.shape[1] for a in arrays)
     out = np.full((len(arrays), h, w, *arrays[0].shape[2:]), fill, np.uint8)
     for i, a in enumerate(arrays):
-        out[i, :a.shape[0], :a.shape[1]] = a
+        out[i, : a.shape[0], : a.shape[1]] = a
     return out
 
 
@@ -105,13 +106,16 @@ class RunVisuals(L.Callback):
 
     def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if not isinstance(outputs, torch.Tensor):
-            raise TypeError("RunVisuals needs validation_step to return its predictions (B, H, W), "
-                            f"got {type(outputs).__name__}")
+            raise TypeError(
+                f"RunVisuals needs validation_step to return its predictions (B, H, W), got {type(outputs).__name__}"
+            )
         x, y = batch
         self.confusion.update(outputs, y)
         dm = trainer.datamodule
         for i in range(min(len(x), self.samples - len(self._seen))):
-            self._seen.append((to_uint8(x[i], dm.mean, dm.std), y[i].byte().cpu().numpy(), outputs[i].byte().cpu().numpy()))
+            self._seen.append(
+                (to_uint8(x[i], dm.mean, dm.std), y[i].byte().cpu().numpy(), outputs[i].byte().cpu().numpy())
+            )
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -143,10 +147,13 @@ class RunVisuals(L.Callback):
     def write(self, output: Path) -> None:
         """confusion.json, predictions.npz and predictions.png in `output`."""
         output.mkdir(parents=True, exist_ok=True)
-        (output / "confusion.json").write_text(json.dumps(
-            {"classes": self.classes, "epoch": self.best_epoch, "matrix": self.matrix.astype(int).tolist()}))
+        (output / "confusion.json").write_text(
+            json.dumps({"classes": self.classes, "epoch": self.best_epoch, "matrix": self.matrix.astype(int).tolist()})
+        )
         images, true, pred = self.shown
-        np.savez_compressed(output / "predictions.npz", images=images, true=true, pred=pred, classes=np.array(self.classes))
+        np.savez_compressed(
+            output / "predictions.npz", images=images, true=true, pred=pred, classes=np.array(self.classes)
+        )
         render_predictions(images, true, pred, self.classes).save(output / "predictions.png")
         if self.erf is not None:
             erf_image(self.erf).save(output / "erf.png")
@@ -157,17 +164,28 @@ class RunVisuals(L.Callback):
 
         labels = {**dict(enumerate(self.classes)), IGNORE_INDEX: "ignore"}
         images, true, pred = self.shown
-        shown = [wandb.Image(images[i], caption=f"val image {i} (epoch {self.best_epoch})",
-                             masks={"predictions": {"mask_data": pred[i], "class_labels": labels},
-                                    "ground_truth": {"mask_data": true[i], "class_labels": labels}})
-                 for i in range(len(images))]
+        shown = [
+            wandb.Image(
+                images[i],
+                caption=f"val image {i} (epoch {self.best_epoch})",
+                masks={
+                    "predictions": {"mask_data": pred[i], "class_labels": labels},
+                    "ground_truth": {"mask_data": true[i], "class_labels": labels},
+                },
+            )
+            for i in range(len(images))
+        ]
         rows = [[a, p, int(self.matrix[i, j])] for i, a in enumerate(self.classes) for j, p in enumerate(self.classes)]
         table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows)
-        chart = wandb.plot_table("wandb/confusion_matrix/v1", table,
-                                 {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
-                                 {"title": f"confusion matrix (pixels), best epoch {self.best_epoch}"})
+        chart = wandb.plot_table(
+            "wandb/confusion_matrix/v1",
+            table,
+            {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            {"title": f"confusion matrix (pixels), best epoch {self.best_epoch}"},
+        )
         media = {"val/predictions": shown, "val/confusion_matrix": chart}
         if self.erf is not None:
-            media["val/erf"] = wandb.Image(erf_image(self.erf),
-                                           caption="effective receptive field of the final model (centre pixel)")
+            media["val/erf"] = wandb.Image(
+                erf_image(self.erf), caption="effective receptive field of the final model (centre pixel)"
+            )
         return media

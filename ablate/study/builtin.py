@@ -1,4 +1,5 @@
 """The built-in target: a trial's values set dotted keys of ablate's run config, and `ablate.run.fit` trains it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,7 +44,7 @@ def trial_config(sweep: SweepConfig, params: dict) -> RunConfig:
     """The run config of a trial: the base with each dotted key set (a named row sets all of its keys)."""
     raw = yaml.safe_load(yaml.safe_dump(sweep.base))
     for key, value in params.items():
-        for k, v in (sweep.rows[value].items() if key == "row" and sweep.rows else [(key, value)]):
+        for k, v in sweep.rows[value].items() if key == "row" and sweep.rows else [(key, value)]:
             set_dotted(raw, k, decode(k, v))
     cfg = from_dict(raw)
     if any(k.endswith("rates") for k in params):
@@ -60,5 +61,5 @@ def decode(key: str, value):
         try:
             return [int(r) for r in value.split(",")]
         except ValueError:
-            raise ConfigError(f"{key}={value!r} is not a comma-separated list of integers like \"6,12,18\"") from None
+            raise ConfigError(f'{key}={value!r} is not a comma-separated list of integers like "6,12,18"') from None
     return value

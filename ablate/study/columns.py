@@ -1,4 +1,5 @@
 """W&B config columns of a study's runs: swept settings as scalars, under names W&B does not nest."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """The study loop, the same for every target: trial slots, seeds, heartbeats, signals, failures, W&B naming."""
+
 from __future__ import annotations
 
 import contextlib
@@ -68,9 +69,13 @@ class Objective:
     def wandb_run(self, trial: optuna.Trial, seed: int, variant: str, config: dict) -> dict:
         """One W&B run per (trial, seed): named t{trial}-s{seed}, grouped by the variant, tagged with the study."""
         swept = swept_columns(flatten(config), swept_keys(self.sweep.space, self.sweep.rows))
-        return {"name": f"t{trial.number}-s{seed}", "group": variant, "job_type": "trial",
-                "tags": [self.sweep.study.name],
-                "config": {"study": self.sweep.study.name, "trial": trial.number, "swept": swept}}
+        return {
+            "name": f"t{trial.number}-s{seed}",
+            "group": variant,
+            "job_type": "trial",
+            "tags": [self.sweep.study.name],
+            "config": {"study": self.sweep.study.name, "trial": trial.number, "swept": swept},
+        }
 
     def _seeds(self, trial: optuna.Trial, config: dict, variant: str, seeds: list[int]) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
@@ -82,17 +87,31 @@ class Objective:
             output = self.root / f"t{trial.number}-s{seed}"
             console.print(f"  trial {trial.number} seed {seed}: {variant} (config {config_digest(config)})")
             Interrupt.check()
-            share({"config": config, "seed": seed, "output": str(output), "trial_id": trial._trial_id,
-                   "number": trial.number, "variant": variant, "prune": bool(prune)})  # DDP ranks train the same
-            summary = self.target.fit(config, seed, output, callbacks=[*prune, Interrupt()],
-                                      wandb_run=self.wandb_run(trial, seed, variant, config))
+            share(
+                {
+                    "config": config,
+                    "seed": seed,
+                    "output": str(output),
+                    "trial_id": trial._trial_id,
+                    "number": trial.number,
+                    "variant": variant,
+                    "prune": bool(prune),
+                }
+            )  # DDP ranks train the same
+            summary = self.target.fit(
+                config,
+                seed,
+                output,
+                callbacks=[*prune, Interrupt()],
+                wandb_run=self.wandb_run(trial, seed, variant, config),
+            )
             for callback in prune:
                 callback.check_pruned()  # under DDP the prune decision comes back through the storage
             if summary.get(metric) is None or not math.isfinite(summary[metric]):
                 raise FloatingPointError(f"seed {seed}: {metric} is {summary.get(metric)}")
             values.append(summary[f"{metric}_best"])
             metrics.append({k: v for k, v in summary.items() if k.startswith("val/") and v is not None})
-            record(trial, seeds[:i + 1], values, metrics, summary)
+            record(trial, seeds[: i + 1], values, metrics, summary)
         return sum(values) / len(values)
 
 
@@ -158,13 +177,16 @@ class StopOnRepeatedFailure:
         self.reasons.append(trial.user_attrs.get("fail_reason", "unknown error"))
         kinds = {reason.partition(":")[0] for reason in self.reasons}  # the exception type
         if len(self.reasons) >= self.repeats and len(kinds) == 1:
-            error(f"the first {self.repeats} trials all failed with:\n  {self.reasons[0]}\n"
-                  "stopping the study; fix the cause and run the same command again")
+            error(
+                f"the first {self.repeats} trials all failed with:\n  {self.reasons[0]}\n"
+                "stopping the study; fix the cause and run the same command again"
+            )
             self.stopped = True
 
 
-def run_study(sweep: SweepConfig, target, storage_url: str, workers: int = 1, argv: list[str] = (),
-              gpus: list[str] | None = None) -> int:
+def run_study(
+    sweep: SweepConfig, target, storage_url: str, workers: int = 1, argv: list[str] = (), gpus: list[str] | None = None
+) -> int:
     """Run the study up to its n_trials total; 0 when every counted trial is done, 1 when it stopped on failures.
 
     With `workers` > 1, or `gpus` (each worker's CUDA_VISIBLE_DEVICES), that many processes of the same
@@ -189,8 +211,14 @@ def run_study(sweep: SweepConfig, target, storage_url: str, workers: int = 1, ar
         return start_workers(workers, argv, gpus)
     try:
         slots = Slots(storage_url, s.name, sweep.n_trials, extend=rounds)
-        run_trials(study, Objective(sweep, target, root, slots.lock), slots,
-                   [stopper, progress(sweep.n_trials, time.time())], stopper, s)
+        run_trials(
+            study,
+            Objective(sweep, target, root, slots.lock),
+            slots,
+            [stopper, progress(sweep.n_trials, time.time())],
+            stopper,
+            s,
+        )
     finally:
         share(None)  # the other ranks of a DDP job, if any, stop
     return 1 if stopper.stopped else 0
@@ -225,8 +253,10 @@ def run_trials(study: optuna.Study, objective: Objective, slots: Slots, callback
             if not running:
                 return
             if not announced:
-                console.print(f"every trial slot is taken; waiting for trial(s) {running} in other workers "
-                              f"(a dead worker's trial is queued again after {settings.grace_period} s)")
+                console.print(
+                    f"every trial slot is taken; waiting for trial(s) {running} in other workers "
+                    f"(a dead worker's trial is queued again after {settings.grace_period} s)"
+                )
             announced = True
             time.sleep(min(2, settings.heartbeat_interval))  # most often the others just finish
             continue
@@ -255,13 +285,17 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hear
 
 def progress(total: int, started: float):
     """A study callback printing one line per finished trial: count, state, value, reason, variant, time."""
+
     def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         n = f"round {trial.user_attrs[ROUND]}" if ROUND in trial.user_attrs else f"{len(done_trials(study))}/{total}"
         value = "" if trial.value is None else f" = {trial.value:.4f}"
         reason = f" ({trial.user_attrs['fail_reason']})" if "fail_reason" in trial.user_attrs else ""
         elapsed = time.time() - started
-        console.print(f"[{n}] trial {trial.number} {trial.state.name.lower()}{value}{reason}  "
-                      f"{trial.user_attrs.get('variant', '')}  ({elapsed / 60:.1f} min)")
+        console.print(
+            f"[{n}] trial {trial.number} {trial.state.name.lower()}{value}{reason}  "
+            f"{trial.user_attrs.get('variant', '')}  ({elapsed / 60:.1f} min)"
+        )
+
     return show
 
 

@@ -1,4 +1,5 @@
 """Which GPUs each `--workers N` process sees: its share of the machine's GPUs, by CUDA_VISIBLE_DEVICES."""
+
 from __future__ import annotations
 
 import os
@@ -30,14 +31,19 @@ def visible_gpus() -> list[str]:
 def parse_gpus(text: str, visible: list[str]) -> list[str]:
     """`--gpus 0,1,2,3` -> ['0', '1', '2', '3'], each one of `visible`, none twice."""
     gpus = [g.strip() for g in text.split(",")]
-    where = f"visible GPUs: {','.join(visible)}" if visible else \
-        "no GPU is visible here ($CUDA_VISIBLE_DEVICES is unset or empty and torch finds no CUDA device)"
+    where = (
+        f"visible GPUs: {','.join(visible)}"
+        if visible
+        else "no GPU is visible here ($CUDA_VISIBLE_DEVICES is unset or empty and torch finds no CUDA device)"
+    )
     for g in gpus:
         if not GPU_NAME.fullmatch(g) or g not in visible:
             raise ConfigError(f"--gpus {text}: {g!r} is not a visible GPU; {where}")
     if len(set(gpus)) < len(gpus):
-        raise ConfigError(f"--gpus {text}: a GPU is named twice; give each once (workers share GPUs by themselves "
-                          "when there are more workers than GPUs)")
+        raise ConfigError(
+            f"--gpus {text}: a GPU is named twice; give each once (workers share GPUs by themselves "
+            "when there are more workers than GPUs)"
+        )
     return gpus
 
 
@@ -48,10 +54,11 @@ def assign_gpus(workers: int, gpus: list[str], per_trial: int) -> list[str]:
         raise ConfigError(
             f"--workers {workers} with trainer.devices={per_trial} needs {workers * per_trial} GPUs, and "
             f"{len(gpus)} are chosen ({','.join(gpus)}): use --workers {max(1, len(gpus) // per_trial)}, or "
-            "trainer.devices=1 to pack several workers on each GPU")
+            "trainer.devices=1 to pack several workers on each GPU"
+        )
     if per_trial == 1:
         return [gpus[i % len(gpus)] for i in range(workers)]
-    return [",".join(gpus[i * per_trial:(i + 1) * per_trial]) for i in range(workers)]
+    return [",".join(gpus[i * per_trial : (i + 1) * per_trial]) for i in range(workers)]
 
 
 def trial_devices(sweep) -> int | None:

@@ -1,6 +1,7 @@
 """A user's LightningCLI project as a study target: trial values are jsonargparse overrides of its own config,
 validated by its own parser before anything trains, and each (trial, seed) is its CLI built in-process
 (`run=False`) with ablate's callbacks and W&B run added to the project's own."""
+
 from __future__ import annotations
 
 import importlib
@@ -38,8 +39,10 @@ def import_cli(name: str, folders=()) -> type:
     try:
         cli_class = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"cli: cannot import {name!r}: {type(e).__name__}: {e} (searched the sweep file's folder, "
-                          f"the working directory and the installed packages)") from None
+        raise ConfigError(
+            f"cli: cannot import {name!r}: {type(e).__name__}: {e} (searched the sweep file's folder, "
+            f"the working directory and the installed packages)"
+        ) from None
     if not (isinstance(cli_class, type) and issubclass(cli_class, LightningCLI)):
         raise ConfigError(f"cli: {name!r} is not a subclass of lightning.pytorch.cli.LightningCLI")
     return cli_class
@@ -47,6 +50,7 @@ def import_cli(name: str, folders=()) -> type:
 
 def parse_only(cli_class: type, args: list[str]):
     """(parser, namespace) of the user's CLI on `args`: parsed and validated, nothing instantiated or seeded."""
+
     class ParseOnly(cli_class):
         def init_parser(self, **kwargs):
             return super().init_parser(**{**kwargs, "exit_on_error": False})  # errors raise, never exit
@@ -74,8 +78,12 @@ def cli_value(key: str, value, space: dict) -> str:
 def arguments(sweep: SweepConfig, params: dict) -> list[str]:
     """`--config BASE --key=value ...`: the sweep's overrides, then the trial's values."""
     overrides = [o if o.startswith("--") else f"--{o}" for o in sweep.overrides]
-    return ["--config", str(sweep.base), *overrides,
-            *(f"--{key}={cli_value(key, value, sweep.space)}" for key, value in params.items())]
+    return [
+        "--config",
+        str(sweep.base),
+        *overrides,
+        *(f"--{key}={cli_value(key, value, sweep.space)}" for key, value in params.items()),
+    ]
 
 
 class LightningCLITarget:
@@ -144,6 +152,7 @@ def run_config(config: dict, seed: int, output: Path) -> dict:
 def fit_cli(cli_class: type, config: dict, callbacks: list, loggers: list):
     """The user's CLI on `config` (a dict, as `args`), classes instantiated, not run; `callbacks` and `loggers`
     added to the trainer's own, the saved config.yaml overwritten on a rerun."""
+
     class FitCLI(cli_class):
         def instantiate_trainer(self, **kwargs):
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
@@ -179,8 +188,10 @@ class BestMetric(L.Callback):
     def _read(self, trainer: L.Trainer) -> float:
         metrics = trainer.callback_metrics
         if self.metric not in metrics:
-            raise ConfigError(f"metric {self.metric!r} is not logged by the module; it logged: "
-                              f"{', '.join(sorted(metrics)) or 'nothing'} (set `metric` in the sweep file)")
+            raise ConfigError(
+                f"metric {self.metric!r} is not logged by the module; it logged: "
+                f"{', '.join(sorted(metrics)) or 'nothing'} (set `metric` in the sweep file)"
+            )
         for key in (self.metric, *(k for k in metrics if "loss" in k)):
             if not math.isfinite(float(metrics[key])):
                 raise FloatingPointError(f"{key} is {float(metrics[key])} at epoch {trainer.current_epoch}")
@@ -194,8 +205,15 @@ def run_summary(trainer: L.Trainer, module, best: BestMetric, seed: int, config:
     sizes = {"params/total": sum(p.numel() for p in module.parameters())}
     if isinstance(neck, nn.Module):
         sizes["params/neck"] = sum(p.numel() for p in neck.parameters())
-    return {**last, best.metric: best.last, f"{best.metric}_best": best.best, **sizes,
-            "epochs": trainer.current_epoch, "seed": seed, "config": config}
+    return {
+        **last,
+        best.metric: best.last,
+        f"{best.metric}_best": best.best,
+        **sizes,
+        "epochs": trainer.current_epoch,
+        "seed": seed,
+        "config": config,
+    }
 
 
 def wandb_loggers(wandb_run: dict | None, config: dict, seed: int) -> list:
@@ -207,4 +225,3 @@ def wandb_loggers(wandb_run: dict | None, config: dict, seed: int) -> list:
     seeds = {"seed_everything": seed, "seed": seed}  # the run's seed, not the base config's
     run = {**wandb_run, "config": {**flatten(config), **seeds, **wandb_run.get("config", {})}}
     return [wandb_logger(run, mode=mode)]
-

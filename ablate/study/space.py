@@ -1,4 +1,5 @@
 """Sweep files: a base run config, a search space over dotted config keys, and the study settings."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,9 @@ class SweepConfig:
     def space_json(self) -> str:
         """The space, named rows and direction, canonical: what a stored study is compared against."""
         target = {"cli": self.cli, "metric": self.metric} if self.cli else {}  # built-in studies stay as stored
-        return json.dumps({"space": self.space, "rows": self.rows, "direction": self.study.direction, **target},
-                          sort_keys=True)
+        return json.dumps(
+            {"space": self.space, "rows": self.rows, "direction": self.study.direction, **target}, sort_keys=True
+        )
 
 
 def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfig:
@@ -64,16 +66,25 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     overrides = [*(raw.get("overrides") or []), *overrides]
     if raw.get("cli") or raw.get("metric", "val/mIoU") != "val/mIoU":  # a user's LightningCLI project
         base = cli_base(path, raw.get("base"))
-        target = {"cli": raw.get("cli") or "lightning.pytorch.cli.LightningCLI", "metric": raw.get("metric", "val/mIoU"),
-                  "base": str(base), "overrides": tuple(overrides),
-                  "folders": (str(path.resolve().parent), str(base.parent))}
+        target = {
+            "cli": raw.get("cli") or "lightning.pytorch.cli.LightningCLI",
+            "metric": raw.get("metric", "val/mIoU"),
+            "base": str(base),
+            "overrides": tuple(overrides),
+            "folders": (str(path.resolve().parent), str(base.parent)),
+        }
     else:
         target = {"base": load_base(path, raw.get("base") or {}, overrides)}
     study = raw.get("study") or {}
     check_keys(study, [f.name for f in dataclasses.fields(StudyConfig)], f"{path}: study.")
     seeds = raw.get("seeds", [0])
-    sweep = SweepConfig(space=raw.get("space") or {}, study=StudyConfig(**study), n_trials=raw.get("n_trials", 8),
-                        seeds=tuple(seeds) if isinstance(seeds, list) else seeds, **target)
+    sweep = SweepConfig(
+        space=raw.get("space") or {},
+        study=StudyConfig(**study),
+        n_trials=raw.get("n_trials", 8),
+        seeds=tuple(seeds) if isinstance(seeds, list) else seeds,
+        **target,
+    )
     validate_sweep(sweep)
     return sweep
 
@@ -99,8 +110,10 @@ def check_keys(raw: dict, known, where: str) -> None:
 def cli_base(path: Path, base) -> Path:
     """The LightningCLI config file a `cli` sweep names, relative to the sweep file, as an absolute path."""
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: base must name a LightningCLI config file (class_path/init_args, as `fit "
-                          f"--config` takes), relative to {path.name}; got {base!r}")
+        raise ConfigError(
+            f"{path}: base must name a LightningCLI config file (class_path/init_args, as `fit "
+            f"--config` takes), relative to {path.name}; got {base!r}"
+        )
     base_path = (path.resolve().parent / base).resolve()
     if not base_path.is_file():
         raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to {path.name})")
@@ -120,23 +133,35 @@ def load_base(path: Path, base, overrides: list[str]) -> dict:
 def validate_sweep(sweep: SweepConfig) -> None:
     """Every setting and every value the space can produce is checked before anything trains."""
     s = sweep.study
-    for key, value, choices in (("study.sampler", s.sampler, SAMPLERS), ("study.pruner", s.pruner, PRUNERS),
-                                ("study.direction", s.direction, ("maximize", "minimize"))):
+    for key, value, choices in (
+        ("study.sampler", s.sampler, SAMPLERS),
+        ("study.pruner", s.pruner, PRUNERS),
+        ("study.direction", s.direction, ("maximize", "minimize")),
+    ):
         check_choice(key, value, choices)
     for key in ("heartbeat_interval", "grace_period"):
         if type(getattr(s, key)) is not int or getattr(s, key) < 1:
             raise ConfigError(f"study.{key} must be a positive number of seconds; got {getattr(s, key)!r}")
     check_verdict_settings(s)
     if s.grace_period <= s.heartbeat_interval:
-        raise ConfigError(f"study.grace_period={s.grace_period} must be longer than study.heartbeat_interval="
-                          f"{s.heartbeat_interval}, or live trials would be taken for dead ones")
+        raise ConfigError(
+            f"study.grace_period={s.grace_period} must be longer than study.heartbeat_interval="
+            f"{s.heartbeat_interval}, or live trials would be taken for dead ones"
+        )
     if not isinstance(sweep.n_trials, int) or isinstance(sweep.n_trials, bool) or sweep.n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer; got {sweep.n_trials!r}")
     seeds = sweep.seeds
-    if not isinstance(seeds, tuple) or not seeds or any(type(x) is not int for x in seeds) or len(set(seeds)) < len(seeds):
+    if (
+        not isinstance(seeds, tuple)
+        or not seeds
+        or any(type(x) is not int for x in seeds)
+        or len(set(seeds)) < len(seeds)
+    ):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]; got {seeds!r}")
     if not isinstance(sweep.space, dict) or not sweep.space:
-        raise ConfigError("space must map dotted config keys to {choices: [...]}, {low: .., high: ..} or {rates: K, ..}")
+        raise ConfigError(
+            "space must map dotted config keys to {choices: [...]}, {low: .., high: ..} or {rates: K, ..}"
+        )
     for key, spec in sweep.space.items():
         _check_spec(key, spec)
     if s.sampler == "grid" and any("choices" not in spec for spec in sweep.space.values()):
@@ -161,12 +186,16 @@ def check_verdict_settings(s: StudyConfig) -> None:
 
 def _check_spec(key: str, spec) -> None:
     if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
-        raise ConfigError(f"space.{key} must be {{choices: [...]}}, {{low: .., high: .., log: false}} "
-                          f"or {{rates: K, low: .., high: ..}}; got {spec!r}")
+        raise ConfigError(
+            f"space.{key} must be {{choices: [...]}}, {{low: .., high: .., log: false}} "
+            f"or {{rates: K, low: .., high: ..}}; got {spec!r}"
+        )
     for choice in spec.get("choices", []):
         if not isinstance(choice, SCALARS):
-            raise ConfigError(f"space.{key}: choice {choice!r} is not a scalar; encode lists as strings, "
-                              f"e.g. \"6,12,18\" (Optuna stores categorical choices as scalars)")
+            raise ConfigError(
+                f"space.{key}: choice {choice!r} is not a scalar; encode lists as strings, "
+                f'e.g. "6,12,18" (Optuna stores categorical choices as scalars)'
+            )
     if "rates" in spec:
         k, low, high = spec["rates"], spec["low"], spec["high"]
         if not (isinstance(k, int) and 1 <= k <= high - low + 1 and low >= 1):
@@ -225,6 +254,11 @@ def grid_choices(space: dict) -> dict:
 def to_plain(sweep: SweepConfig) -> dict:
     """The resolved sweep as plain data (written next to the study's runs)."""
     target = {"cli": sweep.cli, "metric": sweep.metric, "overrides": list(sweep.overrides)} if sweep.cli else {}
-    return {**target, "base": sweep.base, "space": sweep.space, "study": dataclasses.asdict(sweep.study),
-            "n_trials": sweep.n_trials, "seeds": list(sweep.seeds)}
-
+    return {
+        **target,
+        "base": sweep.base,
+        "space": sweep.space,
+        "study": dataclasses.asdict(sweep.study),
+        "n_trials": sweep.n_trials,
+        "seeds": list(sweep.seeds),
+    }

@@ -1,4 +1,5 @@
 """The one home of the Optuna storage: its URL (flag, $ABLATE_STORAGE, default), redaction, locks, studies."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,12 +45,17 @@ def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.s
     """
     beat = {}
     if heartbeat:
-        beat = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
-                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback()}
+        beat = {
+            "heartbeat_interval": heartbeat[0],
+            "grace_period": heartbeat[1],
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
+        }
     if not url.startswith("sqlite:///"):
         if not url.startswith("postgresql"):
-            raise ConfigError(f"storage {redact(url)!r}: use sqlite:///PATH (one machine) or "
-                              "postgresql+psycopg2://USER:PASSWORD@HOST/DB (many machines)")
+            raise ConfigError(
+                f"storage {redact(url)!r}: use sqlite:///PATH (one machine) or "
+                "postgresql+psycopg2://USER:PASSWORD@HOST/DB (many machines)"
+            )
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
     with sqlite_lock(url):  # workers that start together create the schema one at a time
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
@@ -65,8 +71,9 @@ def load_study(name: str, storage, **kwargs) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage, **kwargs)
     except KeyError:
-        raise ConfigError(f"no study {name!r} in this storage; studies: {', '.join(study_names(storage)) or 'none'}"
-                          ) from None
+        raise ConfigError(
+            f"no study {name!r} in this storage; studies: {', '.join(study_names(storage)) or 'none'}"
+        ) from None
 
 
 class GridSampler(optuna.samplers.GridSampler):
@@ -82,22 +89,34 @@ def open_study(sweep, storage_url: str) -> optuna.Study:
     from ablate.study.space import grid_choices, to_plain
 
     s = sweep.study
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=s.sampler_seed),
-                "random": lambda: optuna.samplers.RandomSampler(seed=s.sampler_seed),
-                "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s.sampler_seed),
-                "grid": lambda: GridSampler(grid_choices(sweep.space), seed=s.sampler_seed)}
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
-               "none": optuna.pruners.NopPruner}
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=s.sampler_seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=s.sampler_seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s.sampler_seed),
+        "grid": lambda: GridSampler(grid_choices(sweep.space), seed=s.sampler_seed),
+    }
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+        "none": optuna.pruners.NopPruner,
+    }
     storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period))
-    study = optuna.create_study(study_name=s.name, storage=storage, sampler=samplers[s.sampler](),
-                                pruner=pruners[s.pruner](), direction=s.direction, load_if_exists=True)
+    study = optuna.create_study(
+        study_name=s.name,
+        storage=storage,
+        sampler=samplers[s.sampler](),
+        pruner=pruners[s.pruner](),
+        direction=s.direction,
+        load_if_exists=True,
+    )
     stored = study.user_attrs.get("space")
     if stored is None:
         study.set_user_attr("space", sweep.space_json())
         study.set_user_attr("sweep", to_plain(sweep))
     elif stored != sweep.space_json():
-        raise ConfigError(f"study {s.name!r} already exists in this storage with another search space or direction.\n"
-                          f"stored: {stored}\nnew:    {sweep.space_json()}\n"
-                          "Use --study NEW_NAME for the new space, or the stored sweep file to resume.")
+        raise ConfigError(
+            f"study {s.name!r} already exists in this storage with another search space or direction.\n"
+            f"stored: {stored}\nnew:    {sweep.space_json()}\n"
+            "Use --study NEW_NAME for the new space, or the stored sweep file to resume."
+        )
     return study

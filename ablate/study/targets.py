@@ -12,6 +12,7 @@ and nothing of segmentation; it asks a target for four things:
 
 ablate's own model is `ablate.study.builtin.BuiltinTarget`; a user's LightningCLI project is the other target.
 """
+
 from __future__ import annotations
 
 from ablate.study.space import SweepConfig, probes, validate_sweep

@@ -10,6 +10,7 @@
   ranks never ask the study: rank 0 hands each run's config to them (in the environment for the first run,
   before they exist; by a broadcast afterwards), and they train it until rank 0 says stop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -103,18 +104,27 @@ def start_workers(n: int, argv: list[str], gpus: list[str] | None = None) -> int
     """`--workers N`: N processes of the same command on this machine, worker i seeing only GPUs `gpus[i]` (its
     CUDA_VISIBLE_DEVICES; None: what this process sees); 0 when all of them succeed."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))  # no oversubscription
-    envs = [{**os.environ, WORKER_ENV: str(i), "OMP_NUM_THREADS": threads,
-             **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {})} for i in range(n)]
+    envs = [
+        {
+            **os.environ,
+            WORKER_ENV: str(i),
+            "OMP_NUM_THREADS": threads,
+            **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {}),
+        }
+        for i in range(n)
+    ]
     procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv], env=env) for env in envs]
     console.print(f"started {n} workers: pids {', '.join(str(p.pid) for p in procs)}")
     if gpus:
-        console.print("GPUs (CUDA_VISIBLE_DEVICES) of each worker: " +
-                      ", ".join(f"worker {i}: {g}" for i, g in enumerate(gpus)))
+        console.print(
+            "GPUs (CUDA_VISIBLE_DEVICES) of each worker: " + ", ".join(f"worker {i}: {g}" for i, g in enumerate(gpus))
+        )
     codes = [p.wait() for p in procs]  # a worker killed by signal N reports -N: the shell's 128 + N
     return max(c if c >= 0 else 128 - c for c in codes)
 
 
 # --- DDP inside a trial -------------------------------------------------------------------------------------
+
 
 def ddp_rank() -> int:
     """0 in the process that runs the study (outside DDP, or global rank 0); not 0 in every other DDP rank.
@@ -145,8 +155,10 @@ def receive() -> dict | None:
         dist.broadcast_object_list(box, src=0)
         return box[0]
     if JOB_ENV not in os.environ:
-        raise RuntimeError(f"this process has DDP rank {ddp_rank()} but no run from rank 0 (${JOB_ENV}): start "
-                           "`python -m ablate.sweep` once per machine and let Lightning start the other ranks")
+        raise RuntimeError(
+            f"this process has DDP rank {ddp_rank()} but no run from rank 0 (${JOB_ENV}): start "
+            "`python -m ablate.sweep` once per machine and let Lightning start the other ranks"
+        )
     return json.loads(os.environ.pop(JOB_ENV))
 
 
@@ -165,8 +177,10 @@ def follow(study: optuna.Study, target) -> int:
 
     rank = ddp_rank()
     while (job := receive()) is not None:
-        console.print(f"  rank {rank}: trial {job['number']} seed {job['seed']}: {job['variant']} "
-                      f"(config {config_digest(job['config'])})")
+        console.print(
+            f"  rank {rank}: trial {job['number']} seed {job['seed']}: {job['variant']} "
+            f"(config {config_digest(job['config'])})"
+        )
         trial = optuna.Trial(study, job["trial_id"])
         prune = [PyTorchLightningPruningCallback(trial, monitor=target.metric)] if job["prune"] else []
         try:

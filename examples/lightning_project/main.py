@@ -1,4 +1,5 @@
 """Entry point: python main.py fit --config configs/fit.yaml [--trainer.max_epochs=1 ...]."""
+
 from seg_project.cli import cli_main
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The project's LightningCLI: the data's number of classes is linked into the model."""
+
 from __future__ import annotations
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI

@@ -1,4 +1,5 @@
 """Synthetic segmentation data: one square (class 1) or disc (class 2) per image on a noisy background (class 0)."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,7 @@ class ShapesData(LightningDataModule):
 
     num_classes = 3
 
-    def __init__(self, size: int = 32, train_size: int = 128, val_size: int = 64, batch_size: int = 16,
-                 seed: int = 0):
+    def __init__(self, size: int = 32, train_size: int = 128, val_size: int = 64, batch_size: int = 16, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
 

@@ -1,7 +1,8 @@
 """A tiny segmentation LightningModule: conv encoder -> injected neck -> dropout -> 1x1 classifier -> upsample."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -27,12 +28,22 @@ class SegModule(LightningModule):
         lr: Adam learning rate.
     """
 
-    def __init__(self, neck: Callable[[int], nn.Module], num_classes: int = 3, width: int = 16,
-                 dropout: float = 0.1, lr: float = 0.01):
+    def __init__(
+        self,
+        neck: Callable[[int], nn.Module],
+        num_classes: int = 3,
+        width: int = 16,
+        dropout: float = 0.1,
+        lr: float = 0.01,
+    ):
         super().__init__()
         self.save_hyperparameters()  # from the CLI: plain config values (the neck as class_path + init_args)
-        self.encoder = nn.Sequential(conv_bn_relu(3, width, 2), conv_bn_relu(width, width, 1),
-                                     conv_bn_relu(width, 2 * width, 2), conv_bn_relu(2 * width, 2 * width, 1))
+        self.encoder = nn.Sequential(
+            conv_bn_relu(3, width, 2),
+            conv_bn_relu(width, width, 1),
+            conv_bn_relu(width, 2 * width, 2),
+            conv_bn_relu(2 * width, 2 * width, 1),
+        )
         self.neck = neck(2 * width)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(self.neck.out_channels, num_classes, 1)
