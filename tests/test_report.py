@@ -160,8 +160,8 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
 
 
 def test_main_effects_and_the_verdict_plots_hold_the_studys_numbers(study):
+    from ablate.results.factorial import factorial_effects
     from ablate.results.rows import add_deltas, rows_of
-    from ablate.results.stats import factorial_effects
 
     text = (study / "runs/t/report.html").read_text()
     s = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db")

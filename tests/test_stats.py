@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from ablate.results.factorial import factorial_effects
 from ablate.results.stats import (
     MAX_SEEDS,
     ROW_FIELDS,
     annotate,
     check_margin,
     compare,
-    factorial_effects,
     holm,
     seeds_needed,
     verdict,

@@ -130,8 +130,8 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
 
 def test_the_sweep_end_shows_main_effects_and_interactions_of_the_factorial_model(capsys):
     from ablate.cli import make_console
+    from ablate.results.factorial import factorial_effects
     from ablate.results.formats import effects_to_rich
-    from ablate.results.stats import factorial_effects
 
     rows = [
         {"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1}}

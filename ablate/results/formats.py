@@ -245,7 +245,7 @@ def fmt_levels(term: dict) -> str:
 
 
 def effects_to_rich(effects: list[dict], metric: str = "val/mIoU"):
-    """Main effects and interactions (ablate.results.stats.factorial_effects) for the terminal (rich)."""
+    """Main effects and interactions (ablate.results.factorial.factorial_effects) for the terminal (rich)."""
     from rich.table import Table
 
     table = Table(title=f"main effects and interactions on {metric}", caption=EFFECTS_NOTE)

@@ -202,8 +202,8 @@ def predictions(row: dict, runs: list[dict], role: str, label: str) -> str:
 
 
 def effects_table(rows: list[dict], metric: str = "val/mIoU") -> str:
-    """Main effects and interactions of the swept settings (ablate.results.stats.factorial_effects), or a note."""
-    from ablate.results.stats import factorial_effects
+    """Main effects and interactions of the swept settings (ablate.results.factorial.factorial_effects), or a note."""
+    from ablate.results.factorial import factorial_effects
 
     effects = factorial_effects(rows) if len(varied_keys(rows)) > 1 else []
     if not effects:

@@ -7,9 +7,9 @@ from pathlib import Path
 import optuna
 
 from ablate.cli import console, make_console
+from ablate.results.factorial import factorial_effects
 from ablate.results.formats import effects_to_rich, render, settings, to_rich, varied_keys, verdict_note
 from ablate.results.rows import add_deltas, rows_of, study_objective, study_verdicts, verdict_options
-from ablate.results.stats import factorial_effects
 from ablate.study.engine import is_worker, run_study
 from ablate.study.storage import DEFAULT_STORAGE, load_study, make_storage, redact
 from ablate.study.workers import ddp_rank
