@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 
 import numpy as np
 
@@ -60,7 +61,9 @@ def _fit(data, k: int):
 
     main = [f"C(x{i})" for i in range(k)]
     for terms in (main + [f"{a}:{b}" for a, b in itertools.combinations(main, 2)], main):
-        fit = smf.ols("y ~ " + " + ".join(terms), data).fit()
+        with warnings.catch_warnings():  # a rank-deficient try warns; the rank check below decides, silently
+            warnings.simplefilter("ignore")
+            fit = smf.ols("y ~ " + " + ".join(terms), data).fit()
         exog = fit.model.exog
         if np.linalg.matrix_rank(exog) == exog.shape[1] < exog.shape[0]:
             return fit
