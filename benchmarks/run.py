@@ -332,8 +332,10 @@ def bench_sweep(quick: bool) -> dict:
     for the variants to differ, so it measures compute (trials, epochs, wall) and not the search."""
     import optuna
 
+    from ablate.results.summary import run_and_show
+    from ablate.study.engine import quiet
     from ablate.study.space import load_sweep
-    from ablate.sweep import quiet, sweep_main
+    from ablate.study.targets import make_target
 
     quiet()
     scale = ["data.image_size=64", "data.train_size=64", "data.val_size=32", "trainer.max_epochs=3"] if quick else []
@@ -359,7 +361,7 @@ def bench_sweep(quick: bool) -> dict:
             )
             start = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
-                sweep_main(sweep, url)
+                run_and_show(sweep, make_target(sweep), url)
             wall = time.perf_counter() - start
             trials = optuna.load_study(study_name=sweep.study.name, storage=url).get_trials()
             finished = [t for t in trials if t.value is not None]

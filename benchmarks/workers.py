@@ -80,9 +80,10 @@ def storage_ms_per_trial(url: str, n: int = 40) -> tuple[float, float]:
     """(ablate's slot + heartbeat + tell, Optuna's bare ask + tell), milliseconds per trial."""
     import optuna
 
+    from ablate.study.engine import quiet
     from ablate.study.space import load_sweep, suggest
+    from ablate.study.storage import open_study
     from ablate.study.workers import Slots
-    from ablate.sweep import open_study, quiet
 
     quiet()
     with tempfile.TemporaryDirectory() as tmp:
