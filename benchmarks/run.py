@@ -6,7 +6,7 @@ Every comparison runs its contenders interleaved (A, B, A, B, ...) in this one p
 and the ratio ours/theirs, so a noisy, shared machine slows both alike. Sections:
   necks     our aspp vs smp's and torchvision's ASPP, same configuration and parameter count: time of
             forward+backward and memory (saved activations on the CPU, peak allocated on CUDA)
-  overhead  one trial through `ablate.train.run` (real Trainer) vs a hand-written PyTorch loop doing the
+  overhead  one trial through `ablate.run.fit.run` (real Trainer) vs a hand-written PyTorch loop doing the
             same steps and validation
   peak      achieved FLOP/s of a full training step vs the best dense float32 kernel (matmuls and a 3x3
             convolution) measured here, and the profiler's slowest operators
@@ -197,7 +197,7 @@ def plain_loop(cfg, device: torch.device) -> float:
 
 
 def bench_overhead(device: torch.device, quick: bool) -> dict:
-    from ablate.train import run
+    from ablate.run.fit import run
 
     cfg = small_config(device, quick)
     with tempfile.TemporaryDirectory() as tmp:
@@ -385,7 +385,7 @@ def bench_sweep(quick: bool) -> dict:
 
 
 def bench_options(device: torch.device, quick: bool) -> dict:
-    from ablate.train import run
+    from ablate.run.fit import run
 
     variants = {
         "default": {},
