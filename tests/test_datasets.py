@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from helpers import write_sweep
+from helpers import TINY, write_sweep
 from PIL import Image
 
 from ablate.config import ConfigError, load_config
@@ -23,16 +23,7 @@ from ablate.sweep import main as sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (40, 52)  # (H, W): not square, so a transposed mask would show
-FILE_TINY = [
-    "data.image_size=32",
-    "data.batch_size=2",
-    "model.neck.out_channels=16",
-    "model.neck.rates=[1,2,3]",
-    "trainer.max_epochs=1",
-    "trainer.enable_checkpointing=false",
-    "trainer.enable_model_summary=false",
-    "wandb.mode=disabled",
-]
+FILE_TINY = [*TINY, "data.batch_size=2"]  # the smallest layouts here have 3 training images
 
 
 def raw_mask(values: list[int], k: int, size=SIZE, width: int = 3) -> np.ndarray:
