@@ -10,15 +10,17 @@ from rich.text import Text
 
 from ablate import cli
 from ablate.errors import ConfigError
+from ablate.study.decide import with_verdict_flags
 from ablate.study.space import StudyConfig, SweepConfig, load_base, read_spec
 from ablate.study.targets import make_target
 
 KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "margin", "rows")
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, float]:
-    """An experiment file as a grid study over its named rows, and its tolerance (in mIoU); `overrides`
-    (e.g. data.root=...) apply to the base after the file's own."""
+def load_experiment(path: str | Path, overrides: list[str] = (), flags=None) -> tuple[SweepConfig, object, float]:
+    """An experiment file as a grid study over its named rows, that study's target (every row's config checked)
+    and its tolerance (in mIoU); `overrides` (e.g. data.root=...) apply to the base after the file's own, `flags`
+    (the parsed --margin, --alpha, --until-decided, --max-seeds) to the study after the file's margin."""
     path = Path(path)
     raw = read_spec(path, KEYS, "experiment file")
     rows = raw.get("rows") or {}
@@ -31,20 +33,21 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> tuple[SweepC
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
+    study = StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none", margin=raw.get("margin"))
     sweep = SweepConfig(
         base=base,
         space={"row": {"choices": list(rows)}},
         rows=rows,
-        study=StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none", margin=raw.get("margin")),
+        study=with_verdict_flags(study, flags),
         n_trials=len(rows),
         seeds=tuple(raw.get("seeds", [0])),
         baseline=None if baseline is None else {"row": baseline},
     )
-    make_target(sweep)  # every row's config is checked before anything trains
+    target = make_target(sweep)  # every row's config is checked before anything trains
     tolerance = raw.get("tolerance", 0.01)
     if not isinstance(tolerance, (int, float)) or tolerance < 0:
         raise ConfigError(f"{path}: tolerance must be a non-negative number (mIoU); got {tolerance!r}")
-    return sweep, float(tolerance)
+    return sweep, target, float(tolerance)
 
 
 def reference_means(path: Path) -> dict[str, float | None]:
@@ -95,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reproduce(args) -> int:
-    import dataclasses
-
     from ablate.results.summary import run_and_show
-    from ablate.study.decide import with_verdict_flags
     from ablate.study.engine import Interrupt, quiet
     from ablate.study.storage import resolve
 
@@ -107,12 +107,11 @@ def _reproduce(args) -> int:
     path, overrides = cli.split_inputs(args.inputs)
     if path is None:
         raise ConfigError("give an experiment file, e.g. experiments/aspp_components.yaml")
-    sweep, tolerance = load_experiment(path, overrides)
-    sweep = dataclasses.replace(sweep, study=with_verdict_flags(sweep.study, args))
+    sweep, target, tolerance = load_experiment(path, overrides, args)
     reference = Path(args.reference or Path(path).with_suffix(".md"))
     expected = reference_means(reference) if reference.is_file() else None  # read before hours of training
     try:
-        status = run_and_show(sweep, make_target(sweep), resolve(args.storage))
+        status = run_and_show(sweep, target, resolve(args.storage))
     except KeyboardInterrupt as e:
         cli.warn(f"interrupted: {e}; run the same command to finish")
         return 130

@@ -73,13 +73,13 @@ def test_bad_experiments_are_refused_before_training(extra, words):
 
 
 def test_shipped_experiment_loads():
-    sweep, tolerance = load_experiment(ROOT / "experiments/aspp_components.yaml")
+    sweep, _, tolerance = load_experiment(ROOT / "experiments/aspp_components.yaml")
     assert len(sweep.rows) == 7 and sweep.seeds == (0, 1, 2) and tolerance > 0
 
 
 def test_voc_experiment_mirrors_deeplabv3_and_needs_a_root(tmp_path, capsys):
     path = ROOT / "experiments/voc_aspp_components.yaml"
-    sweep, _ = load_experiment(path, [f"data.root={tmp_path}"])
+    sweep, _, _ = load_experiment(path, [f"data.root={tmp_path}"])
     base = sweep.base
     assert base["data"]["root"] == str(tmp_path) and base["data"]["image_size"] == 513
     assert base["data"]["batch_size"] == 16 and base["model"]["output_stride"] == 16

@@ -8,11 +8,7 @@ import io
 import json
 
 FORMATS = ("md", "latex", "csv", "json", "html")
-COLUMNS = (
-    "variant",
-    "n",
-    "mean",
-    "std",
+ROW_FIELDS = (  # what `ablate.results.stats.annotate` sets on each row
     "delta",
     "ci_low",
     "ci_high",
@@ -24,6 +20,13 @@ COLUMNS = (
     "p_equivalence",
     "verdict",
     "seeds_needed",
+)
+COLUMNS = (
+    "variant",
+    "n",
+    "mean",
+    "std",
+    *ROW_FIELDS,
     "params/neck",
     "params/total",
     "gflops",

@@ -31,24 +31,13 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind, ttost_paired
 
+from ablate.results.formats import ROW_FIELDS
+
 VERDICTS = ("better", "worse", "equivalent", "undecided", "baseline")
 DIRECTIONS = ("maximize", "minimize")
 POWER = 0.8
 MAX_SEEDS = 1000  # seeds_needed is capped here: "at least this many"
 BOOTSTRAP_RESAMPLES = 2000  # an interval wants ≥ 1000 (Efron & Tibshirani 1993); this one is only shown
-ROW_FIELDS = (
-    "delta",
-    "ci_low",
-    "ci_high",
-    "boot_low",
-    "boot_high",
-    "test",
-    "p_value",
-    "p_adjusted",
-    "p_equivalence",
-    "verdict",
-    "seeds_needed",
-)
 
 
 def check_margin(margin: float | None) -> float | None:
