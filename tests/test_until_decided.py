@@ -4,6 +4,7 @@ loop and storage (SQLite; PostgreSQL with workers): no training, a run is a draw
 import json
 import multiprocessing
 import re
+import shutil
 import zlib
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from scipy import stats as scipy_stats
 
 from ablate.results.rows import add_deltas, rows_of, study_verdicts
 from ablate.results.stats import annotate
+from ablate.results.summary import left_open, show_results
 from ablate.study.decide import PLAN, ROUND, first_look, look_alpha, plan_round, seeds_in_use
 from ablate.study.engine import run_study
 from ablate.study.space import StudyConfig, SweepConfig, validate_sweep, variant_label
@@ -195,6 +197,22 @@ def test_markdown_shows_the_interval_the_verdicts_and_how_they_were_reached(deci
     assert f"{r['delta']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" in md
     assert table(["--study", "sim", "--storage", url, "--no-latency", "--alpha", "0.05", "--format", "latex"]) == 0
     assert r"90 \% CI" in capsys.readouterr().out  # --alpha overrides the study's α per look
+
+
+def test_the_sweep_end_names_the_rows_left_open_and_a_larger_max_seeds_goes_on(decided, tmp_path, monkeypatch, capsys):
+    shutil.copytree(decided["root"] / "runs", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    study = optuna.load_study(study_name="sim", storage=URL)
+    show_results(study, tmp_path / "out", URL, {"a": "base"})
+    needed = decided["rows"]["bimodal"]["seeds_needed"]
+    out = capsys.readouterr().out
+    left = f"left 1 row(s) undecided: 1 whose estimate is above 10 seeds, so none were added (a=bimodal ~{needed})"
+    assert left in out
+    assert left_open([r for r in decided["rows"].values() if r["verdict"] != "undecided"], 10) is None
+    assert run_study(sim_sweep(max_seeds=needed + 6), SimTarget(), URL) == 0  # α per look shrinks: estimates grow
+    rows = final_rows()
+    assert rows["bimodal"]["n"] > 3 and rows["far"]["n"] == 3  # seeds only where still open
+    assert len(trials()) > len(decided["trials"])
 
 
 def test_paired_exactly_when_the_rows_share_seeds():

@@ -34,6 +34,9 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
     effects = factorial_effects(rows) if len(rows) > 2 and len(varied_keys(rows)) > 1 else []
     if effects:  # one swept key: the table already is its effect
         out.print(effects_to_rich(effects, metric))
+    left = v["looks"] and left_open(rows, v["looks"][1])
+    if left:
+        out.print(left)
     where = f"--study {study.study_name}" + (
         f" --storage {redact(storage_url)}" if storage_url != DEFAULT_STORAGE else ""
     )
@@ -44,6 +47,36 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
         f"  python -m ablate.report {where}   # one HTML file with the plots\n"
         f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"
         f"  python -m ablate.dashboard {where} --entity E --project P   # W&B workspace"
+    )
+
+
+def left_open(rows: list[dict], max_seeds: int) -> str | None:
+    """After --until-decided: the rows it left undecided and why (at --max-seeds, or an estimate beyond it, so no
+    seeds were spent there), and how to go on; None when every row with a result is decided."""
+    open_ = [r for r in rows if r.get("verdict") == "undecided"]
+    if not open_:
+        return None
+    keys = varied_keys(rows)
+
+    def name(r: dict) -> str:
+        s = settings(r["variant"])
+        return " ".join(f"{k}={s[k]}" for k in keys if k in s) or r["variant"]
+
+    capped = [name(r) for r in open_ if r["n"] >= max_seeds]
+    beyond = sorted(
+        (r for r in open_ if r["n"] < max_seeds and (r.get("seeds_needed") or 0) > max_seeds),
+        key=lambda r: r["seeds_needed"],
+    )
+    rest = len(open_) - len(capped) - len(beyond)
+    parts = [f"{len(capped)} at --max-seeds {max_seeds} ({', '.join(capped)})"] if capped else []
+    if beyond:
+        estimates = ", ".join(f"{name(r)} ~{r['seeds_needed']}" for r in beyond)
+        parts.append(f"{len(beyond)} whose estimate is above {max_seeds} seeds, so none were added ({estimates})")
+    if rest:
+        parts.append(f"{rest} still open (the same command goes on with them)")
+    return (
+        f"--until-decided left {len(open_)} row(s) undecided: {'; '.join(parts)}. The same command with a larger "
+        "--max-seeds goes on (its α per look is smaller, so estimates grow); the runs so far are kept."
     )
 
 
