@@ -13,6 +13,9 @@ A verdict is false when the truth contradicts it (better with a true Δ ≤ 0, w
 |Δ| ≥ margin). The fixed design that "reaches the same verdicts" is the smallest N at which every row is decided
 correctly at least as often as by the adaptive design (less two standard errors of the difference: Monte Carlo
 noise); the ratio is the adaptive design's mean runs over that design's runs.
+Any design that first runs the planned seeds spends at least seeds × variants runs, so its ratio is at least
+that over the matched design's runs ("the planned seeds alone"): a ratio of 0.5 needs a matched fixed design of
+twice the planned seeds or more, reached with almost no added runs.
 The verdicts are computed here on arrays (paired t, Holm, TOST), the same as `ablate.results.stats.annotate`; the
 first `--check` repetitions of every scenario are also decided by `annotate` itself and must agree exactly.
 """
@@ -391,7 +394,8 @@ def line(s: Scenario, name: str, a: dict, fixed_rows: list) -> str:
     else:
         vs = (
             f"fixed design: {a['matched_seeds']} seeds x {len(s.variants)} = {a['matched_runs']} runs "
-            f"(false {a['matched_false_per_comparison']:.4f}); ratio {a['ratio']:.2f}"
+            f"(false {a['matched_false_per_comparison']:.4f}); ratio {a['ratio']:.2f} (the planned seeds alone: "
+            f"{s.seeds * len(s.variants) / a['matched_runs']:.2f})"
         )
     return (
         f"  {name}: {a['runs']:.1f} runs ({a['looks']:.1f} looks), decided {a['decided']:.3f}, false "
