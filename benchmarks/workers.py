@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.image_size=32",
@@ -37,26 +35,20 @@ TINY = [
 ]
 
 
-def write_sweep(folder: Path, n_trials: int) -> Path:
-    path = folder / "sweep.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "base": str(ROOT / "experiments/base.yaml"),
-                "overrides": TINY,
-                "n_trials": n_trials,
-                "seeds": [0],
-                "study": {"name": "bench", "sampler": "random", "pruner": "none"},
-                "space": {"model.neck.out_channels": {"choices": [8, 12, 16, 20, 24, 28, 32, 36]}},
-            }
-        )
+def tiny_sweep(folder: Path, n_trials: int) -> Path:
+    """`folder`/sweep.yaml: 8 neck widths over the tiny config, drawn at random, one seed a trial."""
+    from ablate.study.space import write_sweep
+
+    space = {"model.neck.out_channels": {"choices": [8, 12, 16, 20, 24, 28, 32, 36]}}
+    study = {"name": "bench", "sampler": "random", "pruner": "none"}
+    return write_sweep(
+        folder / "sweep.yaml", space, base=ROOT / "experiments/base.yaml", overrides=TINY, n_trials=n_trials, **study
     )
-    return path
 
 
 def trials_per_minute(workers: int, n_trials: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_sweep(Path(tmp), n_trials)
+        path = tiny_sweep(Path(tmp), n_trials)
         start = time.perf_counter()
         subprocess.run(
             [
@@ -87,7 +79,7 @@ def storage_ms_per_trial(url: str, n: int = 40) -> tuple[float, float]:
 
     quiet()
     with tempfile.TemporaryDirectory() as tmp:
-        sweep = load_sweep(write_sweep(Path(tmp), n))
+        sweep = load_sweep(tiny_sweep(Path(tmp), n))
         times = {"ablate": [], "optuna": []}
         for name in ("ablate", "optuna") * 2:  # alternate, twice
             study_name = f"bench-{name}-{time.time_ns()}"

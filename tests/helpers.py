@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import optuna
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STORAGE = "sqlite:///runs/test.db"  # relative: each test runs in its own folder
@@ -26,15 +25,19 @@ TINY = [
 
 def write_sweep(path="sweep.yaml", space=None, n_trials=2, seeds=(0, 1), overrides=(), **study) -> str:
     """A sweep over the tiny config (a few seconds a run); `study` sets keys of its study section."""
-    spec = {
-        "base": str(ROOT / "experiments/base.yaml"),
-        "overrides": TINY + list(overrides),
-        "study": {"name": "t", "sampler": "grid", "pruner": "none", **study},
-        "n_trials": n_trials,
-        "seeds": list(seeds),
-        "space": space or {"model.neck.fusion": {"choices": ["concat", "sum"]}},
-    }
-    Path(path).write_text(yaml.safe_dump(spec))
+    from ablate.study.space import write_sweep as write
+
+    space = space or {"model.neck.fusion": {"choices": ["concat", "sum"]}}
+    study = {"name": "t", "sampler": "grid", "pruner": "none", **study}
+    write(
+        path,
+        space,
+        base=ROOT / "experiments/base.yaml",
+        overrides=[*TINY, *overrides],
+        n_trials=n_trials,
+        seeds=seeds,
+        **study,
+    )
     return path
 
 

@@ -89,6 +89,23 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     return sweep
 
 
+def write_sweep(
+    path: str | Path, space: dict, *, base: str | Path | dict, overrides=(), n_trials: int = 8, seeds=(0,), **study
+) -> Path:
+    """Write a sweep file that `load_sweep` reads: `base` a run config file (or its contents), `overrides` dotted
+    key=value strings applied to it, `study` keys of its study section (name, sampler, pruner, ...)."""
+    spec = {
+        "base": str(base) if isinstance(base, Path) else base,
+        "overrides": list(overrides),
+        "study": study,
+        "n_trials": n_trials,
+        "seeds": list(seeds),
+        "space": space,
+    }
+    Path(path).write_text(yaml.safe_dump(spec, sort_keys=False))
+    return Path(path)
+
+
 def read_spec(path: Path, known: tuple[str, ...], what: str) -> dict:
     """A YAML mapping from `path` whose top-level keys are all in `known`."""
     if not path.is_file():
