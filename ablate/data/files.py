@@ -14,6 +14,7 @@ from torchvision import tv_tensors
 
 from ablate.config import ConfigError
 from ablate.data.layouts import LAYOUTS, Layout
+from ablate.data.loader import make_loader
 from ablate.data.recipe import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
 
 MASK_MODES = ("P", "L")  # palette or 8-bit single-channel PNGs of class ids
@@ -136,16 +137,7 @@ class FilesDataModule(L.LightningDataModule):
         self.val_set = FileSegmentation(list(val), layout.lut, val_transform())
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
+        return make_loader(self.train_set, self.cfg, train=True)
 
     def val_dataloader(self) -> DataLoader:  # full-resolution images differ in size: one at a time, unpadded
-        return DataLoader(
-            self.val_set, batch_size=1, num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0
-        )
+        return make_loader(self.val_set, self.cfg, train=False, batch_size=1)

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError
 from ablate.data.labels import check_labels
+from ablate.data.loader import make_loader
 
 SHAPES = ("disk", "square", "diamond")
 SCENES = ("red", "blue")  # the majority colour of the marker dots scattered over the background
@@ -145,24 +146,12 @@ class ShapesDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.cfg.on_device:
             return self._on_device(self.train_set, shuffle=True, drop_last=True)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
+        return make_loader(self.train_set, self.cfg, train=True)
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
         if self.cfg.on_device:
             return self._on_device(self.val_set, shuffle=False, drop_last=False)
-        return DataLoader(
-            self.val_set,
-            batch_size=self.cfg.batch_size,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
+        return make_loader(self.val_set, self.cfg, train=False)
 
     def _on_device(self, data: TensorSegmentation, *, shuffle: bool, drop_last: bool) -> DeviceBatches:
         """`data.on_device`: the split moved once to the trainer's device (the CPU outside a Trainer)."""
