@@ -5,7 +5,6 @@ from ablate.necks.aspp import ASPP  # importing a built-in neck registers it
 from ablate.necks.identity import Identity
 from ablate.necks.ppm import PPM
 from ablate.necks.registry import create_neck, list_necks, neck_options, register_neck
-from ablate.necks.swap import SwapNeck, swap_neck
 
 __all__ = [
     "ASPP",
@@ -18,3 +17,12 @@ __all__ = [
     "register_neck",
     "swap_neck",
 ]
+
+
+def __getattr__(name: str):
+    """SwapNeck and swap_neck on first use: their module imports Lightning, which the necks themselves do not need."""
+    if name in ("SwapNeck", "swap_neck"):
+        from ablate.necks import swap
+
+        return getattr(swap, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
