@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ablate import cli, config
-from ablate.config import ConfigError, RunConfig, flatten, load_config, to_dict
+from ablate.config import RunConfig, flatten, load_config, to_dict
+from ablate.errors import ConfigError
 from ablate.run import analysis
 
 console = cli.make_console(stderr=False)

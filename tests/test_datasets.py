@@ -14,10 +14,11 @@ import torch
 from helpers import TINY, write_sweep
 from PIL import Image
 
-from ablate.config import ConfigError, load_config
+from ablate.config import load_config
 from ablate.data import create_datamodule
 from ablate.data.classes import CITYSCAPES, VOC_CLASSES
 from ablate.data.recipe import IMAGENET_MEAN, IMAGENET_STD, sliding_logits, train_transform
+from ablate.errors import ConfigError
 from ablate.run.fit import run
 from ablate.sweep import main as sweep_main
 

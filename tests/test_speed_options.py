@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ablate.config import ConfigError, load_config, to_dict
+from ablate.config import load_config, to_dict
 from ablate.data.shapes import DeviceBatches, TensorSegmentation, make_split
+from ablate.errors import ConfigError
 from ablate.run.fit import run
 from ablate.run.module import SegmentationModule
 

@@ -3,8 +3,9 @@ and `.std` its images are normalized with."""
 
 from __future__ import annotations
 
-from ablate.config import ConfigError, RunConfig
+from ablate.config import RunConfig
 from ablate.data.labels import IGNORE_INDEX, check_labels
+from ablate.errors import ConfigError
 
 __all__ = ["IGNORE_INDEX", "check_labels", "create_datamodule"]
 

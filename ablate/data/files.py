@@ -12,10 +12,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from ablate.config import ConfigError
 from ablate.data.layouts import LAYOUTS, Layout
 from ablate.data.loader import make_loader
 from ablate.data.recipe import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
+from ablate.errors import ConfigError
 
 MASK_MODES = ("P", "L")  # palette or 8-bit single-channel PNGs of class ids
 CHECKED: set[tuple] = set()  # pairs found valid in this process: a sweep reads each mask once, not once a run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ablate.config import ConfigError
+from ablate.errors import ConfigError
 
 IGNORE_INDEX = 255  # the mask label that is never scored (VOC boundaries, padding, unlabeled pixels)
 

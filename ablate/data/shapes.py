@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ablate.config import ConfigError
 from ablate.data.labels import check_labels
 from ablate.data.loader import make_loader
+from ablate.errors import ConfigError
 
 SHAPES = ("disk", "square", "diamond")
 SCENES = ("red", "blue")  # the majority colour of the marker dots scattered over the background

@@ -10,8 +10,9 @@ from pathlib import Path
 import lightning as L
 
 from ablate.cli import warn
-from ablate.config import ConfigError, RunConfig, to_dict
+from ablate.config import RunConfig, to_dict
 from ablate.data import create_datamodule
+from ablate.errors import ConfigError
 from ablate.run.analysis import config_rate_message, neck_summary
 from ablate.run.loggers import finish_wandb, make_loggers
 from ablate.run.model import measure_latency_ms

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ablate.config import ConfigError, RunConfig, flatten, to_dict
+from ablate.config import RunConfig, flatten, to_dict
+from ablate.errors import ConfigError
 from ablate.study.columns import scalar
 
 

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ablate.config import ConfigError, from_dict
+from ablate.config import from_dict
 from ablate.data import IGNORE_INDEX
 from ablate.data.recipe import sliding_logits
+from ablate.errors import ConfigError
 from ablate.run.model import SegmentationModel, count_gflops, count_params
 
 
