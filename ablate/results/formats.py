@@ -201,6 +201,12 @@ def common_prefix(variants: list[str]) -> str:
     return "".join(f"{p}." for p in shared)
 
 
+def short_labels(rows: list[dict]) -> dict[str, str]:
+    """Variant -> its settings without the section every key shares ('model.neck.')."""
+    prefix = common_prefix([r["variant"] for r in rows])
+    return {r["variant"]: " ".join(s.removeprefix(prefix) for s in r["variant"].split(" ")) or "base" for r in rows}
+
+
 def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
     """The table for the terminal: one setting per line, under their shared section."""
     from rich.table import Table

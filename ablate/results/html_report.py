@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 
-from ablate.results.formats import EFFECTS_NOTE, common_prefix, fmt_levels, render, varied_keys, verdict_note
+from ablate.results.formats import EFFECTS_NOTE, fmt_levels, render, short_labels, varied_keys, verdict_note
 from ablate.results.rows import study_objective
 from ablate.results.verdict_plots import forest_figure, strip_figure
 
@@ -48,12 +48,6 @@ def class_ious(runs: list[dict]) -> tuple[dict[str, float], str]:
         if classes:
             return {c: statistics.fmean(p[c] for p in per_run if c in p) for c in classes}, when
     return {}, ""
-
-
-def short_labels(rows: list[dict]) -> dict[str, str]:
-    """Variant -> its settings without the section every key shares ('model.neck.')."""
-    prefix = common_prefix([r["variant"] for r in rows])
-    return {r["variant"]: " ".join(s.removeprefix(prefix) for s in r["variant"].split(" ")) or "base" for r in rows}
 
 
 def optuna_figures(study: optuna.Study) -> list[tuple[str, str, object]]:

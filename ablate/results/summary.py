@@ -8,7 +8,7 @@ import optuna
 
 from ablate.cli import console, make_console
 from ablate.results.factorial import factorial_effects
-from ablate.results.formats import effects_to_rich, render, settings, to_rich, varied_keys, verdict_note
+from ablate.results.formats import effects_to_rich, render, settings, short_labels, to_rich, varied_keys, verdict_note
 from ablate.results.rows import add_deltas, rows_of, study_objective, study_verdicts, verdict_options
 from ablate.study.engine import is_worker, run_study
 from ablate.study.storage import DEFAULT_STORAGE, load_study, make_storage, redact
@@ -56,13 +56,8 @@ def left_open(rows: list[dict], max_seeds: int) -> str | None:
     open_ = [r for r in rows if r.get("verdict") == "undecided"]
     if not open_:
         return None
-    keys = varied_keys(rows)
-
-    def name(r: dict) -> str:
-        s = settings(r["variant"])
-        return " ".join(f"{k}={s[k]}" for k in keys if k in s) or r["variant"]
-
-    capped = [name(r) for r in open_ if r["n"] >= max_seeds]
+    label = short_labels(rows)  # as the report names rows
+    capped = [label[r["variant"]] for r in open_ if r["n"] >= max_seeds]
     beyond = sorted(
         (r for r in open_ if r["n"] < max_seeds and (r.get("seeds_needed") or 0) > max_seeds),
         key=lambda r: r["seeds_needed"],
@@ -70,7 +65,7 @@ def left_open(rows: list[dict], max_seeds: int) -> str | None:
     rest = len(open_) - len(capped) - len(beyond)
     parts = [f"{len(capped)} at --max-seeds {max_seeds} ({', '.join(capped)})"] if capped else []
     if beyond:
-        estimates = ", ".join(f"{name(r)} ~{r['seeds_needed']}" for r in beyond)
+        estimates = ", ".join(f"{label[r['variant']]} ~{r['seeds_needed']}" for r in beyond)
         parts.append(f"{len(beyond)} whose estimate is above {max_seeds} seeds, so none were added ({estimates})")
     if rest:
         parts.append(f"{rest} still open (the same command goes on with them)")
