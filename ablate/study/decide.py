@@ -152,10 +152,7 @@ def check_max_seeds(trials: list, max_seeds: int, planned: int) -> None:
             f"--max-seeds {max_seeds} is below the {planned} seeds every trial runs (--seeds); "
             f"give --max-seeds {planned} or more"
         )
-    done = {}
-    for t in trials:
-        if t.state == TrialState.COMPLETE and "variant" in t.user_attrs:
-            done.setdefault(t.user_attrs["variant"], set()).update(t.user_attrs.get("seeds", []))
+    done = seeds_in_use([t for t in trials if t.state == TrialState.COMPLETE])
     over = {v: sorted(s) for v, s in done.items() if len(s) > max_seeds}
     if over:
         variant, seeds = max(over.items(), key=lambda kv: len(kv[1]))
