@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +150,33 @@ def test_bad_input_is_an_error_naming_it_before_anything_is_written(changes, wor
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
     assert not Path("runs").exists()  # no study, no storage file, no run folder
+
+
+@pytest.mark.parametrize(
+    "base, signs",
+    [
+        ("fit.yaml", "(seed_everything, model.class_path)"),  # the example's config as it is
+        ({"trainer": {"callbacks": [{"class_path": "x.Y"}]}, "optim": {"lr": 0.1}}, "(trainer.callbacks.class_path)"),
+    ],
+)
+def test_a_sweep_file_that_forgot_cli_says_to_add_it(base, signs):
+    shutil.copy(EXAMPLE / "configs/fit.yaml", "fit.yaml")
+    space = {"model.init_args.dropout": {"choices": [0.0, 0.3]}}
+    Path("forgot.yaml").write_text(yaml.safe_dump({"base": base, "space": space}))
+    done = subprocess.run([sys.executable, "-m", "ablate.sweep", "forgot.yaml"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.strip() == (
+        f"error: forgot.yaml: its base looks like a LightningCLI config {signs}, not ablate's run config: add "
+        "`cli: lightning.pytorch.cli.LightningCLI` (or the import path of your LightningCLI subclass) to "
+        "forgot.yaml to sweep your project; without `cli` the base must be ablate's own run config"
+    )
+    assert not Path("runs").exists()
+
+
+def test_a_built_in_base_with_a_wrong_key_keeps_its_own_error(capsys):
+    Path("typo.yaml").write_text(yaml.safe_dump({"base": {"seeds": 1}, "space": {"optim.lr": {"choices": [0.1]}}}))
+    assert main(["typo.yaml"]) == 2
+    assert "unknown config key seeds" in capsys.readouterr().err  # no LightningCLI sign: no word about `cli`
 
 
 def test_a_metric_the_module_never_logs_fails_fast_listing_what_it_logs(monkeypatch, capsys):

@@ -144,7 +144,29 @@ def load_base(path: Path, base, overrides: list[str]) -> dict:
         if not base_path.is_file():
             raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to {path.name})")
         base = yaml.safe_load(base_path.read_text()) or {}
+    if isinstance(base, dict) and (signs := lightning_cli_signs(base)):
+        raise ConfigError(
+            f"{path}: its base looks like a LightningCLI config ({', '.join(signs)}), not ablate's run config: "
+            f"add `cli: lightning.pytorch.cli.LightningCLI` (or the import path of your LightningCLI subclass) to "
+            f"{path.name} to sweep your project; without `cli` the base must be ablate's own run config"
+        )
     return apply_overrides(with_defaults(RunConfig, base), overrides)
+
+
+def lightning_cli_signs(config: dict) -> list[str]:
+    """The keys that mark `config` as a LightningCLI config: a top-level `seed_everything`, and the first
+    `class_path` / `init_args` found anywhere in it, as dotted keys; empty for ablate's own run config."""
+    signs = ["seed_everything"] if "seed_everything" in config else []
+    stack = [("", config)]
+    while stack and len(signs) < 2:
+        prefix, node = stack.pop(0)
+        for key, value in node.items():
+            if key in ("class_path", "init_args"):
+                signs.append(f"{prefix}{key}")
+                break
+            items = value if isinstance(value, list) else [value]  # trainer.callbacks: a list of class_paths
+            stack += [(f"{prefix}{key}.", item) for item in items if isinstance(item, dict)]
+    return signs
 
 
 def validate_sweep(sweep: SweepConfig) -> None:
