@@ -26,10 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=1,
-        help="worker processes on this machine, each training one trial at a time (default 1); "
-        "the same command on other machines joins the same study",
+        help="workers on this machine, each training one trial at a time (default 1), forked from this "
+        "command once it has imported everything; 'auto': as many as the cores, the GPUs' free memory "
+        "(or the system's) and the trials allow, saying why; the same command on other machines joins "
+        "the same study",
     )
     p.add_argument(
         "--gpus",
@@ -45,35 +47,57 @@ def main(argv: list[str] | None = None) -> int:
     )
     argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse(p, argv)
-    if args.workers < 1:
-        p.error(f"--workers {args.workers}: give 1 or more worker processes")
     return cli.guarded(lambda: _sweep(args, argv))
+
+
+def _workers(text: str) -> int | str:
+    """--workers: a count of 1 or more, or 'auto'."""
+    import argparse
+
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more workers, or 'auto'")
 
 
 def _sweep(args, argv: list[str]) -> int:
     from ablate.results.summary import run_and_show
     from ablate.study.engine import Interrupt, quiet
     from ablate.study.gpus import plan_gpus
+    from ablate.study.pool import before_fork
     from ablate.study.space import load_sweep
     from ablate.study.storage import resolve
     from ablate.study.targets import make_target
 
+    if args.workers != 1 or args.gpus:
+        before_fork()
     Interrupt.install()  # Ctrl-C and SIGTERM fail the running trial (and queue it again), never orphan it
     quiet()
     path, overrides = cli.split_inputs(args.inputs)
     sweep = _with_flags(load_sweep(path, overrides), args)
     target = make_target(sweep)
-    gpus = plan_gpus(args.workers, args.gpus, sweep)  # a bad --gpus stops here, before anything trains
+    workers = auto_workers(sweep, target, args.gpus) if args.workers == "auto" else args.workers
+    gpus = plan_gpus(workers, args.gpus, sweep)  # a bad --gpus stops here, before anything trains
     if args.dry_run:
         return dry_run(sweep, target)
     try:
-        return run_and_show(sweep, target, resolve(args.storage), args.workers, _worker_argv(argv), gpus=gpus)
+        return run_and_show(sweep, target, resolve(args.storage), workers, _worker_argv(argv), gpus=gpus)
     except KeyboardInterrupt as e:
         cli.warn(
             f"interrupted: {e or 'by the user'}; the running trial is marked FAIL and queued again: run the "
             "same command to finish the study"
         )
         return 130
+
+
+def auto_workers(sweep, target, chosen: str | None) -> int:
+    """--workers auto: the count `ablate.study.gpus.auto_workers` picks, printed with why."""
+    from ablate.study.gpus import auto_workers as pick
+    from ablate.study.pool import cores
+
+    estimate = getattr(target, "memory_bytes", None)
+    n, why = pick(sweep, estimate() if estimate else None, chosen, cores())
+    cli.console.print(f"--workers auto: {n} worker(s): {why}")
+    return n
 
 
 def _worker_argv(argv: list[str]) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import lightning as L
 import numpy as np
 import torch
@@ -123,6 +126,25 @@ class DeviceBatches:
             yield (self.images[index].float() / 255 - MEAN) / STD, self.masks[index].long()  # (B, 3, S, S), (B, S, S)
 
 
+LOADING = ("batch_size", "num_workers", "on_device")  # data settings that do not change the images
+_GENERATED: dict[str, tuple[TensorSegmentation, TensorSegmentation]] = {}
+
+
+def generated(data_cfg) -> tuple[TensorSegmentation, TensorSegmentation]:
+    """The train and val sets of `data_cfg`, generated once per process for the same settings: every trial of a
+    worker shares them, and so do the workers forked from the command that generated them (read-only)."""
+    key = json.dumps({k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in LOADING}, sort_keys=True)
+    if key not in _GENERATED:
+        size, seed = data_cfg.image_size, data_cfg.seed
+        train, val = make_split(data_cfg.train_size, size, seed), make_split(data_cfg.val_size, size, seed + 10_000)
+        for name, (_, masks) in (("shapes train", train), ("shapes val", val)):
+            check_labels(masks, len(CLASSES), name)
+        if len(_GENERATED) >= 4:  # a sweep over the data itself: keep the latest few
+            del _GENERATED[next(iter(_GENERATED))]
+        _GENERATED[key] = TensorSegmentation(*train), TensorSegmentation(*val)
+    return _GENERATED[key]
+
+
 class ShapesDataModule(L.LightningDataModule):
     """The built-in synthetic data: generated once from `data.seed`, kept in memory."""
 
@@ -135,13 +157,8 @@ class ShapesDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        size, seed = self.cfg.image_size, self.cfg.seed
-        train, val = make_split(self.cfg.train_size, size, seed), make_split(self.cfg.val_size, size, seed + 10_000)
-        for name, (_, masks) in (("shapes train", train), ("shapes val", val)):
-            check_labels(masks, len(CLASSES), name)
-        self.train_set, self.val_set = TensorSegmentation(*train), TensorSegmentation(*val)
+        if self.train_set is None:
+            self.train_set, self.val_set = generated(self.cfg)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.cfg.on_device:

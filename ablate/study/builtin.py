@@ -25,10 +25,41 @@ class BuiltinTarget:
         return to_dict(trial_config(self.sweep, params))
 
     def check(self) -> None:
-        """Files on disk are read and checked before any trial starts."""
+        """Files on disk are read and checked, and the training code imported, before any trial starts (forked
+        workers inherit both: the built-in data of the base config is generated once)."""
+        import ablate.run.fit  # noqa: F401
         from ablate.data import create_datamodule
 
         create_datamodule(from_dict(self.sweep.base))
+
+    def memory_bytes(self) -> int:
+        """About what one trial of the base config holds on its device (for `--workers auto`): the parameters four
+        times (weights, gradients, AdamW's two moments), every layer's output for one batch (kept for backward;
+        measured on the meta device, nothing allocated) times 1.5 for autograd's temporaries, the data if
+        `data.on_device`."""
+        import torch
+
+        from ablate.data import create_datamodule
+        from ablate.run.model import SegmentationModel, count_params
+
+        cfg, outputs = from_dict(self.sweep.base), []
+        dm, m = create_datamodule(cfg), cfg.model  # the base config's data: generated or read once
+        with torch.device("meta"):
+            model = SegmentationModel(
+                encoder=m.encoder,
+                classes=len(dm.classes),
+                neck=m.neck,
+                encoder_depth=m.encoder_depth,
+                output_stride=m.output_stride,
+                head=m.head,
+            )  # encoder_weights=None: the same size, nothing read
+            for layer in model.modules():
+                if not list(layer.children()):
+                    layer.register_forward_hook(lambda _, __, y: outputs.append(y.nbytes))
+            model(torch.zeros(cfg.data.batch_size, 3, cfg.data.image_size, cfg.data.image_size))
+        data = [dm.train_set, dm.val_set] if cfg.data.on_device else []
+        data_bytes = sum(s.images.nbytes + s.masks.nbytes for s in data)
+        return 16 * count_params(model) + int(1.5 * sum(outputs)) + data_bytes
 
     def fit(self, config: dict, seed: int, output: Path, *, callbacks: list, wandb_run: dict | None) -> dict:
         """Train `config` with `seed` into `output` (no W&B run when `wandb_run` is None)."""

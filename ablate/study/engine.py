@@ -20,8 +20,9 @@ from ablate.cli import console, error
 from ablate.config import flatten
 from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
+from ablate.study.pool import start_workers
 from ablate.study.space import SweepConfig, suggest, to_plain, variant_label
-from ablate.study.storage import load_study, make_storage, open_study
+from ablate.study.storage import close_connections, load_study, make_storage, open_study
 from ablate.study.workers import (
     WORKER_ENV,
     Heartbeat,
@@ -31,7 +32,6 @@ from ablate.study.workers import (
     ddp_rank,
     follow,
     share,
-    start_workers,
 )
 
 
@@ -189,8 +189,8 @@ def run_study(
 ) -> int:
     """Run the study up to its n_trials total; 0 when every counted trial is done, 1 when it stopped on failures.
 
-    With `workers` > 1, or `gpus` (each worker's CUDA_VISIBLE_DEVICES), that many processes of the same
-    command (`argv`) share the study."""
+    With `workers` > 1, or `gpus` (each worker's CUDA_VISIBLE_DEVICES), that many workers forked from this
+    process share the study, each as if started by the same command minus those flags (`argv`)."""
     s = sweep.study
     if ddp_rank() != 0:  # a rank Lightning started for a DDP trial: it trains what rank 0 hands over
         storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period))
@@ -205,10 +205,12 @@ def run_study(
         return 0
     then = f"; then seeds until decided ({rounds})" if rounds else ""
     todo = f"{max(remaining, 0)} of {sweep.n_trials} trials to run, {len(sweep.seeds)} seed(s) each"
-    console.print(f"study {s.name!r}: {todo}{then}")
+    if not is_worker():  # the command said it once
+        console.print(f"study {s.name!r}: {todo}{then}")
     target.check()
     if workers > 1 or gpus:
-        return start_workers(workers, argv, gpus)
+        close_connections(study)  # each worker opens its own
+        return start_workers(workers, lambda: run_study(sweep, target, storage_url), argv, gpus)
     try:
         slots = Slots(storage_url, s.name, sweep.n_trials, extend=rounds)
         run_trials(

@@ -1,9 +1,11 @@
-"""Which GPUs each `--workers N` process sees: its share of the machine's GPUs, by CUDA_VISIBLE_DEVICES."""
+"""Which GPUs each `--workers N` worker sees (its share, by CUDA_VISIBLE_DEVICES); how many `--workers auto` starts."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -91,3 +93,63 @@ def plan_gpus(workers: int, chosen: str | None, sweep) -> list[str] | None:
         return None
     gpus = parse_gpus(chosen, visible) if chosen is not None else visible
     return assign_gpus(workers, gpus, per_trial) if gpus else None
+
+
+# --- `--workers auto` ----------------------------------------------------------------------------------------
+
+GIB = 2**30
+PROCESS_GPU_BYTES = GIB  # a worker's own share of a GPU before any tensor: CUDA context, cuDNN and cuBLAS handles
+PROCESS_CPU_BYTES = GIB // 2  # a forked worker's own memory beyond what it shares with the command
+UNKNOWN_TRIAL_BYTES = 4 * GIB  # a target that cannot estimate its trial (a user's LightningCLI project)
+
+
+def gpu_free_bytes(gpus: list[str]) -> dict[str, int]:
+    """Free memory of each of `gpus` (indices or UUIDs) by nvidia-smi, which leaves CUDA untouched here;
+    {} when nvidia-smi is missing or fails."""
+    if not shutil.which("nvidia-smi"):
+        return {}
+    query = ["nvidia-smi", "--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits"]
+    done = subprocess.run(query, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {}
+    free = {}
+    for line in done.stdout.strip().splitlines():
+        index, uuid, mib = (field.strip() for field in line.split(","))
+        free[index] = free[uuid] = int(mib) * 2**20
+    return {g: free[g] for g in gpus if g in free}
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give without swapping (MemAvailable of /proc/meminfo); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def auto_workers(sweep, trial_bytes: int | None, chosen: str | None, cores: int) -> tuple[int, str]:
+    """`--workers auto`: (N, why): as many workers as the trials to run, the CPU cores (one each) and the memory
+    allow: with GPUs, the trials that fit in their free memory; without, in the system's."""
+    todo = max(1, sweep.n_trials)
+    per_trial = trial_devices(sweep)
+    gpus = [] if chosen == "none" or per_trial is None else visible_gpus()
+    gpus = parse_gpus(chosen, gpus) if gpus and chosen else gpus
+    if gpus and per_trial > 1:
+        return max(1, len(gpus) // per_trial), f"{len(gpus)} GPU(s), trainer.devices={per_trial} a trial"
+    known = trial_bytes is not None
+    need = trial_bytes if known else UNKNOWN_TRIAL_BYTES
+    how = f"~{need / GIB:.2f} GiB a trial" + ("" if known else " (assumed: this target gives no estimate)")
+    if gpus:
+        free = gpu_free_bytes(gpus)
+        fits = sum(f // (need + PROCESS_GPU_BYTES) for f in free.values()) if free else len(gpus)
+        room = ", ".join(f"GPU {g} {f / GIB:.1f} GiB free" for g, f in free.items()) or "free memory unknown"
+        why = f"{len(gpus)} GPU(s) ({room}) fit {fits} trials ({how} + {PROCESS_GPU_BYTES / GIB:.0f} GiB a process)"
+    else:
+        avail = available_bytes()
+        fits = avail // (need + PROCESS_CPU_BYTES) if avail else cores
+        why = f"no GPU here, so on the CPU: one worker a core; memory fits {fits} ({how})"
+    n = max(1, min(todo, cores, fits))
+    return n, f"{why}; {cores} CPU core(s), {todo} trial(s) to run"

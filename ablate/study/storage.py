@@ -61,6 +61,12 @@ def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.s
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
 
 
+def close_connections(study: optuna.Study) -> None:
+    """Close the connections `study`'s storage holds (before a fork: a connection must not be shared)."""
+    storage = study._storage
+    getattr(storage, "_backend", storage).engine.dispose()
+
+
 def study_names(storage) -> list[str]:
     """The names of the studies in `storage`."""
     return [s.study_name for s in optuna.get_all_study_summaries(storage)]

@@ -17,8 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from ablate.cli import console
 from ablate.study.storage import sqlite_lock
 
 JOB_ENV = "ABLATE_DDP_JOB"  # the first run's job, for the ranks Lightning starts
-WORKER_ENV = "ABLATE_WORKER"  # set in the processes `--workers N` starts
+WORKER_ENV = "ABLATE_WORKER"  # set in each worker `--workers N` starts (ablate.study.pool): its index
 
 
 def counted(trials: list) -> list:
@@ -98,29 +96,6 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-
-
-def start_workers(n: int, argv: list[str], gpus: list[str] | None = None) -> int:
-    """`--workers N`: N processes of the same command on this machine, worker i seeing only GPUs `gpus[i]` (its
-    CUDA_VISIBLE_DEVICES; None: what this process sees); 0 when all of them succeed."""
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))  # no oversubscription
-    envs = [
-        {
-            **os.environ,
-            WORKER_ENV: str(i),
-            "OMP_NUM_THREADS": threads,
-            **({"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {}),
-        }
-        for i in range(n)
-    ]
-    procs = [subprocess.Popen([sys.executable, "-m", "ablate.sweep", *argv], env=env) for env in envs]
-    console.print(f"started {n} workers: pids {', '.join(str(p.pid) for p in procs)}")
-    if gpus:
-        console.print(
-            "GPUs (CUDA_VISIBLE_DEVICES) of each worker: " + ", ".join(f"worker {i}: {g}" for i, g in enumerate(gpus))
-        )
-    codes = [p.wait() for p in procs]  # a worker killed by signal N reports -N: the shell's 128 + N
-    return max(c if c >= 0 else 128 - c for c in codes)
 
 
 # --- DDP inside a trial -------------------------------------------------------------------------------------
