@@ -1,11 +1,13 @@
-"""The GPU figures of issue 16, in one run on one device (sized for at most ~8 minutes on one CUDA GPU).
+"""The GPU figures of issues 16 and 22, in one run on one device (sized for at most ~8 minutes on one CUDA GPU).
 
     python benchmarks/gpu.py                        # CUDA: writes benchmarks/results/<device-name>.json
+    python benchmarks/gpu.py --skip voc,peak --trials 16   # issue 22: the worker pool's trials/hour only
     python benchmarks/gpu.py --device cpu --quick   # tiny sizes: the script works end to end (not figures)
 
 Sections (--skip any of them; the JSON is written after each, so a run cut short keeps what it measured):
   workers  trials/hour of the default study through the real `python -m ablate.sweep` (temp SQLite), one worker
-           vs `--workers N` packed on this one GPU, as shipped and with the small-trial options
+           vs `--workers N` packed on this one GPU (forked from one command), as shipped, with the small-trial
+           options, and with `--workers auto`; printed beside --before (default: the H200 run before the pool)
   peak     share of peak of a default-config training step (measured FLOPs / best dense kernel rate, as
            benchmarks/run.py) before vs after the small-trial options: the step as a real run takes it (data
            included), interleaved variants, and the bare step (run.py's method) with AdamW per-tensor vs fused
@@ -42,6 +44,7 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # benchmarks/run.py, and a
 from run import dense_peak, interleaved, small_config, sync  # noqa: E402
 
 SECTIONS = ("voc", "peak", "workers")  # the quickest first
+BEFORE = "benchmarks/results/nvidia-h200-2026-12-04.json"  # before the forked worker pool (issue 22), at 1c6b20b
 OPTIONS = ["data.on_device=true", "optim.fused=true"]  # what issue 16 adds for small trials
 TINY = [
     "data.image_size=64",
@@ -129,8 +132,10 @@ def sweep_wall(workers: int, trials: int, overrides: list[str], device: torch.de
         study = optuna.load_study(study_name="bench", storage=storage)
         complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
         seen = sorted({t.user_attrs.get("worker_gpus", "-") for t in complete})
+    picked = re.search(r"--workers auto: (\d+) worker\(s\): (.*)", done.stderr)
     return {
         "workers": workers,
+        **({"auto_picked": int(picked.group(1)), "auto_why": picked.group(2)} if picked else {}),
         "trials": len(complete),
         "wall_s": wall,
         "trials_per_hour": len(complete) / wall * 3600,
@@ -139,14 +144,16 @@ def sweep_wall(workers: int, trials: int, overrides: list[str], device: torch.de
     }
 
 
-def bench_workers(device: torch.device, quick: bool, n_workers: int) -> dict:
-    """1 worker vs N workers, as shipped; N workers with the small-trial options; in that order, once each."""
+def bench_workers(device: torch.device, quick: bool, n_workers: int, trials: int) -> dict:
+    """1 worker vs N workers (forked from one command since issue 22), as shipped; N workers with the small-trial
+    options; `--workers auto`; in that order, once each."""
     budget = TINY if quick else ["trainer.max_epochs=3"]  # the default study at a quarter of its epochs
-    trials = 2 if quick else 8
+    trials = 2 if quick else trials
     runs = {
         "1 worker": (1, []),
         f"{n_workers} workers": (n_workers, []),
         f"{n_workers} workers + options": (n_workers, OPTIONS),
+        "auto workers": ("auto", []),
     }
     out = {"trial_budget": ["default study", *budget], "trials": trials, "options": OPTIONS}
     subprocess.run([sys.executable, "-c", "import ablate.sweep, ablate.run.fit"], cwd=ROOT, check=True)  # warm caches
@@ -156,6 +163,7 @@ def bench_workers(device: torch.device, quick: bool, n_workers: int) -> dict:
     one = out["1 worker"]["trials_per_hour"]
     out["ratio_n_vs_1"] = out[f"{n_workers} workers"]["trials_per_hour"] / one
     out["ratio_n_with_options_vs_1"] = out[f"{n_workers} workers + options"]["trials_per_hour"] / one
+    out["ratio_auto_vs_1"] = out["auto workers"]["trials_per_hour"] / one
     return out
 
 
@@ -410,6 +418,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: that it works, not figures")
     p.add_argument("--workers", type=int, default=4, help="workers on the one GPU in the workers section (default 4)")
+    p.add_argument("--trials", type=int, default=8, help="trials a study in the workers section (default 8)")
+    p.add_argument("--before", help=f"an earlier result of this script to compare with (default: {BEFORE})")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/<device-name>.json)")
     p.add_argument("--skip", default="", help=f"comma-separated sections to leave out: {', '.join(SECTIONS)}")
     args = p.parse_args()
@@ -432,7 +442,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     benches = {
-        "workers": lambda: bench_workers(device, args.quick, args.workers),
+        "workers": lambda: bench_workers(device, args.quick, args.workers, args.trials),
         "peak": lambda: bench_peak(device, args.quick),
         "voc": lambda: bench_voc(device, args.quick),
     }
@@ -445,17 +455,28 @@ def main() -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=2, default=str))
         log(f"{name}: {results[name]['section_s']:.0f} s; written to {out_path}")
-    summary(results)
+    before = Path(args.before) if args.before else ROOT / BEFORE
+    summary(results, json.loads(before.read_text()) if before.exists() and device.type == "cuda" else None)
 
 
-def summary(results: dict) -> None:
-    """The ratios issue 16 asks for, one line each."""
+def summary(results: dict, before: dict | None = None) -> None:
+    """The ratios issues 16 and 22 ask for, one line each; the workers' beside `before` (an earlier run)."""
     if "workers" in results:
         w = results["workers"]
+        auto = w["auto workers"]
         print(
             f"trials/hour, N workers vs 1 on one device: {w['ratio_n_vs_1']:.2f}x as shipped, "
-            f"{w['ratio_n_with_options_vs_1']:.2f}x with {' '.join(w['options'])} (goal >= 3)"
+            f"{w['ratio_n_with_options_vs_1']:.2f}x with {' '.join(w['options'])}, {w['ratio_auto_vs_1']:.2f}x with "
+            f"--workers auto ({auto.get('auto_picked')}: {auto.get('auto_why')}) (goal >= 3)"
         )
+        if before and "workers" in before:
+            b = before["workers"]
+            print(
+                f"  before ({before.get('device')}, {before.get('date')}, {b['trials']} trials): "
+                f"{b['ratio_n_vs_1']:.2f}x; 1 worker {b['1 worker']['trials_per_hour']:.0f} trials/hour, now "
+                f"{w['1 worker']['trials_per_hour']:.0f}; GPU busy {b['1 worker']['gpu_busy_percent']} % with 1 "
+                f"worker, now {w['1 worker']['gpu_busy_percent']} %"
+            )
     if "peak" in results:
         k = results["peak"]
         print(

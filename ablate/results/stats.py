@@ -27,9 +27,6 @@ import warnings
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower, TTestPower
-from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind, ttost_paired
 
 from ablate.results.formats import ROW_FIELDS
 
@@ -88,6 +85,8 @@ def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: f
 
 
 def _paired(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
+    from statsmodels.stats.weightstats import DescrStatsW, ttost_paired  # statsmodels (and pandas): when used
+
     d = x - y
     delta, sd = float(d.mean()), float(d.std(ddof=1))
     if sd == 0:
@@ -103,6 +102,8 @@ def _paired(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) ->
 
 
 def _welch(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind
+
     delta, sd = float(x.mean() - y.mean()), math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
     if sd == 0:
         return _exact("welch", delta, margin)
@@ -154,6 +155,8 @@ def _bootstrap_ci(x: np.ndarray, y: np.ndarray, paired: bool, level: float, rng_
 
 def holm(p_values: list[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values of the family of given p-values; None entries pass through."""
+    from statsmodels.stats.multitest import multipletests
+
     out = list(p_values)
     tested = [i for i, p in enumerate(p_values) if p is not None]
     if tested:
@@ -195,6 +198,8 @@ def seeds_needed(
 
 
 def _difference_power(result: dict, n: np.ndarray, alpha: float) -> np.ndarray:
+    from statsmodels.stats.power import TTestIndPower, TTestPower
+
     effect = abs(result["delta"]) / result["sd"]  # Cohen's d (of the differences when paired)
     if result["test"] == "paired":
         power, df, nc = TTestPower().power(effect_size=effect, nobs=n, alpha=alpha), n - 1, effect * np.sqrt(n)
