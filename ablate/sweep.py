@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     cli.add_verdict_arguments(p, until_decided=True)
     p.add_argument(
+        "--race",
+        action="store_true",
+        help="after the planned trials, add seeds in rounds to the variants still in the race to the best: "
+        "one decided worse than the leader gets no more (F-Race; or study.race: true)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the space, resolve every grid point, print a sample trial's config; train nothing",

@@ -11,6 +11,7 @@ from ablate.results.factorial import factorial_effects
 from ablate.results.formats import effects_to_rich, render, settings, short_labels, to_rich, varied_keys, verdict_note
 from ablate.results.rows import add_deltas, rows_of, study_objective, study_verdicts, verdict_options
 from ablate.study.engine import is_worker, run_study
+from ablate.study.race import race_summary
 from ablate.study.storage import DEFAULT_STORAGE, load_study, make_storage, redact
 from ablate.study.workers import ddp_rank
 
@@ -34,7 +35,7 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
     effects = factorial_effects(rows) if len(rows) > 2 and len(varied_keys(rows)) > 1 else []
     if effects:  # one swept key: the table already is its effect
         out.print(effects_to_rich(effects, metric))
-    left = v["looks"] and left_open(rows, v["looks"][1])
+    left = race_summary(study) or (v["looks"] and left_open(rows, v["looks"][1]))
     if left:
         out.print(left)
     where = f"--study {study.study_name}" + (

@@ -120,17 +120,18 @@ def plan_round(
 
 
 def with_verdict_flags(study_config, args):
-    """The StudyConfig with --margin, --alpha, --until-decided and --max-seeds applied (checked by validate_sweep)."""
+    """The StudyConfig with --margin, --alpha, --until-decided, --race and --max-seeds applied (checked by
+    validate_sweep)."""
     flags = {k: getattr(args, k, None) for k in ("margin", "alpha", "max_seeds")}
     flags = {k: v for k, v in flags.items() if v is not None}
-    if getattr(args, "until_decided", False):
-        flags["until_decided"] = True
+    flags.update({k: True for k in ("until_decided", "race") if getattr(args, k, False)})
     return dataclasses.replace(study_config, **flags)
 
 
 def verdict_attrs(sweep, stored: dict | None) -> dict:
     """What the study's tables decide with (stored as the study's `verdicts` user attr): margin, α, the baseline
-    row's settings, and α per look once the study has added seeds until decided (kept from `stored` otherwise)."""
+    row's settings, whether it races, and α per look once the study has added seeds until decided or raced (kept
+    from `stored` otherwise)."""
     s, stored = sweep.study, stored or {}
     attrs = {
         "margin": s.margin,
@@ -138,8 +139,9 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
         "baseline": sweep.baseline,
         "look_alpha": stored.get("look_alpha"),
         "looks": stored.get("looks"),
+        "race": s.race or stored.get("race", False),  # ablate.study.race
     }
-    if s.until_decided:
+    if s.until_decided or s.race:
         looks = [first_look(len(sweep.seeds)), s.max_seeds]
         attrs.update(look_alpha=look_alpha(s.alpha, *looks), looks=looks)
     return attrs
@@ -163,8 +165,19 @@ def check_max_seeds(trials: list, max_seeds: int, planned: int) -> None:
         )
 
 
+def variant_params(trials: list) -> dict:
+    """{variant: the params of a complete trial of it}: what an added seed's trial is enqueued with."""
+    return {
+        t.user_attrs["variant"]: t.params
+        for t in trials
+        if t.state == TrialState.COMPLETE and "variant" in t.user_attrs
+    }
+
+
 class Rounds:
     """Plans and enqueues the next round of added seeds; called by `Slots.claim` under the slot lock."""
+
+    name = "seeds until decided"  # what run_study says comes after the planned trials (ablate.study.race: a race)
 
     def __init__(self, sweep):
         self.sweep = sweep
@@ -192,12 +205,7 @@ class Rounds:
         except ConfigError as e:
             console.print(f"--until-decided stops: {e}")
             return {}, {}
-        params = {
-            t.user_attrs["variant"]: t.params
-            for t in trials
-            if t.state == TrialState.COMPLETE and "variant" in t.user_attrs
-        }
-        return plan_round(rows, base, seeds_in_use(trials), self.sweep.study.max_seeds), params
+        return plan_round(rows, base, seeds_in_use(trials), self.sweep.study.max_seeds), variant_params(trials)
 
     def pending(self, study: optuna.Study) -> bool:
         """True when a trial waits or a round would add seeds now."""

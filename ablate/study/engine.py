@@ -21,6 +21,7 @@ from ablate.config import flatten
 from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
 from ablate.study.pool import start_workers
+from ablate.study.race import Race, check_in_race
 from ablate.study.space import SweepConfig, suggest, to_plain, variant_label
 from ablate.study.storage import close_connections, load_study, make_storage, open_study
 from ablate.study.workers import (
@@ -51,6 +52,7 @@ class Objective:
         variant, config = variant_label(params), self.target.config(params)
         trial.set_user_attr("variant", variant)
         trial.set_user_attr("config", config)
+        check_in_race(trial, variant)  # a variant out of the race (--race) trains no seed again
         if WORKER_ENV in os.environ:  # which worker ran it, and the GPUs it saw (ablate.study.gpus)
             trial.set_user_attr("worker", int(os.environ[WORKER_ENV]))
         if "CUDA_VISIBLE_DEVICES" in os.environ:
@@ -203,7 +205,7 @@ def run_study(
     remaining, stopper = sweep.n_trials - len(done_trials(study)), StopOnRepeatedFailure()
     if remaining <= 0 and not (rounds and rounds.pending(study)):
         return 0
-    then = f"; then seeds until decided ({rounds})" if rounds else ""
+    then = f"; then {rounds.name} ({rounds})" if rounds else ""
     todo = f"{max(remaining, 0)} of {sweep.n_trials} trials to run, {len(sweep.seeds)} seed(s) each"
     if not is_worker():  # the command said it once
         console.print(f"study {s.name!r}: {todo}{then}")
@@ -227,13 +229,13 @@ def run_study(
 
 
 def until_decided(sweep: SweepConfig, study: optuna.Study) -> Rounds | None:
-    """Record what the study's tables decide with; with --until-decided, check --max-seeds against the seeds
-    already run (a ConfigError before anything trains) and return the planner of its rounds."""
+    """Record what the study's tables decide with; with --until-decided or --race, check --max-seeds against the
+    seeds already run (a ConfigError before anything trains) and return the planner of its rounds."""
     s, trials = sweep.study, study.get_trials(deepcopy=False)
-    if s.until_decided:
+    if s.until_decided or s.race:
         check_max_seeds(trials, s.max_seeds, len(sweep.seeds))
     study.set_user_attr("verdicts", verdict_attrs(sweep, study.user_attrs.get("verdicts")))
-    return Rounds(sweep) if s.until_decided else None
+    return Race(sweep) if s.race else Rounds(sweep) if s.until_decided else None
 
 
 def is_worker() -> bool:

@@ -34,6 +34,7 @@ class StudyConfig:
     alpha: float = 0.05  # the verdicts' false-verdict rate (ablate.results.stats)
     until_decided: bool = False  # after the planned trials, add seeds where a verdict is open (ablate.study.decide)
     max_seeds: int = 8  # ... up to this many seeds a variant
+    race: bool = False  # after the planned trials, race the variants to the best (ablate.study.race)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ def validate_sweep(sweep: SweepConfig) -> None:
 
 
 def check_verdict_settings(s: StudyConfig) -> None:
-    """study.margin (positive points or none), study.alpha (0 < α < 0.5), study.max_seeds (a positive integer)."""
+    """study.margin (positive points or none), study.alpha (0 < α < 0.5), study.max_seeds (a positive integer),
+    study.until_decided and study.race (true or false, not both)."""
     from ablate.results.stats import check_margin
 
     try:
@@ -219,8 +221,15 @@ def check_verdict_settings(s: StudyConfig) -> None:
         raise ConfigError(f"study.alpha (--alpha) must be between 0 and 0.5, e.g. 0.05; got {s.alpha!r}")
     if type(s.max_seeds) is not int or s.max_seeds < 2:
         raise ConfigError(f"study.max_seeds (--max-seeds) must be an integer of 2 or more; got {s.max_seeds!r}")
-    if type(s.until_decided) is not bool:
-        raise ConfigError(f"study.until_decided must be true or false; got {s.until_decided!r}")
+    for key in ("until_decided", "race"):
+        if type(getattr(s, key)) is not bool:
+            raise ConfigError(f"study.{key} must be true or false; got {getattr(s, key)!r}")
+    if s.race and s.until_decided:
+        raise ConfigError(
+            "study.race (--race) and study.until_decided (--until-decided) both add seeds after the planned trials; "
+            "choose one: --race to find the best variant (the others only until they are decided worse), "
+            "--until-decided to decide every row against the baseline"
+        )
 
 
 def _check_spec(key: str, spec) -> None:

@@ -1,0 +1,143 @@
+"""Racing variants to the best (`--race`): F-Race (Birattari et al. 2002, as in irace) on the seeds of a search study.
+
+- The sampler's variants run with the planned seeds (n_trials, as always); then seeds come in rounds, through the
+  rounds of `--until-decided` (`ablate.study.decide.Rounds`, one mechanism for adding seeds), to the variants still
+  in the race. Running the same command with a larger n_trials adds the sampler's new variants with the planned
+  seeds, and the race goes on with them.
+- A look (before each round, once no trial runs or waits) compares every variant still in the race with the
+  leader, the best of them (`versus_leader`: paired on shared seeds, Holm over the field, TOST with the margin, at
+  the α per look of decide.py). One decided worse is eliminated for good: it never gets a seed again, and a trial
+  that draws it again is pruned before it trains (its look is kept in the study's `race` user attr). One
+  equivalent to the leader gets no seed (either is as good within the margin); an open one gets one, and the
+  leader the seeds that pair them (`plan_round`, with its estimate stop).
+- The race ends when no comparison is open; the sweep's end names the leader, the variants equivalent to it and
+  what each eliminated variant cost (`race_summary`).
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from ablate.cli import console
+from ablate.study.decide import ROUND, Rounds, plan_round, seeds_in_use, variant_params
+
+RACE = "race"  # study user attr: {variant: the look that eliminated it}
+
+
+def versus_leader(rows: list[dict], *, margin: float | None, alpha: float, direction: str) -> dict:
+    """The leader (the best of `rows` by mean, in `direction`); every other row gets its verdict against it
+    (ablate.results.stats.annotate: paired on shared seeds, Holm over `rows`). Rows need a mean."""
+    from ablate.results.stats import annotate
+
+    sign = 1 if direction == "maximize" else -1
+    leader = max(rows, key=lambda r: sign * r["mean"])
+    annotate(rows, leader, margin=margin, alpha=alpha, direction=direction)
+    return leader
+
+
+def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction: str):
+    """One look of the race: (leader, the field, newly eliminated variants).
+
+    The field: rows with a mean whose variant is not in `out` (eliminated at an earlier look), each compared with
+    the leader; those decided worse leave the field here. (None, [], []) when no row has a mean."""
+    field = [r for r in rows if r["mean"] is not None and r["variant"] not in out]
+    if not field:
+        return None, [], []
+    leader = versus_leader(field, margin=margin, alpha=alpha, direction=direction)
+    worse = [r["variant"] for r in field if r["verdict"] == "worse"]
+    return leader, [r for r in field if r["variant"] not in worse], worse
+
+
+def next_look(trials: list) -> int:
+    """The number of the look before the next round: 1 after the planned trials."""
+    return 1 + max((t.user_attrs.get(ROUND, 0) for t in trials), default=0)
+
+
+def eliminated(study: optuna.Study, before: int | None = None) -> dict[str, int]:
+    """{variant: look} of the variants out of the race (only those out before look `before`, when given)."""
+    out = study.user_attrs.get(RACE) or {}
+    return {v: k for v, k in out.items() if before is None or k < before}
+
+
+def check_in_race(trial: optuna.Trial, variant: str) -> None:
+    """A trial the sampler drew for an eliminated variant is pruned before it trains."""
+    if variant in eliminated(trial.study):
+        trial.set_user_attr("fail_reason", f"eliminated from the race at look {eliminated(trial.study)[variant]}")
+        raise optuna.TrialPruned(f"{variant} was eliminated from the race")
+
+
+class Race(Rounds):
+    """Plans the race's rounds (`Rounds` enqueues them); eliminations are recorded as each look is taken."""
+
+    name = "a race to the best"
+
+    def __str__(self) -> str:
+        return f"eliminating variants decided worse than the leader; {super().__str__()}"
+
+    def plan(self, study: optuna.Study, trials: list) -> tuple[dict, dict]:
+        """({variant: seeds to add}, {variant: a complete trial's params}) for the field of this look."""
+        from ablate.results.rows import study_objective, study_rows
+
+        n = next_look(trials)
+        rows = study_rows(trials, None, *study_objective(study))
+        s = self.sweep.study
+        leader, field, worse = look(
+            rows, eliminated(study, n), margin=s.margin, alpha=self.alpha, direction=study.direction.name.lower()
+        )
+        if leader is None:
+            return {}, {}
+        new = [v for v in worse if v not in eliminated(study)]  # a look retaken (the same trials) adds none
+        if new and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            study.set_user_attr(RACE, {**eliminated(study), **dict.fromkeys(new, n)})
+            console.print(f"race look {n}: {len(new)} variant(s) out, worse than the leader; {len(field)} left")
+        return plan_round(field, leader, seeds_in_use(trials), s.max_seeds), variant_params(trials)
+
+
+def runs_of(trials: list) -> dict[str, int]:
+    """{variant: runs it took}: every seed a finished trial of it trained, a pruned or failed seed included (a trial
+    pruned because its variant was out of the race trained none)."""
+    runs: dict[str, int] = {}
+    for t in trials:
+        if "variant" not in t.user_attrs or not t.state.is_finished():
+            continue
+        partial = t.state != TrialState.COMPLETE and not t.user_attrs.get("fail_reason", "").startswith("eliminated")
+        runs[t.user_attrs["variant"]] = (
+            runs.get(t.user_attrs["variant"], 0) + len(t.user_attrs.get("seeds", [])) + partial
+        )
+    return runs
+
+
+def race_summary(study: optuna.Study) -> str | None:
+    """The end of a race: the leader, the variants equivalent to it within the margin, those still open, and what
+    each eliminated variant cost (runs); None for a study that does not race."""
+    from ablate.results.formats import short_labels
+    from ablate.results.rows import rows_of, study_objective, study_verdicts
+
+    if not (study.user_attrs.get("verdicts") or {}).get("race"):
+        return None
+    rows, v, out = rows_of(study), study_verdicts(study), eliminated(study)
+    leader, field, _ = look(rows, out, margin=v["margin"], alpha=v["alpha"], direction=study_objective(study)[1])
+    if leader is None:
+        return "race: no variant has a complete seed yet"
+    label, runs = short_labels(rows), runs_of(study.get_trials(deepcopy=False))
+
+    def named(verdict: str | None = None) -> str:
+        rs = [leader] if verdict is None else [r for r in field if r["verdict"] == verdict]
+        return ", ".join(f"{label[r['variant']]} ({r['mean']:.4f}, {r['n']} seeds)" for r in rs) or "none"
+
+    gone = sorted(out.items(), key=lambda kv: (kv[1], kv[0]))
+    equivalent = (
+        f"equivalent to it within ±{v['margin']:g} points: {named('equivalent')}"
+        if v["margin"]
+        else "no margin (--margin): no variant can be shown equivalent to it"
+    )
+    lines = [
+        f"race: leader {named()}",
+        f"  {equivalent}",
+        f"  still open (at --max-seeds, or an estimate above it): {named('undecided')}",
+        f"  eliminated ({len(gone)}), worse than the leader at look k, with the runs each cost: "
+        + (", ".join(f"{label[g]} ({runs.get(g, 0)} runs, look {k})" for g, k in gone) or "none"),
+        f"  runs: {sum(runs.values())} in all, {sum(runs.get(g, 0) for g, _ in gone)} on eliminated variants",
+    ]
+    return "\n".join(lines)
