@@ -12,7 +12,7 @@ from test_until_decided import SimTarget, sim_sweep
 from ablate.results.summary import show_results
 from ablate.study.decide import PLAN, ROUND, first_look, look_alpha, plan_round
 from ablate.study.engine import run_study
-from ablate.study.race import eliminated, look, race_summary, runs_of
+from ablate.study.race import eliminated, look, plan_race, race_summary, runs_of
 from ablate.sweep import main as sweep
 
 URL = "sqlite:///runs/race.db"
@@ -83,6 +83,16 @@ def test_equivalent_and_eliminated_rows_get_no_seed_open_ones_one_paired_with_th
     assert out == ["far"]
     used = {r["variant"]: {0, 1, 2} for r in rows}
     assert plan_round(field, best, used, 8, futility=False) == {"open": [3], "leader": [3]}
+
+
+def test_the_race_ends_only_with_a_leader_on_max_seeds_seeds():
+    rows = [row("lucky", [0.75, 0.76]), row("far", [0.40, 0.41]), row("close", [0.74, 0.752])]
+    best, field, out = look(rows, set(), margin=5.0, alpha=0.05, direction="maximize")
+    assert best["variant"] == "lucky" and all(r["verdict"] != "undecided" for r in field if r is not best)
+    used = {r["variant"]: {0, 1} for r in rows}
+    assert plan_round(field, best, used, 8) == {}  # nothing open ...
+    assert plan_race(field, best, used, 8) == {"lucky": [2]}  # ... but a lead on 2 seeds may be luck
+    assert plan_race(field, best, {**used, "lucky": set(range(8))}, 8) == {}
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@
   that draws it again is pruned before it trains (its look is kept in the study's `race` user attr). One
   equivalent to the leader gets no seed (either is as good within the margin); an open one gets one, and the
   leader the seeds that pair them (`plan_round`, with its estimate stop).
-- The race ends when no comparison is open; the sweep's end names the leader, the variants equivalent to it and
-  what each eliminated variant cost (`race_summary`).
+- The race ends when no comparison is open and the leader has max_seeds seeds (`plan_race`); the sweep's end
+  names the leader, the variants equivalent to it and what each eliminated variant cost (`race_summary`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
-from ablate.study.decide import ROUND, Rounds, plan_round, seeds_in_use, variant_params
+from ablate.study.decide import ROUND, Rounds, choose_seeds, plan_round, seeds_in_use, variant_params
 
 RACE = "race"  # study user attr: {variant: the look that eliminated it}
 
@@ -47,6 +47,19 @@ def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction
     leader = versus_leader(field, margin=margin, alpha=alpha, direction=direction)
     worse = [r["variant"] for r in field if r["verdict"] == "worse"]
     return leader, [r for r in field if r["variant"] not in worse], worse
+
+
+def plan_race(field: list[dict], leader: dict, used: dict[str, set[int]], max_seeds: int) -> dict[str, list[int]]:
+    """{variant: seeds to add} for the race's next round; {} when it ends.
+
+    `plan_round` over the field (an open row gets a seed, the leader those that pair them); when it adds nothing
+    and the leader has fewer than max_seeds seeds, the leader gets one more: a lead on few seeds may be luck (a
+    bimodal variant whose seeds all learned), so the race ends only with a leader on max_seeds seeds."""
+    plan = plan_round(field, leader, used, max_seeds)
+    taken = used.get(leader["variant"], set())
+    if plan or len(taken) >= max_seeds:
+        return plan
+    return {leader["variant"]: choose_seeds((), taken, 1)}
 
 
 def next_look(trials: list) -> int:
@@ -91,7 +104,7 @@ class Race(Rounds):
         if new and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
             study.set_user_attr(RACE, {**eliminated(study), **dict.fromkeys(new, n)})
             console.print(f"race look {n}: {len(new)} variant(s) out, worse than the leader; {len(field)} left")
-        return plan_round(field, leader, seeds_in_use(trials), s.max_seeds), variant_params(trials)
+        return plan_race(field, leader, seeds_in_use(trials), s.max_seeds), variant_params(trials)
 
 
 def runs_of(trials: list) -> dict[str, int]:
