@@ -429,15 +429,20 @@ def main() -> int:
         f"{args.reps} repetitions a scenario, {time.time() - started:.0f} s"
     )
     if args.out:
-        meta = {
-            "command": " ".join(["python", *sys.argv]),
-            "reps": args.reps,
-            "alpha": ALPHA,
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-        }
-        Path(args.out).write_text(json.dumps({"meta": meta, "scenarios": results}, indent=1) + "\n")
+        save(args.out, args.reps, results)
     return 0
+
+
+def save(path: str, reps: int, results: dict) -> None:
+    """The results as JSON at `path`, with the command that made them (benchmarks/race.py writes the same way)."""
+    meta = {
+        "command": " ".join(["python", *sys.argv]),
+        "reps": reps,
+        "alpha": ALPHA,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+    Path(path).write_text(json.dumps({"meta": meta, "scenarios": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
