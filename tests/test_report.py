@@ -1,6 +1,7 @@
 """`python -m ablate.report` on a real small study, rendered in a real headless Chromium (no network)."""
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -161,6 +162,7 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
 
 def test_main_effects_and_the_verdict_plots_hold_the_studys_numbers(study):
     from ablate.results.factorial import factorial_effects
+    from ablate.results.formats import effects_cells
     from ablate.results.rows import add_deltas, rows_of
 
     text = (study / "runs/t/report.html").read_text()
@@ -169,7 +171,7 @@ def test_main_effects_and_the_verdict_plots_hold_the_studys_numbers(study):
     worst = [r for r in rows if r["mean"] is not None][-1]  # the report's baseline (the fixture)
     add_deltas(rows, dict(v.split("=") for v in worst["variant"].split(" ")))
     for term in factorial_effects(rows):  # 3 of the 4 grid points ran: main effects only
-        assert f"<td>{term['term']}</td><td>{term['df']}</td><td>{term['F']:.3g}</td>" in text
+        assert "".join(f"<td>{html.escape(c)}</td>" for c in effects_cells(term)) in text
     forest = {name: trace for trace in figure_data(text, "plot-forest") for name in [trace["name"]]}
     shown = [r for r in rows if not r["baseline"] and r["ci_low"] is not None]  # not the failed variant
     points = sorted(

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from ablate.results.factorial import factorial_effects
 from ablate.results.stats import (
     MAX_SEEDS,
     ROW_FIELDS,
@@ -152,46 +151,6 @@ def test_annotate_sets_every_field_and_corrects_over_the_non_baseline_rows():
     assert rows[1]["verdict"] == "better" and rows[1]["test"] == "paired"
     assert rows[-1]["verdict"] == "undecided" and rows[-1]["test"] is None and rows[-1]["seeds_needed"] is None
     assert all(r["seeds_needed"] is None for r in rows if r["verdict"] != "undecided")
-
-
-def factorial_rows(rng, effect, seeds=4, noise=0.015):
-    """A 2×2×2 study over dotted keys; effect(settings) is the true mean of a cell."""
-    rows = []
-    for norm in ("bn", "none"):
-        for fusion in ("concat", "sum"):
-            for pooling in ("true", "false"):
-                variant = f"model.neck.norm={norm} model.neck.fusion={fusion} model.neck.image_pooling={pooling}"
-                mean = effect({"norm": norm, "fusion": fusion, "pooling": pooling})
-                rows.append(
-                    {"variant": variant, "seeds": {str(s): float(mean + rng.normal(0, noise)) for s in range(seeds)}}
-                )
-    return rows
-
-
-def test_factorial_finds_the_main_effect_and_not_the_others():
-    rows = factorial_rows(np.random.default_rng(11), lambda s: 0.70 + 0.05 * (s["norm"] == "bn"))
-    terms = {t["term"]: t for t in factorial_effects(rows)}
-    assert terms["model.neck.norm"]["p_value"] < 0.01
-    assert terms["model.neck.norm"]["effect"] == pytest.approx(5.0, abs=1.5)
-    assert {lv["value"]: lv["n"] for lv in terms["model.neck.norm"]["levels"]} == {"bn": 16, "none": 16}
-    assert all(t["p_value"] > 0.01 for name, t in terms.items() if name != "model.neck.norm")
-    assert "model.neck.fusion × model.neck.image_pooling" in terms  # 32 runs: room for pairwise interactions
-
-
-def test_factorial_detects_an_injected_interaction():
-    sum_without_pooling = lambda s: 0.70 + 0.06 * (s["fusion"] == "sum" and s["pooling"] == "false")  # noqa: E731
-    terms = {t["term"]: t for t in factorial_effects(factorial_rows(np.random.default_rng(9), sum_without_pooling))}
-    interaction = terms["model.neck.fusion × model.neck.image_pooling"]
-    assert interaction["p_value"] < 0.01 and interaction["effect"] == pytest.approx(6.0, abs=2.0)
-    assert terms["model.neck.norm"]["p_value"] > 0.01
-    assert terms["model.neck.fusion × model.neck.norm"]["p_value"] > 0.01
-
-
-def test_factorial_without_room_for_interactions_keeps_the_main_effects():
-    rows = factorial_rows(np.random.default_rng(10), lambda s: 0.7, seeds=1)[:4]  # 2×2 cells, one run each
-    terms = factorial_effects(rows)
-    assert [t["term"] for t in terms] == ["model.neck.fusion", "model.neck.image_pooling"]
-    assert factorial_effects(rows[:1]) == []  # one cell: nothing varies
 
 
 @pytest.mark.parametrize("margin", [0, -1.0, float("nan"), float("inf"), True, "1"])

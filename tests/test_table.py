@@ -128,25 +128,6 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
     assert (tmp_path / "t.pdf").stat().st_size > 0
 
 
-def test_the_sweep_end_shows_main_effects_and_interactions_of_the_factorial_model(capsys):
-    from ablate.cli import make_console
-    from ablate.results.factorial import factorial_effects
-    from ablate.results.formats import effects_to_rich
-
-    rows = [
-        {"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1}}
-        for (a, b, v0, v1) in [(1, "x", 0.1, 0.2), (1, "y", 0.3, 0.4), (2, "x", 0.5, 0.6), (2, "y", 0.7, 0.9)]
-    ]
-    terms = {t["term"]: t for t in factorial_effects(rows)}
-    assert set(terms) == {"a", "b", "a × b"}  # 8 runs of a 2×2: room for the interaction
-    assert {lv["value"]: lv["mean"] for lv in terms["a"]["levels"]} == pytest.approx(
-        {"1": 0.25, "2": (0.55 + 0.8) / 2}
-    )  # level means averaged evenly over b
-    make_console(stderr=False).print(effects_to_rich(list(terms.values())))
-    out = capsys.readouterr().out
-    assert "a × b" in out and f"{terms['a']['p_value']:.3g}" in out and f"{terms['a']['effect']:.2f}" in out
-
-
 def test_another_metric_uses_each_seeds_last_epoch(study, capsys):
     rows = {
         r["variant"]: r

@@ -242,10 +242,13 @@ def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
 
 
 EFFECTS_NOTE = (
-    "OLS on every seed's value, each varied setting a categorical factor, pairwise interactions when the runs "
-    "estimate them; type-II ANOVA. Level means are the model's, averaged evenly over the other settings; effect: the "
-    "largest difference between levels (for an interaction, of differences), in points"
+    "OLS on every seed's value, each varied setting a categorical factor and the seed a block; pairwise interactions "
+    "when they leave ≥ 4 residual df, else not testable; type-II F. p: permutation of the reduced model's residuals "
+    "within seeds (Freedman–Lane), every order when there are few, which the test column says; p Holm: over the "
+    "terms, * when < α. Level means are the model's, averaged evenly over the other settings; effect: the largest "
+    "difference between levels (for an interaction, of differences), in points."
 )
+EFFECTS_COLUMNS = ("term", "df", "F", "p", "p Holm", "test", "effect (points)", "level means")
 
 
 def fmt_levels(term: dict) -> str:
@@ -253,15 +256,28 @@ def fmt_levels(term: dict) -> str:
     return " · ".join(f"{lv['value']} {lv['mean']:.4f}" for lv in term["levels"])
 
 
-def effects_to_rich(effects: list[dict], metric: str = "val/mIoU"):
+def effects_cells(term: dict) -> list[str]:
+    """One term of ablate.results.factorial.factorial_effects as the cells of EFFECTS_COLUMNS."""
+    holm = _opt(term["p_adjusted"], ".3g") + (" *" if term["significant"] else "")
+    numbers = [_opt(term["df"], "d"), _opt(term["F"], ".3g"), _opt(term["p_value"], ".3g"), holm]
+    return [term["term"], *numbers, term["test"], _opt(term["effect"], ".2f"), fmt_levels(term)]
+
+
+def effects_caption(effects: list[dict], alpha: float) -> str:
+    """EFFECTS_NOTE, and what the runs cannot decide when they bound it (ablate.results.factorial.decidable_note)."""
+    from ablate.results.factorial import decidable_note
+
+    return " ".join(filter(None, [EFFECTS_NOTE, decidable_note(effects, alpha)]))
+
+
+def effects_to_rich(effects: list[dict], metric: str = "val/mIoU", alpha: float = 0.05):
     """Main effects and interactions (ablate.results.factorial.factorial_effects) for the terminal (rich)."""
     from rich.table import Table
 
-    table = Table(title=f"main effects and interactions on {metric}", caption=EFFECTS_NOTE)
-    for col in ("term", "df", "F", "p", "effect (points)", "level means"):
-        table.add_column(col, justify="left" if col in ("term", "level means") else "right", overflow="fold")
+    table = Table(title=f"main effects and interactions on {metric}", caption=effects_caption(effects, alpha))
+    for col in EFFECTS_COLUMNS:
+        left = col in ("term", "test", "level means")
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
     for e in effects:
-        table.add_row(
-            e["term"], str(e["df"]), _opt(e["F"], ".3g"), _opt(e["p_value"], ".3g"), f"{e['effect']:.2f}", fmt_levels(e)
-        )
+        table.add_row(*effects_cells(e))
     return table

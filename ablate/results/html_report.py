@@ -12,7 +12,15 @@ from pathlib import Path
 
 import optuna
 
-from ablate.results.formats import EFFECTS_NOTE, fmt_levels, render, short_labels, varied_keys, verdict_note
+from ablate.results.formats import (
+    EFFECTS_COLUMNS,
+    effects_caption,
+    effects_cells,
+    render,
+    short_labels,
+    varied_keys,
+    verdict_note,
+)
 from ablate.results.rows import study_objective
 from ablate.results.verdict_plots import forest_figure, strip_figure
 
@@ -195,25 +203,17 @@ def predictions(row: dict, runs: list[dict], role: str, label: str) -> str:
     return note(f"{role} ({label}): no run folder has predictions.png")
 
 
-def effects_table(rows: list[dict], metric: str = "val/mIoU") -> str:
+def effects_table(rows: list[dict], metric: str = "val/mIoU", alpha: float = 0.05) -> str:
     """Main effects and interactions of the swept settings (ablate.results.factorial.factorial_effects), or a note."""
     from ablate.results.factorial import factorial_effects
 
-    effects = factorial_effects(rows) if len(varied_keys(rows)) > 1 else []
+    effects = factorial_effects(rows, alpha=alpha) if len(varied_keys(rows)) > 1 else []
     if not effects:
         return note("one swept setting, or runs that cannot estimate a model: the comparison table is its effect")
-    cell = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
-    body = "".join(
-        f"<tr><td>{html.escape(e['term'])}</td><td>{e['df']}</td><td>{cell(e['F'], '.3g')}</td>"
-        f"<td>{cell(e['p_value'], '.3g')}</td><td>{e['effect']:.2f}</td>"
-        f"<td>{html.escape(fmt_levels(e))}</td></tr>"
-        for e in effects
-    )
-    return (
-        f"<table><thead><tr><th>term ({html.escape(metric)})</th><th>df</th><th>F</th><th>p</th>"
-        f"<th>effect (points)</th><th>level means</th></tr></thead><tbody>{body}</tbody></table>"
-        f"<p>{html.escape(EFFECTS_NOTE)}</p>"
-    )
+    head = "".join(f"<th>{html.escape(c if c != 'term' else f'term ({metric})')}</th>" for c in EFFECTS_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in effects_cells(e)) + "</tr>" for e in effects)
+    caption = html.escape(effects_caption(effects, alpha))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><p>{caption}</p>"
 
 
 def note(text: str) -> str:
@@ -256,7 +256,7 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, ve
         "<h2>Comparison table</h2>",
         render(rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"])),
         "<h2>Main effects</h2>",
-        effects_table(rows, metric),
+        effects_table(rows, metric, v["alpha"]),
     ]
     forest = forest_figure(rows, labels, v["alpha"], v["margin"])
     verdict_plots = [

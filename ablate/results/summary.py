@@ -32,9 +32,9 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
     title = f"study {study.study_name}: mean ± std over seeds, best first"
     out.print(to_rich(rows, title, metric))
     out.print(note)
-    effects = factorial_effects(rows) if len(rows) > 2 and len(varied_keys(rows)) > 1 else []
+    effects = factorial_effects(rows, alpha=v["alpha"]) if len(rows) > 2 and len(varied_keys(rows)) > 1 else []
     if effects:  # one swept key: the table already is its effect
-        out.print(effects_to_rich(effects, metric))
+        out.print(effects_to_rich(effects, metric, v["alpha"]))
     left = race_summary(study) or (v["looks"] and left_open(rows, v["looks"][1]))
     if left:
         out.print(left)
