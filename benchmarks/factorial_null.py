@@ -17,11 +17,13 @@ Null studies: every variant the same distribution. A study "calls a term" when a
 - after: `factorial_effects(rows, alpha=0.05, permutations=P)`, any term with `significant` (Holm over the
   terms of the Freedman–Lane permutation p). `--permutations` only sets how many random permutations studies
   with 2+ seeds draw (the table draws 9999); a Monte Carlo p that counts the observed order is valid for any
-  number, and one seed is enumerated exactly (8! orders) either way.
-Power (1–16 seeds): the same studies with one real main effect of D points on `norm` (normal: its mean moves D/2 points up
-at one level and down at the other; bimodal: its share of runs that learn moves by ±D/70 around 0.6, so the
-means differ by D points, as image pooling does on our data); the share of studies that call `norm`, and the
-share that call any other term (false).
+  number, and one seed is enumerated exactly (8! orders) either way. Each study draws its own permutations
+  (the `seed` argument): the rate over random draws, which the table's one fixed draw of 9999 approaches; one
+  draw of 999 shared by every study would add that draw's own luck to every figure.
+Power (1–16 seeds): the same studies with one real main effect of D points on `norm` (normal: its mean moves
+D/2 points up at one level and down at the other; bimodal: its share of runs that learn moves by ±D/70 around
+0.6, so the means differ by D points, as image pooling does on our data); the share of studies that call
+`norm`, and the share that call any other term (false).
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def old_rule(rows: list[dict]) -> set[str]:
     return set()
 
 
-def new_rule(rows: list[dict], permutations: int) -> set[str]:
+def new_rule(rows: list[dict], permutations: int, seed: int = 0) -> set[str]:
     """The terms the table calls now (significant after Holm), named as old_rule names them."""
-    called = [t for t in factorial_effects(rows, alpha=0.05, permutations=permutations) if t["significant"]]
+    effects = factorial_effects(rows, alpha=0.05, permutations=permutations, seed=seed)
+    called = [t for t in effects if t["significant"]]
     return {":".join(f"C({f.split('.')[-1]})" for f in t["factors"]) for t in called}
 
 
@@ -101,7 +104,8 @@ def simulate(task: tuple) -> dict:
     counts = {f"{rule}_{what}": 0 for rule in ("before", "after") for what in ("any", "norm", "other")}
     for _ in range(reps):
         rows = draw(shape, seeds, rng, effect)
-        for rule, called in (("before", old_rule(rows)), ("after", new_rule(rows, permutations))):
+        after = new_rule(rows, permutations, int(rng.integers(2**32)))
+        for rule, called in (("before", old_rule(rows)), ("after", after)):
             counts[f"{rule}_any"] += bool(called)
             counts[f"{rule}_norm"] += "C(norm)" in called
             counts[f"{rule}_other"] += bool(called - {"C(norm)"})
@@ -142,22 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=400, help="null studies per shape and seed count")
     parser.add_argument("--power-reps", type=int, default=100, help="studies per effect, shape and seed count")
     parser.add_argument("--permutations", type=int, default=999, help="random permutations a study (table: 9999)")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--effects", nargs="+", type=int, default=list(EFFECTS), help="points of the real effect")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="processes (the figures do not depend on it)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/factorial_null.json"))
     args = parser.parse_args(argv)
     start = time.time()
-    null_tasks = [(shape, seeds, args.reps, 0.0) for shape, seeds in itertools.product(SHAPES, SEEDS)]
+    null_tasks = [(shape, seeds, args.reps, 0.0) for shape, seeds in itertools.product(args.shapes, SEEDS)]
     power_tasks = [
         (shape, seeds, args.power_reps, effect)
-        for effect, shape, seeds in itertools.product(EFFECTS, ("normal", "bimodal"), POWER_SEEDS)
+        for effect, shape, seeds in itertools.product(args.effects, ("normal", "bimodal"), POWER_SEEDS)
     ]
     tasks = null_tasks + power_tasks
     seeds = np.random.SeedSequence(args.seed).generate_state(len(tasks))  # one stream a task: any --jobs, same figures
     with multiprocessing.Pool(args.jobs, initializer=start_worker) as pool:
         results = pool.imap(simulate, [(*t, args.permutations, int(s)) for t, s in zip(tasks, seeds)])
         null, power = report(results, len(null_tasks), len(power_tasks))
-    for effect, shape in itertools.product(EFFECTS, ("normal", "bimodal")):
+    for effect, shape in itertools.product(args.effects, ("normal", "bimodal")):
         called = [
             r["seeds"] for r in power if (r["effect_points"], r["shape"]) == (effect, shape) and r["after_norm"] >= 0.8
         ]
