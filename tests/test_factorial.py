@@ -87,6 +87,16 @@ def test_interactions_need_min_residual_df_else_they_are_listed_not_testable():
     ]
 
 
+def test_a_variant_on_seeds_of_its_own_drops_the_seed_block_instead_of_the_table():
+    rows = [
+        {"variant": "a=1", "seeds": {"0": 0.1, "1": 0.2}},
+        {"variant": "a=2", "seeds": {"0": 0.5, "1": 0.7}},
+        {"variant": "a=3", "seeds": {"2": 0.4}},  # its only run's seed is nobody else's: a block would absorb it
+    ]
+    (term,) = factorial_effects(rows)
+    assert term["test"] == "permutation, exact (120)" and term["df"] == 2
+
+
 def test_holm_over_the_terms_decides_which_are_significant():
     rows = factorial_rows(np.random.default_rng(5), lambda s: 0.70 + 0.012 * (s["norm"] == "bn"), seeds=3)
     terms = called_terms(factorial_effects(rows, alpha=0.05))

@@ -84,12 +84,14 @@ def _observations(rows: list[dict]) -> tuple:
     return pd.DataFrame(records), names
 
 
-def _fit(data, k: int) -> tuple:
+def _fit(data, k: int, block: list[str] | None = None) -> tuple:
     """(OLS fit, interactions left out as [((i, j), reason)]): pairwise interactions when estimable with
-    MIN_RESIDUAL_DF residual df left, else main effects; (None, []) when not even those are estimable."""
+    MIN_RESIDUAL_DF residual df left, else main effects; without the seed block when a seed of its own makes
+    the model inestimable; (None, []) when not even main effects are estimable."""
     main = [f"C(x{i})" for i in range(k)]
     pairs = list(itertools.combinations(range(k), 2))
-    block = [BLOCK] if data["seed"].nunique() > 1 and data["seed"].duplicated().any() else []
+    if block is None:
+        block = [BLOCK] if data["seed"].nunique() > 1 and data["seed"].duplicated().any() else []
     full = _ols(data, main + [f"C(x{i}):C(x{j})" for i, j in pairs] + block)
     if full is not None and full.df_resid >= MIN_RESIDUAL_DF:
         return full, []
@@ -99,6 +101,8 @@ def _fit(data, k: int) -> tuple:
         else "not testable: not estimable from these runs"
     )
     fit = _ols(data, main + block)
+    if fit is None and block:
+        return _fit(data, k, [])
     return fit, ([(pair, reason) for pair in pairs] if fit is not None else [])
 
 
