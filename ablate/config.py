@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ablate.errors import ConfigError, check_choice, did_you_mean
+from ablate.errors import ConfigError, check_choice, did_you_mean, read_yaml
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "from_dict", "to_dict", "apply_overrides", "flatten"]
 
@@ -102,7 +102,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if path is not None:
         if not Path(path).is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (model, data, ...), not {type(raw).__name__}")
     return from_dict(apply_overrides(with_defaults(RunConfig, raw), overrides))

@@ -18,6 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--study", help="study name (default: the sweep file's study.name)")
     cli.add_storage_argument(p)
+    p.add_argument(
+        "--storage-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="how long a worker waits out a storage outage (server restart, failover, dropped connection, "
+        "SQLite locked) before it stops, its trial left for the heartbeat retry (default: the sweep's "
+        "study.storage_timeout, 300)",
+    )
     p.add_argument("--n-trials", type=int, help="study-wide total of trials")
     p.add_argument(
         "--seeds",
@@ -69,6 +77,7 @@ def _sweep(args, argv: list[str]) -> int:
     from ablate.results.summary import run_and_show
     from ablate.study.engine import Interrupt, quiet
     from ablate.study.gpus import plan_gpus
+    from ablate.study.outage import EXIT_CODE, StorageUnavailable
     from ablate.study.pool import before_fork
     from ablate.study.space import load_sweep
     from ablate.study.storage import resolve
@@ -87,6 +96,8 @@ def _sweep(args, argv: list[str]) -> int:
         return dry_run(sweep, target)
     try:
         return run_and_show(sweep, target, resolve(args.storage), workers, _worker_argv(argv), gpus=gpus)
+    except StorageUnavailable as e:
+        return cli.error(e, EXIT_CODE)
     except KeyboardInterrupt as e:
         cli.warn(
             f"interrupted: {e or 'by the user'}; the running trial is marked FAIL and queued again: run the "
@@ -126,6 +137,8 @@ def _with_flags(sweep, args):
     changes = {"study": with_verdict_flags(sweep.study, args)}
     if args.study:
         changes["study"] = dataclasses.replace(changes["study"], name=args.study)
+    if args.storage_timeout is not None:
+        changes["study"] = dataclasses.replace(changes["study"], storage_timeout=args.storage_timeout)
     if args.n_trials is not None:
         changes["n_trials"] = args.n_trials
     if args.seeds:

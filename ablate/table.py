@@ -39,8 +39,36 @@ def main(argv: list[str] | None = None) -> int:
         help="build the table from W&B runs instead: runs/wandb (offline folders) or ENTITY/PROJECT",
     )
     p.add_argument("--out", help="write to this file instead of stdout")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the studies' invariants instead (no trial RUNNING without a heartbeat, no seed of a variant "
+        "completed twice, every complete trial with its values, run folders under runs/ and W&B runs); exit 1 "
+        "naming what is wrong and how to repair it",
+    )
     args = cli.parse(p, argv)
-    return cli.guarded(lambda: _table(args))
+    return cli.guarded(lambda: _check(args) if args.check else _table(args))
+
+
+def _check(args) -> int:
+    from pathlib import Path
+
+    from ablate.study.check import REPAIR, check_study
+    from ablate.study.storage import load_study, make_storage, resolve, study_names
+
+    storage = make_storage(resolve(args.storage))
+    failed = 0
+    for name in args.study or study_names(storage):
+        study = load_study(name, storage)
+        problems = check_study(study, Path("runs"))
+        for problem in problems:
+            cli.console.print(f"study {name}: {problem}")
+        n = len(study.get_trials(deepcopy=False))
+        cli.console.print(f"study {name}: {len(problems) or 'no'} problem(s) in {n} trial(s)")
+        failed += bool(problems)
+    if failed:
+        cli.console.print(REPAIR)
+    return 1 if failed else 0
 
 
 def _table(args) -> int:

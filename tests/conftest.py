@@ -32,46 +32,25 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A private PostgreSQL cluster on 127.0.0.1 for this test session (initdb + pg_ctl as `postgres`).
+def postgres():
+    """A private PostgreSQL cluster on 127.0.0.1 for this test session (initdb + pg_ctl as `postgres`), which a
+    test may stop and start (`.stop()`, `.start()`: a server restart under a running study).
 
     `.ci/run` installs the server (Debian's postgresql); without it these tests fail, they never skip.
     """
-    import glob
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
-    from pathlib import Path
+    from helpers import PostgresServer
 
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    assert bins, "PostgreSQL server not installed: apt-get install -y postgresql (.ci/run does this)"
-    bin_dir = os.path.dirname(bins[-1])
-    root = Path(tempfile.mkdtemp(prefix="ablate-pg-"))  # not under pytest's tmp: `postgres` must reach it
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    with socket.socket() as s:  # a free port on loopback
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def pg(*args):
-        done = subprocess.run([*as_postgres, *args], capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}"
-
-    pg(f"{bin_dir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync")
-    options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    pg(f"{bin_dir}/pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    server = PostgresServer()
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        subprocess.run(
-            [*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres):
+    """The URL of the session's PostgreSQL server (`postgres`)."""
+    return postgres.url
 
 
 SPACE = {"model.neck.fusion": {"choices": ["concat", "sum"]}, "optim.lr": {"choices": [0.001, 0.002]}}

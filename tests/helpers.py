@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -61,3 +62,56 @@ def finished_run_info(run_dir, timeout: float = 30.0) -> dict:
         if time.time() > deadline:
             return run_info(run_dir)
         time.sleep(0.2)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on a free loopback port, started at once; stop() and start() restart it."""
+
+    def __init__(self):
+        import glob
+        import shutil
+        import socket
+        import tempfile
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        assert bins, "PostgreSQL server not installed: apt-get install -y postgresql (.ci/run does this)"
+        self.bin_dir = os.path.dirname(bins[-1])
+        self.root = Path(tempfile.mkdtemp(prefix="ablate-pg-"))  # not under pytest's tmp: `postgres` must reach it
+        self.data, sock = self.root / "data", self.root / "sock"
+        sock.mkdir()
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(sock, "postgres")
+        with socket.socket() as s:  # a free port on loopback
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.options = f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self.pg("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync")
+        self.start()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg(self, tool: str, *args) -> None:
+        import subprocess
+
+        done = subprocess.run([*self.as_postgres, f"{self.bin_dir}/{tool}", *args], capture_output=True, text=True)
+        assert done.returncode == 0, f"{tool} {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self.pg("pg_ctl", "-D", str(self.data), "-o", self.options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: every connection dropped at once, as a restart or failover does)."""
+        self.pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its cluster."""
+        import shutil
+        import subprocess
+
+        subprocess.run(
+            [*self.as_postgres, f"{self.bin_dir}/pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)

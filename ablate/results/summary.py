@@ -11,6 +11,7 @@ from ablate.results.factorial import factorial_effects
 from ablate.results.formats import effects_to_rich, render, settings, short_labels, to_rich, varied_keys, verdict_note
 from ablate.results.rows import add_deltas, rows_of, study_objective, study_verdicts, verdict_options
 from ablate.study.engine import is_worker, run_study
+from ablate.study.outage import EXIT_CODE as STORAGE_GONE
 from ablate.study.race import race_summary
 from ablate.study.storage import DEFAULT_STORAGE, load_study, make_storage, redact
 from ablate.study.workers import ddp_rank
@@ -81,7 +82,7 @@ def run_and_show(
 ) -> int:
     """Run the study, then (unless this process is one of `--workers N`) print its table."""
     code = run_study(sweep, target, storage_url, workers, argv, gpus=gpus)
-    if not is_worker() and ddp_rank() == 0:
+    if not is_worker() and ddp_rank() == 0 and code != STORAGE_GONE:  # workers that stopped on an outage: no table
         study = load_study(sweep.study.name, make_storage(storage_url))
         show_results(study, Path("runs") / sweep.study.name, storage_url, sweep.baseline)
     return code

@@ -20,6 +20,8 @@ from ablate.cli import console, error
 from ablate.config import flatten
 from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
+from ablate.study.faults import fail_reason, release_memory, tell
+from ablate.study.outage import StorageUnavailable
 from ablate.study.pool import start_workers
 from ablate.study.race import Race, check_in_race
 from ablate.study.space import SweepConfig, suggest, to_plain, variant_label
@@ -62,10 +64,10 @@ class Objective:
         except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C / SIGTERM into SystemExit
             trial.set_user_attr("interrupted", True)
             raise KeyboardInterrupt(f"trial {trial.number} interrupted") from e
-        except optuna.TrialPruned:
-            raise
+        except (optuna.TrialPruned, StorageUnavailable, optuna.exceptions.UpdateFinishedTrialError):
+            raise  # pruned; the storage is gone; the trial was finished elsewhere (see run_one)
         except Exception as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            trial.set_user_attr("fail_reason", fail_reason(e, config))
             raise
 
     def wandb_run(self, trial: optuna.Trial, seed: int, variant: str, config: dict) -> dict:
@@ -195,7 +197,7 @@ def run_study(
     process share the study, each as if started by the same command minus those flags (`argv`)."""
     s = sweep.study
     if ddp_rank() != 0:  # a rank Lightning started for a DDP trial: it trains what rank 0 hands over
-        storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period))
+        storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period), s.storage_timeout)
         return follow(load_study(s.name, storage, sampler=optuna.samplers.RandomSampler()), target)
     study = open_study(sweep, storage_url)
     rounds = until_decided(sweep, study)
@@ -266,24 +268,30 @@ def run_trials(study: optuna.Study, objective: Objective, slots: Slots, callback
             continue
         announced = False
         frozen = run_one(study, trial, objective, settings.heartbeat_interval)
-        for callback in callbacks:
+        for callback in callbacks if frozen else ():
             callback(study, frozen)
         Interrupt.check()
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat_interval: int):
-    """One trial with heartbeats: COMPLETE, PRUNED or FAIL (any error is caught, kept and printed);
-    on Ctrl-C / SIGTERM it is failed, queued again, and the interrupt goes on up."""
+    """One trial with heartbeats: COMPLETE, PRUNED or FAIL (any error is caught, kept and printed), or None when
+    it was declared stale and run again elsewhere meanwhile (ablate.study.faults.tell); on Ctrl-C / SIGTERM it is
+    failed, queued again, and the interrupt goes on up; StorageUnavailable goes on up and leaves it RUNNING, for
+    the heartbeat retry."""
     with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
         try:
-            frozen = study.tell(trial, objective(trial))
+            frozen = tell(study, trial, objective(trial))
         except optuna.TrialPruned:
-            frozen = study.tell(trial, state=TrialState.PRUNED)
+            frozen = tell(study, trial, state=TrialState.PRUNED)
         except KeyboardInterrupt:
-            requeue(study, study.tell(trial, state=TrialState.FAIL))
+            if failed := tell(study, trial, state=TrialState.FAIL):
+                requeue(study, failed)
+            raise
+        except StorageUnavailable:
             raise
         except Exception:
-            frozen = study.tell(trial, state=TrialState.FAIL)
+            frozen = tell(study, trial, state=TrialState.FAIL)
+    release_memory()  # before this worker's next trial (a CUDA out-of-memory trial's cache above all)
     return frozen
 
 

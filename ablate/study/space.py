@@ -11,7 +11,7 @@ import optuna
 import yaml
 
 from ablate.config import RunConfig, apply_overrides, with_defaults
-from ablate.errors import ConfigError, check_choice, did_you_mean
+from ablate.errors import ConfigError, check_choice, check_path_name, did_you_mean, read_yaml
 
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"  # ships with the package
 
@@ -35,6 +35,7 @@ class StudyConfig:
     until_decided: bool = False  # after the planned trials, add seeds where a verdict is open (ablate.study.decide)
     max_seeds: int = 8  # ... up to this many seeds a variant
     race: bool = False  # after the planned trials, race the variants to the best (ablate.study.race)
+    storage_timeout: int = 300  # seconds a worker waits out a storage outage before it stops (ablate.study.outage)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def read_spec(path: Path, known: tuple[str, ...], what: str) -> dict:
     """A YAML mapping from `path` whose top-level keys are all in `known`."""
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with keys {', '.join(known)}")
     check_keys(raw, known, f"{path}: ")
@@ -144,7 +145,7 @@ def load_base(path: Path, base, overrides: list[str]) -> dict:
         base_path = path.resolve().parent / base  # beside the file itself (sweeps/default.yaml is a link)
         if not base_path.is_file():
             raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to {path.name})")
-        base = yaml.safe_load(base_path.read_text()) or {}
+        base = read_yaml(base_path) or {}
     if isinstance(base, dict) and (signs := lightning_cli_signs(base)):
         raise ConfigError(
             f"{path}: its base looks like a LightningCLI config ({', '.join(signs)}), not ablate's run config: "
@@ -179,7 +180,8 @@ def validate_sweep(sweep: SweepConfig) -> None:
         ("study.direction", s.direction, ("maximize", "minimize")),
     ):
         check_choice(key, value, choices)
-    for key in ("heartbeat_interval", "grace_period"):
+    check_path_name("study.name (--study)", s.name)
+    for key in ("heartbeat_interval", "grace_period", "storage_timeout"):
         if type(getattr(s, key)) is not int or getattr(s, key) < 1:
             raise ConfigError(f"study.{key} must be a positive number of seconds; got {getattr(s, key)!r}")
     check_verdict_settings(s)

@@ -9,15 +9,39 @@ from pathlib import Path
 
 import optuna
 
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, check_path_name
+from ablate.study.outage import PATIENCE, PatientRDBStorage, reason
 
 DEFAULT_STORAGE = "sqlite:///runs/ablate.db"
 STORAGE_ENV = "ABLATE_STORAGE"  # keeps a password out of argv (and `ps`)
 
 
 def resolve(flag: str | None) -> str:
-    """The storage URL: --storage, else $ABLATE_STORAGE, else the default SQLite file."""
-    return flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    """The storage URL: --storage, else $ABLATE_STORAGE, else the default SQLite file; one that is not a URL is a
+    ConfigError naming where it came from (its password masked)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        source = "--storage" if flag else f"${STORAGE_ENV}"
+        raise ConfigError(
+            f"{source}={mask_password(url)!r} is not a storage URL; use "
+            "sqlite:///PATH (one machine) or postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DB (many machines)"
+        ) from None
+    return url
+
+
+def mask_password(text: str) -> str:
+    """`text` with what lies between USER: and the last @ replaced by ***, whether or not it parses as a URL."""
+    head, at, tail = text.rpartition("@")
+    if not at:
+        return text
+    start = head.find("//") + 2 if "//" in head else 0
+    user, colon, _ = head[start:].partition(":")
+    return f"{head[:start]}{user}{':***' if colon else ''}@{tail}"
 
 
 def redact(url: str) -> str:
@@ -37,11 +61,15 @@ def sqlite_lock(url: str):
         yield
 
 
-def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.storages.RDBStorage:
-    """An RDB storage: SQLite (one machine) or PostgreSQL (many).
+def make_storage(
+    url: str, heartbeat: tuple[int, int] | None = None, patience: float | None = None
+) -> optuna.storages.RDBStorage:
+    """An RDB storage: SQLite (one machine) or PostgreSQL (many); a server it cannot reach is a ConfigError naming
+    its host and port.
 
     `heartbeat` = (interval, grace period) in seconds: running trials record heartbeats, and a trial whose
-    worker died is failed and queued again with the same parameters.
+    worker died is failed and queued again with the same parameters. `patience` = seconds every call waits out
+    a storage outage (ablate.study.outage; None: no waiting, as the commands that only read).
     """
     beat = {}
     if heartbeat:
@@ -50,15 +78,31 @@ def make_storage(url: str, heartbeat: tuple[int, int] | None = None) -> optuna.s
             "grace_period": heartbeat[1],
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
         }
+    if patience is not None:
+        PATIENCE.timeout = patience
+    kind = PatientRDBStorage if patience is not None else optuna.storages.RDBStorage
     if not url.startswith("sqlite:///"):
         if not url.startswith("postgresql"):
             raise ConfigError(
                 f"storage {redact(url)!r}: use sqlite:///PATH (one machine) or "
                 "postgresql+psycopg2://USER:PASSWORD@HOST/DB (many machines)"
             )
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
+        return connect(lambda: kind(url, engine_kwargs={"pool_pre_ping": True}, **beat), url)
     with sqlite_lock(url):  # workers that start together create the schema one at a time
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+        return connect(lambda: kind(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat), url)
+
+
+def connect(make, url: str):
+    """make(): the storage; a server that refuses or a file that cannot be opened is a ConfigError."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return make()
+    except OperationalError as e:
+        u = make_url(url)
+        where = f"the server at {u.host}:{u.port or 5432}" if u.host else f"the database {u.database}"
+        raise ConfigError(f"storage {redact(url)}: cannot reach {where}: {reason(e)}") from None
 
 
 def close_connections(study: optuna.Study) -> None:
@@ -74,6 +118,7 @@ def study_names(storage) -> list[str]:
 
 def load_study(name: str, storage, **kwargs) -> optuna.Study:
     """The stored study `name`; an unknown name is a ConfigError listing the studies there."""
+    check_path_name("study", name)
     try:
         return optuna.load_study(study_name=name, storage=storage, **kwargs)
     except KeyError:
@@ -106,7 +151,7 @@ def open_study(sweep, storage_url: str) -> optuna.Study:
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
         "none": optuna.pruners.NopPruner,
     }
-    storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period))
+    storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period), s.storage_timeout)
     study = optuna.create_study(
         study_name=s.name,
         storage=storage,

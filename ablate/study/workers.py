@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
+from ablate.study.outage import PATIENCE, StorageUnavailable
 from ablate.study.storage import sqlite_lock
 
 JOB_ENV = "ABLATE_DDP_JOB"  # the first run's job, for the ranks Lightning starts
@@ -43,7 +44,7 @@ class Slots:
     def __init__(self, storage_url: str, study_name: str, total: int, extend=None):
         self.url, self.name, self.total = storage_url, study_name, total
         self.extend = extend  # once every slot is taken: extend(study, trials) may enqueue more (a round of seeds)
-        self._engine = None
+        self._engine, self._conn = None, None
 
     @contextlib.contextmanager
     def lock(self):
@@ -59,20 +60,35 @@ class Slots:
         key = int.from_bytes(hashlib.sha256(f"ablate/{self.name}".encode()).digest()[:8], "big", signed=True)
         with self._engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            self._conn = conn
             try:
                 yield
             finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                conn.commit()
+                self._conn = None
+                with contextlib.suppress(Exception):  # a dropped connection has released the lock on the server
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
+
+    def check_held(self) -> None:
+        """Raise (an outage error) when the server dropped the connection holding the lock, and so the lock."""
+        if self._conn is not None:
+            import sqlalchemy as sa
+
+            self._conn.execute(sa.text("SELECT 1"))
 
     def claim(self, study: optuna.Study) -> optuna.Trial | None:
-        """A trial to run (a queued one first), or None when every slot is taken and nothing more is queued."""
+        """A trial to run (a queued one first), or None when every slot is taken and nothing more is queued; an
+        outage while the lock is held (and so perhaps lost) starts the claim again once the storage is back."""
+        return PATIENCE.call(self._claim, study)
+
+    def _claim(self, study: optuna.Study) -> optuna.Trial | None:
         with self.lock():
             optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
             trials = study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and len(counted(trials)) >= self.total and not (self.extend and self.extend(study, trials)):
                 return None
+            self.check_held()
             return study.ask()  # pops a waiting trial first; the sampler picks its grid point in here
 
 
@@ -85,7 +101,12 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while True:
-            self.storage.record_heartbeat(self.trial_id)
+            try:
+                self.storage.record_heartbeat(self.trial_id)  # waits out an outage (ablate.study.outage)
+            except StorageUnavailable:
+                pass  # the worker's next storage call stops it; this thread only tries again
+            except Exception as e:  # never end the run from here: the grace period covers a missed beat
+                console.print(f"  heartbeat of trial {self.trial_id} not recorded: {type(e).__name__}: {e}")
             if self.stop.wait(self.interval):
                 return
 

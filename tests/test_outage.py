@@ -1,0 +1,65 @@
+"""Storage outages under a running study: a real PostgreSQL server stopped and started mid-trial (pg_ctl), real
+worker processes; SQLite locked beyond its busy timeout; a result that comes back after its trial was retried."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from helpers import write_sweep as sweep_file
+from optuna.trial import TrialState
+
+from ablate.study.check import check_study
+
+
+def write_sweep(n_trials, widths, **study):
+    return sweep_file(
+        space={"model.neck.out_channels": {"choices": list(widths)}},
+        n_trials=n_trials,
+        seeds=(0,),
+        overrides=["trainer.max_epochs=4", "data.train_size=32"],
+        name="o",
+        **study,
+    )
+
+
+def fresh(storage: str) -> str:
+    if "o" in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name="o", storage=storage)
+    return storage
+
+
+def wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_server_stopped_8_s_mid_trial_is_waited_out_and_the_study_finishes_in_one_command(postgres):
+    storage = fresh(postgres.url)
+    path = write_sweep(4, [8, 10, 12, 14], heartbeat_interval=1, grace_period=30, pruner="none")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ablate.sweep", path, "--storage", storage, "--workers", "2", "--storage-timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: len(list(Path("runs/o").glob("t*-s0/hparams.yaml"))) >= 2)  # both workers train
+        running = {
+            t.number for t in optuna.load_study(study_name="o", storage=storage).trials if not t.state.is_finished()
+        }
+        postgres.stop()
+        time.sleep(8)
+    finally:
+        postgres.start()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert out.count("storage unreachable") == 2 and out.count("storage back after") == 2, out  # one each worker
+    trials = optuna.load_study(study_name="o", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, out  # the exact total; nothing RUNNING
+    assert running <= {t.number for t in trials}  # the trials in flight finished as themselves, not as retries
+    assert len({t.params["model.neck.out_channels"] for t in trials}) == 4
+    assert check_study(optuna.load_study(study_name="o", storage=storage), Path("runs")) == []
