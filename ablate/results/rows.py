@@ -44,8 +44,9 @@ def study_rows(
         )
         row["trials"].append(t.number)
         row["status"].add({TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "failed"))
-        if t.state == TrialState.COMPLETE:
-            row["seeds"].update(seed_values(t, metric, objective))
+        if t.state == TrialState.COMPLETE:  # a seed completed twice (never by ablate: ablate.study.check) counts once
+            for seed, value in seed_values(t, metric, objective).items():
+                row["seeds"].setdefault(seed, value)
         for key in ("params/neck", "params/total", "gflops", "config", "classes"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]

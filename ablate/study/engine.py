@@ -20,7 +20,7 @@ from ablate.cli import console, error
 from ablate.config import flatten
 from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
-from ablate.study.faults import fail_reason, release_memory, tell
+from ablate.study.faults import fail_reason, naming, release_memory, tell
 from ablate.study.outage import StorageUnavailable
 from ablate.study.pool import start_workers
 from ablate.study.race import Race, check_in_race
@@ -102,13 +102,14 @@ class Objective:
                     "prune": bool(prune),
                 }
             )  # DDP ranks train the same
-            summary = self.target.fit(
-                config,
-                seed,
-                output,
-                callbacks=[*prune, Interrupt()],
-                wandb_run=self.wandb_run(trial, seed, variant, config),
-            )
+            with naming(output):  # a full disk often says so without the file: the run folder then
+                summary = self.target.fit(
+                    config,
+                    seed,
+                    output,
+                    callbacks=[*prune, Interrupt()],
+                    wandb_run=self.wandb_run(trial, seed, variant, config),
+                )
             for callback in prune:
                 callback.check_pruned()  # under DDP the prune decision comes back through the storage
             if summary.get(metric) is None or not math.isfinite(summary[metric]):

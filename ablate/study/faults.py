@@ -4,6 +4,7 @@ that fails, a result that comes back after its trial was declared stale and run 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 
 import optuna
@@ -37,6 +38,17 @@ def batch_size(config: dict, prefix: str = "") -> tuple[str | None, int | None]:
             if found[0]:
                 return found
     return None, None
+
+
+@contextlib.contextmanager
+def naming(folder):
+    """An OSError without a file name (ENOSPC from a flush) raised inside gets `folder` as its file name."""
+    try:
+        yield
+    except OSError as e:
+        if not e.filename:
+            e.filename = str(folder)
+        raise
 
 
 def release_memory() -> None:
