@@ -63,3 +63,26 @@ def test_a_server_stopped_8_s_mid_trial_is_waited_out_and_the_study_finishes_in_
     assert running <= {t.number for t in trials}  # the trials in flight finished as themselves, not as retries
     assert len({t.params["model.neck.out_channels"] for t in trials}) == 4
     assert check_study(optuna.load_study(study_name="o", storage=storage), Path("runs")) == []
+
+
+def test_a_storage_away_longer_than_the_bound_stops_the_worker_and_the_same_command_finishes(postgres):
+    storage = fresh(postgres.url)
+    path = write_sweep(2, [8, 10], heartbeat_interval=1, grace_period=4, pruner="none")
+    command = [sys.executable, "-m", "ablate.sweep", path, "--storage", storage, "--storage-timeout", "3"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: list(Path("runs/o").glob("t0-s0/hparams.yaml")))
+        postgres.stop()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        postgres.start()
+    assert proc.returncode == 75, out
+    assert "error: the storage did not answer for 3 s (" in out and "run the same command once" in out, out
+    (left,) = optuna.load_study(study_name="o", storage=storage).get_trials()
+    assert left.state == TrialState.RUNNING  # untouched: the heartbeat retry takes it
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = optuna.load_study(study_name="o", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].params == left.params  # the stale trial, run again with its parameters
+    assert check_study(optuna.load_study(study_name="o", storage=storage), Path("runs")) == []
