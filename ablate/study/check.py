@@ -20,7 +20,7 @@ def check_study(study: optuna.Study, runs: Path = Path("runs"), wandb_dir: Path 
     """What is wrong with `study` (its run folders under `runs`/<study>/), one line each; [] when all holds."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    problems = [f"trial {n} is RUNNING but its heartbeat stopped {age:.0f} s ago" for n, age in silent(study)]
+    problems = [f"trial {n} is RUNNING but silent for {age:.0f} s (no live heartbeat)" for n, age in silent(study)]
     pairs = Counter((t.user_attrs.get("variant"), int(s)) for t in complete for s in t.user_attrs.get("seeds", []))
     problems += [f"{variant} seed {seed} completed {n} times" for (variant, seed), n in pairs.items() if n > 1]
     wandb = wandb_names(wandb_dir or runs / "wandb", study.study_name)
@@ -62,8 +62,10 @@ def wandb_names(folder: Path, study_name: str) -> set[str]:
 
 
 def silent(study: optuna.Study) -> list[tuple[int, float]]:
-    """(number, seconds since its last heartbeat) of each RUNNING trial silent for longer than the study's grace
-    period (its stored sweep's `study.grace_period`)."""
+    """(number, seconds since its last heartbeat, or since it started if it never beat) of each RUNNING trial
+    silent for longer than the study's grace period (its stored sweep's `study.grace_period`)."""
+    import datetime
+
     import sqlalchemy
     from optuna.storages._rdb import models
 
@@ -76,6 +78,10 @@ def silent(study: optuna.Study) -> list[tuple[int, float]]:
             models.TrialModel.study_id == study._study_id, models.TrialModel.state == TrialState.RUNNING
         )
         for trial in running:
-            if trial.heartbeats and (age := (now - trial.heartbeats[0].heartbeat).total_seconds()) > grace:
+            if trial.heartbeats:  # the storage's clock on both sides
+                age = (now - trial.heartbeats[0].heartbeat).total_seconds()
+            else:  # Optuna stamps the start with the worker's clock
+                age = (datetime.datetime.now() - trial.datetime_start).total_seconds()
+            if age > grace:
                 out.append((trial.number, age))
     return out
