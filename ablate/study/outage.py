@@ -9,16 +9,21 @@ failed call, so a worker never waits longer than the bound in all, whichever thr
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 import optuna
 
-from ablate.cli import console
-
 DEFAULT_TIMEOUT = 300  # seconds a worker waits for its storage before it stops
 EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): the storage stayed away; the same command later goes on
 SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def say(line: str) -> None:
+    """Print a line to stderr as it is (no ablate.cli here: the storage module, which imports this one, is
+    imported by ablate.cli)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 class StorageUnavailable(RuntimeError):
@@ -80,7 +85,7 @@ class Patience:
             now = time.monotonic()
             if self.since is None:
                 self.since = now
-                console.print(
+                say(
                     f"storage unreachable ({reason(error)}): waiting up to {self.timeout:g} s for it "
                     "(--storage-timeout); the running trial keeps training"
                 )
@@ -96,7 +101,7 @@ class Patience:
     def _back(self) -> None:
         with self.lock:
             if self.since is not None:
-                console.print(f"storage back after {time.monotonic() - self.since:.0f} s; going on")
+                say(f"storage back after {time.monotonic() - self.since:.0f} s; going on")
                 self.since = None
 
 
