@@ -16,7 +16,9 @@ import signal
 import sys
 from collections.abc import Callable
 
-from ablate.cli import console
+from ablate.cli import console, error
+from ablate.study.outage import EXIT_CODE as STORAGE_GONE
+from ablate.study.outage import StorageUnavailable
 from ablate.study.workers import WORKER_ENV
 
 
@@ -96,6 +98,8 @@ def _worker(i: int, run: Callable[[], int], argv: list[str], threads: int, gpus:
     except KeyboardInterrupt as e:  # its running trial is failed and queued again (ablate.study.engine)
         console.print(f"worker {i}: {e or 'interrupted'}")
         code = 130
+    except StorageUnavailable as e:  # its running trial is left to the heartbeat retry (ablate.study.outage)
+        code = error(f"worker {i}: {e}", STORAGE_GONE)
     sys.stdout.flush()
     sys.exit(code)
 
