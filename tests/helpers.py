@@ -94,16 +94,18 @@ class PostgresServer:
     def pg(self, tool: str, *args) -> None:
         import subprocess
 
-        done = subprocess.run([*self.as_postgres, f"{self.bin_dir}/{tool}", *args], capture_output=True, text=True)
+        command = [*self.as_postgres, f"{self.bin_dir}/{tool}", *args]  # run from a folder `postgres` can enter
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.root)
         assert done.returncode == 0, f"{tool} {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        self.pg("pg_ctl", "-D", str(self.data), "-o", self.options, "-l", str(self.root / "log"), "-w", "start")
+        log = str(self.root / "log")  # -t 300: a loaded machine can take more than pg_ctl's default minute
+        self.pg("pg_ctl", "-D", str(self.data), "-o", self.options, "-l", log, "-w", "-t", "300", "start")
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (`fast`: every connection dropped at once, as a restart or failover does)."""
-        self.pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+        self.pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "300", "stop")
 
     def remove(self) -> None:
         """Stop the server if it runs and delete its cluster."""
