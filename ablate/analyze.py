@@ -22,9 +22,32 @@ console = cli.make_console(stderr=False)
 ARCHITECTURE = ("encoder", "encoder_depth", "output_stride", "neck", "head", "classes")  # what the weights depend on
 
 
+def random_model(cfg: RunConfig):
+    """The config's SegmentationModel at random init (nothing downloaded), to walk its layers."""
+    from ablate.run.model import SegmentationModel
+
+    m = cfg.model
+    return SegmentationModel(
+        encoder=m.encoder,
+        classes=1,
+        neck=m.neck,
+        encoder_depth=m.encoder_depth,
+        output_stride=m.output_stride,
+        head=m.head,
+    )
+
+
+def encoder_rf(cfg: RunConfig) -> tuple[object, int, int, tuple[int, int]]:
+    """(random-init model, receptive field in input pixels and stride of the neck's input, (H, W) of that input at
+    the config's image size): the numbers ablate.callbacks.NeckAnalysis reads from a running model."""
+    model = random_model(cfg)
+    rf, stride = analysis.input_receptive_field(model, model.neck)
+    return model, rf, stride, analysis.feature_size(cfg.data.image_size, stride)
+
+
 def rf_report(cfg: RunConfig) -> dict:
     """The theoretical part of the report: encoder and branch receptive fields, tap shares, gridding holes."""
-    enc_rf, stride, size = analysis.config_encoder_rf(cfg)
+    model, enc_rf, stride, size = encoder_rf(cfg)
     report = {
         "encoder": cfg.model.encoder,
         "encoder_depth": cfg.model.encoder_depth,
@@ -40,13 +63,13 @@ def rf_report(cfg: RunConfig) -> dict:
         "note": None,
     }
     try:
-        report["branches"] = analysis.neck_receptive_fields(cfg)
+        report["branches"] = analysis.neck_receptive_fields(model.neck, enc_rf, stride, size)
     except ValueError as e:  # a third-party neck: the encoder's numbers and the ERF still apply
         report["note"] = str(e)
         return report
     rates = [b["rate"] for b in report["branches"] if b["rate"]]
     report["gridding_holes"] = analysis.gridding_holes(rates) if rates else None
-    report["summary"] = analysis.neck_summary(cfg)
+    report["summary"] = analysis.neck_summary(model.neck, enc_rf, stride, size)
     return report
 
 

@@ -370,7 +370,7 @@ def training_memory(library: str, head: str, size: int, side: int, device: torch
 
 
 def bench_voc(device: torch.device, quick: bool) -> dict:
-    from ablate.run.model import count_params
+    from ablate.callbacks.efficiency import count_params
 
     size, side = (2, 64) if quick else (16, 512)  # 512: smp refuses 513 (sides divisible by the stride, 16)
     out = {"batch": size, "image_size": side, "precision": "32-true (TF32 convolutions: torch's default)"}

@@ -87,8 +87,8 @@ def bench_necks(device: torch.device, quick: bool) -> dict:
     from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP as SmpASPP
     from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
+    from ablate.callbacks.efficiency import count_params
     from ablate.necks import create_neck
-    from ablate.run.model import count_params
 
     rates, cin, cout = (6, 12, 18), 256, 256  # DeepLabv3's ASPP: BN, concat, image pooling, dropout 0.5
     cases = [(8, 33)] if quick else [(8, 33), (4, 65), (16, 17)]  # (batch, feature-map side)

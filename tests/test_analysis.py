@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ablate.analyze import encoder_rf
 from ablate.config import load_config
 from ablate.run import analysis
 from ablate.run.analysis import degenerate_rate_message, degenerate_rates, feature_size, valid_tap_shares
@@ -169,7 +170,7 @@ def test_degenerate_message_on_a_non_square_map():
 )
 def test_encoder_receptive_field_by_hand(depth, output_stride, rf, stride):
     cfg = load_config(None, [f"model.encoder_depth={depth}", f"model.output_stride={output_stride}"])
-    assert analysis.config_encoder_rf(cfg) == (rf, stride, feature_size(128, stride))
+    assert encoder_rf(cfg)[1:] == (rf, stride, feature_size(128, stride))
 
 
 class LastFeature(torch.nn.Module):
@@ -205,8 +206,14 @@ def test_pooled_span_by_hand():
     assert analysis.pooled_span(16, 16) == 1  # one position per cell, upsampled to the same size: the identity
 
 
+def branch_rows(cfg) -> list[dict]:
+    """The branches of the config's neck inside its random-init model (what NeckAnalysis reads from a run)."""
+    model, rf, stride, size = encoder_rf(cfg)
+    return analysis.neck_receptive_fields(model.neck, rf, stride, size)
+
+
 def test_branch_receptive_fields_by_hand():
-    rows = analysis.neck_receptive_fields(load_config(None, []))  # resnet18 depth 3, stride 8, 16x16 map, rates 2, 4, 6
+    rows = branch_rows(load_config(None, []))  # resnet18 depth 3, stride 8, 16x16 map, rates 2, 4, 6
     assert [(b["branch"], b["rate"], b["rf_px"], b["global"]) for b in rows] == [
         ("1x1", None, 99, False),
         ("rate2", 2, 99 + 2 * 2 * 8, False),
@@ -214,9 +221,9 @@ def test_branch_receptive_fields_by_hand():
         ("rate6", 6, 99 + 2 * 6 * 8, False),
         ("image_pool", None, 99 + 15 * 8, True),
     ]
-    identity = analysis.neck_receptive_fields(load_config(None, ["model.neck={name: identity}"]))
+    identity = branch_rows(load_config(None, ["model.neck={name: identity}"]))
     assert [(b["branch"], b["rf_px"], b["taps"]) for b in identity] == [("1x1", 99, None)]
-    ppm = analysis.neck_receptive_fields(load_config(None, ["model.neck={name: ppm, bins: [1, 3, 6]}"]))
+    ppm = branch_rows(load_config(None, ["model.neck={name: ppm, bins: [1, 3, 6]}"]))
     # the 3x3 bottleneck adds 2 positions to every branch: spans 1+2, 16+2, 11+2, 6+2
     assert [(b["branch"], b["rf_px"], b["global"]) for b in ppm] == [
         ("features", 99 + 2 * 8, False),
@@ -228,7 +235,7 @@ def test_branch_receptive_fields_by_hand():
 
 def test_branch_tap_shares_on_a_3x3_map_by_hand():
     cfg = load_config(None, ["data.image_size=24", "model.neck.rates=[1,2,3]"])  # stride 8: a 3x3 map
-    rows = analysis.neck_receptive_fields(cfg)
+    rows = branch_rows(cfg)
     taps = {b["branch"]: b["taps"] for b in rows if b["taps"]}
     assert taps["rate1"] == pytest.approx({9: 1 / 9, 6: 4 / 9, 4: 4 / 9, 3: 0, 2: 0, 1: 0})
     assert taps["rate2"] == pytest.approx({9: 0, 6: 0, 4: 4 / 9, 3: 0, 2: 4 / 9, 1: 1 / 9})  # corners 2x2, edges 2x1
@@ -261,9 +268,10 @@ def test_gridding_holes_rejects_bad_input(rates, kernel, match):
 
 def test_neck_summary_flattens_the_branches():
     cfg = load_config(None, ["model.neck.rates=[6,12,18]"])
-    summary = analysis.neck_summary(cfg)
-    rows = analysis.neck_receptive_fields(cfg)
-    assert summary["rf/encoder"] == analysis.config_encoder_rf(cfg)[0]
+    model, rf, stride, size = encoder_rf(cfg)
+    summary = analysis.neck_summary(model.neck, rf, stride, size)
+    rows = branch_rows(cfg)
+    assert summary["rf/encoder"] == rf
     assert {k: v for k, v in summary.items() if k.startswith("rf/") and k != "rf/encoder"} == {
         f"rf/{b['branch']}": b["rf_px"] for b in rows
     }
@@ -322,9 +330,10 @@ def test_cli_json_is_the_library_s_numbers(capsys):
     code, out, _ = analyze(capsys, "--json", "model.neck.rates=[6,12,18]")
     assert code == 0
     report, cfg = json.loads(out), load_config(None, ["model.neck.rates=[6,12,18]"])
-    assert report["branches"] == json.loads(json.dumps(analysis.neck_receptive_fields(cfg)))
+    assert report["branches"] == json.loads(json.dumps(branch_rows(cfg)))
     assert report["gridding_holes"] == analysis.gridding_holes([6, 12, 18])
-    assert report["summary"] == analysis.neck_summary(cfg)
+    model, rf, stride, size = encoder_rf(cfg)
+    assert report["summary"] == analysis.neck_summary(model.neck, rf, stride, size)
     assert (report["encoder_rf_px"], report["stride"], report["feature_size"]) == (99, 8, [16, 16])
     assert "[18]" in report["degenerate"] and "erf" not in report
 

@@ -86,9 +86,14 @@ def test_imports_register_third_party_necks(tmp_path, monkeypatch):
     (tmp_path / "c.yaml").write_text("imports: [my_necks]\nmodel:\n  neck: {name: my_conv, out_channels: 16}\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.model.neck == {"name": "my_conv", "out_channels": 16}
+    from ablate.analyze import encoder_rf
+    from ablate.callbacks import find_necks
     from ablate.run.analysis import neck_summary  # runs and reports of a neck the analysis does not know go on
 
-    assert neck_summary(cfg) == {} and "rf/encoder" in neck_summary(load_config(None))
+    model, rf, stride, size = encoder_rf(cfg)
+    assert neck_summary(model.neck, rf, stride, size) == {} and list(find_necks(model)) == ["neck"]
+    model, rf, stride, size = encoder_rf(load_config(None))
+    assert "rf/encoder" in neck_summary(model.neck, rf, stride, size)
     with pytest.raises(ConfigError, match="model.neck.width"):
         load_config(tmp_path / "c.yaml", ["model.neck.width=3"])
     sys.modules.pop("my_necks")

@@ -123,3 +123,17 @@ def test_help_of_a_command_that_trains_nothing_loads_no_torch(command):
     loaded = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "ablate.cli" in loaded  # what -X importtime reports is what was imported (the command runs as __main__)
     assert {m for m in loaded if m.split(".")[0] in ("torch", "lightning", "pytorch_lightning")} == set()
+
+
+def test_the_callbacks_never_read_ablate_s_run_config():
+    """ablate.callbacks read the module, the datamodule and the batch: nothing they import, even through other
+    modules, reaches ablate.config, so any Lightning project gets them as ablate's own model does."""
+    edges = graph()
+    reached, todo = set(), [m for m in edges if m.startswith("ablate.callbacks")]
+    assert "ablate.callbacks.metrics" in todo
+    while todo:
+        m = todo.pop()
+        if m not in reached:
+            reached.add(m)
+            todo += edges[m]
+    assert "ablate.config" not in reached, sorted(reached)

@@ -216,16 +216,22 @@ def test_best_and_baseline_predictions_are_the_run_folders_images(study):
 
 
 def test_receptive_fields_are_the_analysis_numbers(study):
+    from ablate.analyze import encoder_rf
     from ablate.config import from_dict
+    from ablate.results.html_report import RF_KEYS
     from ablate.run.analysis import neck_summary
 
     text = (study / "runs/t/report.html").read_text()
     for t in complete(study):
-        numbers = neck_summary(from_dict(t.user_attrs["config"]))
         runs = [
             json.loads((study / f"runs/t/t{t.number}-s{s}/summary.json").read_text()) for s in t.user_attrs["seeds"]
         ]
-        numbers.update({k: statistics.fmean(r[k] for r in runs) for k in ("erf/r50_px", "erf/r90_px")})
+        keys = sorted(k for k in runs[0] if k.startswith(RF_KEYS))
+        numbers = {k: statistics.fmean(r[k] for r in runs) for k in keys}
+        model, rf, stride, size = encoder_rf(from_dict(t.user_attrs["config"]))  # what the config's model has
+        assert {k: numbers[k] for k in numbers if not k.startswith("erf/")} == neck_summary(
+            model.neck, rf, stride, size
+        )
         erf = base64.b64encode((study / f"runs/t/t{t.number}-s0/erf.png").read_bytes()).decode()
         assert "".join(f"<td>{v:.4g}</td>" for v in numbers.values()) in text
         assert f'<img class="erf" alt="ERF" src="data:image/png;base64,{erf}">' in text

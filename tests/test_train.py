@@ -10,7 +10,7 @@ import torch
 from helpers import finished_run_info as run_info
 
 from ablate.config import ConfigError, load_config, to_dict
-from ablate.run.fit import run, warn_degenerate_rates
+from ablate.run.fit import refuse_degenerate_rates, run
 from ablate.run.module import SegmentationModule
 
 KEYS = {"val/mIoU", "val/mIoU_best", "params/neck", "params/total", "gflops", "config"}
@@ -56,14 +56,10 @@ def _cfg_dict():
     return to_dict(load_config(None, ["model.neck.out_channels=8", "model.encoder_depth=3"]))
 
 
-def test_degenerate_rates_warn_and_strict_errors(capsys):
-    warn_degenerate_rates(load_config(None, ["model.neck.rates=[2,16,24]"]))  # 128 px at stride 8 -> 16x16
-    err = capsys.readouterr().err
-    assert "degenerate" in err and "16" in err and "24" in err and "16x16" in err
-    warn_degenerate_rates(load_config(None))
-    assert "degenerate" not in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="degenerate"):
-        warn_degenerate_rates(load_config(None, ["model.neck.rates=[2,16]", "model.strict=true"]))
+def test_degenerate_rates_are_an_error_before_training_under_strict():
+    refuse_degenerate_rates(load_config(None, ["model.neck.rates=[2,16,24]"]))  # a warning, from NeckAnalysis
+    with pytest.raises(ConfigError, match="degenerate.*16x16"):
+        refuse_degenerate_rates(load_config(None, ["model.neck.rates=[2,16]", "model.strict=true"]))
 
 
 @pytest.mark.parametrize(

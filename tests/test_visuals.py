@@ -10,12 +10,15 @@ from helpers import finished_run_info
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from ablate.analyze import encoder_rf
+from ablate.callbacks.convention import Misfit, predicted_classes
+from ablate.callbacks.metrics import class_iou
+from ablate.callbacks.predictions import overlay, palette, render_predictions
 from ablate.config import load_config
 from ablate.data import create_datamodule
 from ablate.run.analysis import erf_radius, neck_summary
 from ablate.run.fit import run
 from ablate.run.loggers import neck_columns
-from ablate.run.visuals import RunVisuals, class_iou, overlay, palette, render_predictions
 from ablate.study.columns import config_column, swept_columns, swept_keys
 
 
@@ -67,10 +70,16 @@ def test_config_columns_are_scalars_with_the_neck_defaults_filled_in():
     assert swept_columns({"model.neck.norm": "none", "optim.lr": 0.01}, keys) == {"optim/lr": 0.01}
 
 
-def test_visuals_need_the_predictions_of_validation_step():
-    visuals = RunVisuals("out", ["a", "b"])
-    with pytest.raises(TypeError, match="validation_step to return its predictions"):
-        visuals.on_validation_batch_end(None, None, None, (torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4)), 0)
+def test_predictions_come_from_logits_resized_to_the_mask_or_from_class_ids():
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[:, 2] = 1
+    preds, n = predicted_classes(logits, mask)  # smaller logits are resized to the mask
+    assert preds.shape == (2, 8, 8) and (preds == 2).all() and n == 3
+    assert predicted_classes(preds, mask) == (preds, None)  # class ids, as ablate's validation_step returns
+    for wrong, says in ((torch.zeros(2, 3, 16, 16), "larger than the masks"), ({"out": logits}, "mapping")):
+        with pytest.raises(Misfit, match=says):
+            predicted_classes(wrong, mask)
 
 
 def _tiny_run(tiny, output, extra=(), wandb=False):
@@ -121,14 +130,16 @@ def test_wandb_run_shows_curves_media_confusion_and_config_columns(tiny):
     assert "val/erf/_type" in {k for h in info["history"] for k in h}
     for key in ("latency_ms", "params/neck", "params/total", "gflops", "val/IoU_best/background", "erf/r90_px"):
         assert key in info["summary"], key
-    rf = neck_summary(cfg)  # the receptive fields of part A's analysis, per branch
+    model, enc_rf, stride, size = encoder_rf(cfg)
+    rf = neck_summary(model.neck, enc_rf, stride, size)  # the receptive fields of part A's analysis, per branch
     assert {"rf/rate3", "gridding_holes"} <= set(rf) and {k: info["summary"][k] for k in rf} == pytest.approx(rf)
     curves = [h for h in info["history"] if "val/IoU/background" in h]
     assert len(curves) == 2 and all("val/mIoU" in h for h in curves)  # one point per epoch
     (media,) = [h for h in info["history"] if "val/predictions/_type" in h]  # nested values come flattened
     assert media["val/predictions/_type"] == "images/separated" and media["val/predictions/count"] == 4
     assert [set(m) for m in media["val/predictions/all_masks"]] == [{"predictions", "ground_truth"}] * 4
-    assert media["val/confusion_matrix_table/_type"] == "table-file"
+    (chart,) = [h for h in info["history"] if "val/confusion_matrix_table/_type" in h]  # logged by SegmentationMetrics
+    assert chart["val/confusion_matrix_table/_type"] == "table-file"
     (table_file,) = run_dir.glob("files/media/table/val/confusion_matrix_table_*.table.json")
     table = json.loads(table_file.read_text())
     matrix = np.array(json.loads(Path("w/confusion.json").read_text())["matrix"])

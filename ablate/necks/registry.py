@@ -51,6 +51,7 @@ def create_neck(name: str, in_channels: int, **options) -> nn.Module:
     neck = _get(name)(in_channels, **options)
     if not isinstance(getattr(neck, "out_channels", None), int):
         raise TypeError(f"neck {name!r} must set an int `.out_channels` on the module it returns")
+    neck.neck_name = name  # how ablate.callbacks.find_necks knows a registered neck of any class
     return neck
 
 

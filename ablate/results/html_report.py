@@ -139,25 +139,20 @@ def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str,
     )
 
 
-def receptive_field_section(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]) -> str:
-    """Each variant's theoretical receptive fields (ablate.run.analysis.neck_summary), the effective receptive field's
-    radii (mean over its runs) and the lowest seed's ERF image (erf.png)."""
-    from ablate.config import from_dict
-    from ablate.results.rows import is_run_config
-    from ablate.run.analysis import neck_summary
+RF_KEYS = ("rf/", "taps9/", "erf/", "feature_px", "gridding_holes")  # what ablate.callbacks.NeckAnalysis leaves
 
-    numbers = {r["variant"]: neck_summary(from_dict(r["config"])) for r in rows if is_run_config(r.get("config"))}
-    for variant, n in numbers.items():
-        for key in ("erf/r50_px", "erf/r90_px"):
-            values = [run["summary"][key] for run in runs[variant] if key in run["summary"]]
-            if values:
-                n[key] = statistics.fmean(values)
+
+def receptive_field_section(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]) -> str:
+    """Each variant's receptive fields as its runs' ablate.callbacks.NeckAnalysis measured them (theoretical ones
+    per branch, the effective receptive field's radii; mean over its runs) and the lowest seed's ERF image."""
+    numbers = {}
+    for r in rows:
+        keys = {k for run in runs[r["variant"]] for k in run["summary"] if k.startswith(RF_KEYS)}
+        values = {k: [run["summary"][k] for run in runs[r["variant"]] if k in run["summary"]] for k in sorted(keys)}
+        numbers[r["variant"]] = {k: statistics.fmean(v) for k, v in values.items()}
     keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
     if not keys:
-        return note(
-            "no variant has ablate's own run config to compute receptive fields from (a LightningCLI "
-            "study's model belongs to its project)"
-        )
+        return note("no run has receptive-field numbers (ablate.callbacks.NeckAnalysis found no ablate neck)")
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys])
     body = "".join(
         "<tr><td>"

@@ -154,8 +154,9 @@ def measure_latencies(rows: list[dict]) -> None:
     """Forward latency (ms, batch 1, median of 10 after warm-up) of each row's model on this machine."""
     import torch
 
+    from ablate.callbacks.efficiency import measure_latency_ms
     from ablate.config import from_dict
-    from ablate.run.model import SegmentationModel, measure_latency_ms
+    from ablate.run.model import SegmentationModel
 
     for r in rows:
         if not is_run_config(r.get("config")):  # none, or a LightningCLI project's: its model is not ours to build

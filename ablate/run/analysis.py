@@ -3,7 +3,6 @@ effective receptive fields (Luo et al. 2016) and gridding holes (HDC, Wang et al
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Iterable
 
@@ -107,24 +106,42 @@ def _window(module: nn.Module) -> tuple[int, int] | None:
 
 
 def encoder_receptive_field(encoder: nn.Module, probe: int = 64) -> tuple[int, int]:
-    """(theoretical receptive field in input pixels, stride) of the encoder's last feature.
+    """(theoretical receptive field in input pixels, stride) of the encoder's last feature."""
+    return _receptive_field(encoder, lambda x: encoder(x)[-1], probe)
 
-    Runs the encoder on a probe image, notes each conv and pooling window that ran (dilated where the output
-    stride made it so) and what it adds: (k - 1) x dilation x the stride of its input. The receptive field is
-    1 + the largest sum along any path of the autograd graph from the last feature back to the image, so
-    layers that do not feed it, 1x1 shortcuts and parallel paths count as they should. Channel gates that
-    pool the whole map (squeeze-excitation) rescale channels and are not counted.
-    """
+
+def input_receptive_field(model: nn.Module, part: nn.Module, probe: int = 64) -> tuple[int, int]:
+    """(theoretical receptive field in input pixels, stride) of the input `part` (a neck) receives when `model`
+    runs on a (1, 3, probe, probe) image: what the layers before it (the encoder) see, wherever `part` sits."""
+    seen = []
+    handle = part.register_forward_pre_hook(lambda module, args: seen.append(args[0]) if not seen else None)
+    try:
+        return _receptive_field(model, lambda x: (model(x), seen[0])[1], probe)
+    finally:
+        handle.remove()
+
+
+def _receptive_field(model: nn.Module, run, probe: int) -> tuple[int, int]:
+    """Runs `run` (a part of `model`, in eval mode) on a probe image, notes each conv and pooling window that ran
+    (dilated where the output stride made it so) and what it adds: (k - 1) x dilation x the stride of its input.
+    The receptive field is 1 + the largest sum along any path of the autograd graph from the tensor `run` returns
+    back to the image, so layers that do not feed it, 1x1 shortcuts and parallel paths count as they should.
+    Channel gates that pool the whole map (squeeze-excitation) rescale channels and are not counted."""
     adds = {}  # autograd node of a window's output -> pixels it adds to the receptive field
 
     def hook(module, inputs, output):
         kernel, dilation = _window(module)
         adds[output.grad_fn] = (kernel - 1) * dilation * (probe // inputs[0].shape[-2])
 
-    handles = [m.register_forward_hook(hook) for m in encoder.modules() if _window(m)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _window(m)]
+    was_training = model.training
+    device = next(model.parameters()).device
     try:
-        last = encoder.eval()(torch.zeros(1, 3, probe, probe, requires_grad=True))[-1]  # (1, C, probe/s, probe/s)
+        with torch.inference_mode(False), torch.enable_grad():
+            model.eval()
+            last = run(torch.zeros(1, 3, probe, probe, device=device, requires_grad=True))  # (1, C, probe/s, probe/s)
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     return 1 + _longest_path(last.grad_fn, adds), probe // last.shape[-2]
@@ -156,56 +173,38 @@ def pooled_span(side: int, bins: int) -> int:
     return max(int(row.nonzero().max() - row.nonzero().min()) + 1 for row in jacobian != 0)
 
 
-ANALYZED_NECKS = ("aspp", "identity", "ppm")  # the necks whose branches `_branches` knows
+def neck_branches(neck: nn.Module, side: int) -> list[tuple[str, int | None, int, bool]]:
+    """(branch, rate, feature positions it spans through the neck, sees the whole map) for each branch of an
+    ablate neck (ASPP, PPM, Identity) on a map whose longer side is `side`; ValueError for any other module."""
+    from ablate.necks import ASPP, PPM, Identity
+    from ablate.necks.aspp import ImagePooling
 
-
-def _branches(name: str, options: dict, side: int) -> list[tuple[str, int | None, int, bool]]:
-    """(branch, rate, feature positions it spans through the neck, sees the whole map) for each branch."""
-    if name == "identity":
+    if isinstance(neck, Identity):
         return [("1x1", None, 1, False)]
-    if name == "aspp":  # the 1x1 projection after fusion adds nothing
-        rows = [("1x1", None, 1, False)] + [(f"rate{r}", r, 2 * r + 1, False) for r in options["rates"]]
-        return rows + ([("image_pool", None, side, True)] if options["image_pooling"] else [])
-    if name == "ppm":  # the 3x3 bottleneck after the concat adds 2 positions to every branch
-        bins = [(f"bin{b}", None, pooled_span(side, b) + 2, b == 1) for b in options["bins"]]
-        return [("features", None, 3, False)] + bins
-    raise ValueError(f"receptive-field analysis knows the necks {', '.join(ANALYZED_NECKS)}; not {name!r}")
+    if isinstance(neck, ASPP):  # the 1x1 projection after fusion adds nothing
+        rows = [("1x1", None, 1, False)] + [(f"rate{r}", r, 2 * r + 1, False) for r in neck.rates]
+        return rows + ([("image_pool", None, side, True)] if isinstance(neck.convs[-1], ImagePooling) else [])
+    if isinstance(neck, PPM):  # the 3x3 bottleneck after the concat adds 2 positions to every branch
+        bins = [stage[0].output_size for stage in neck.stages]  # AdaptiveAvgPool2d(b)
+        return [("features", None, 3, False)] + [(f"bin{b}", None, pooled_span(side, b) + 2, b == 1) for b in bins]
+    raise ValueError(f"receptive-field analysis knows the necks ASPP, PPM and Identity; not {type(neck).__name__}")
 
 
-def config_encoder_rf(cfg) -> tuple[int, int, tuple[int, int]]:
-    """(encoder receptive field in input pixels, stride, (H, W) of the neck's input) for a run config; the
-    encoder is built at random init (nothing is downloaded) only to walk its layers."""
-    rf, stride = _smp_encoder_rf(cfg.model.encoder, cfg.model.encoder_depth, cfg.model.output_stride)
-    return rf, stride, feature_size(cfg.data.image_size, stride)
-
-
-@functools.lru_cache(maxsize=16)
-def _smp_encoder_rf(name: str, depth: int, output_stride: int) -> tuple[int, int]:
-    from segmentation_models_pytorch.encoders import get_encoder
-
-    return encoder_receptive_field(
-        get_encoder(name, in_channels=3, depth=depth, weights=None, output_stride=output_stride)
-    )
-
-
-def neck_receptive_fields(cfg) -> list[dict]:
-    """One dict per branch of the config's neck: `branch`, `rate` (None if not atrous), `rf_px` (theoretical
-    receptive field in input pixels through that branch to the neck's output; the encoder's for `identity`),
-    `global` (pools the whole map) and `taps` (valid_tap_shares at the configured feature-map size for
-    atrous 3x3 branches, else None)."""
-    from ablate.necks import neck_options
-
-    enc_rf, stride, size = config_encoder_rf(cfg)
-    options = {**neck_options(cfg.model.neck["name"]), **cfg.model.neck}
+def neck_receptive_fields(neck: nn.Module, encoder_rf: int, stride: int, size) -> list[dict]:
+    """One dict per branch of `neck`: `branch`, `rate` (None if not atrous), `rf_px` (theoretical receptive field
+    in input pixels through that branch to the neck's output, from the `encoder_rf` and `stride` of its input),
+    `global` (pools the whole map) and `taps` (valid_tap_shares on its (H, W) input map `size` for atrous 3x3
+    branches, else None)."""
+    size = _height_width(size)
     return [
         {
             "branch": branch,
             "rate": rate,
-            "rf_px": enc_rf + (span - 1) * stride,
+            "rf_px": encoder_rf + (span - 1) * stride,
             "global": whole,
             "taps": valid_tap_shares(size, rate) if rate else None,
         }
-        for branch, rate, span, whole in _branches(cfg.model.neck["name"], options, max(size))
+        for branch, rate, span, whole in neck_branches(neck, max(size))
     ]
 
 
@@ -222,15 +221,16 @@ def gridding_holes(rates: Iterable[int], kernel: int = 3) -> list[int]:
     return [o for o in range(-half * max(rates), half * max(rates) + 1) if o not in sampled]
 
 
-def neck_summary(cfg) -> dict[str, float]:
-    """Flat numbers for W&B summaries and reports: `rf/encoder` and `rf/<branch>` (px), `taps9/<branch>` (share
-    of positions where an atrous branch sees all 9 taps), `gridding_holes` (how many offsets no branch samples);
-    empty for a neck the analysis does not know (a third-party neck), so runs and reports of it go on."""
-    if cfg.model.neck["name"] not in ANALYZED_NECKS:
+def neck_summary(neck: nn.Module, encoder_rf: int, stride: int, size) -> dict[str, float]:
+    """Flat numbers for W&B summaries and reports: `rf/encoder` and `rf/<branch>` (px), `feature_px` (the longer
+    side of the neck's input map `size`), `taps9/<branch>` (share of positions where an atrous branch sees all 9
+    taps), `gridding_holes` (how many offsets no branch samples); empty for a neck the analysis does not know (a
+    third-party neck), so runs and reports of it go on."""
+    try:
+        branches = neck_receptive_fields(neck, encoder_rf, stride, size)
+    except ValueError:
         return {}
-    enc_rf, _, size = config_encoder_rf(cfg)
-    branches = neck_receptive_fields(cfg)
-    out = {"rf/encoder": float(enc_rf), "feature_px": float(max(size))}
+    out = {"rf/encoder": float(encoder_rf), "feature_px": float(max(_height_width(size)))}
     for b in branches:
         out[f"rf/{b['branch']}"] = float(b["rf_px"])
         if b["taps"] is not None:

@@ -9,24 +9,22 @@ from pathlib import Path
 
 import lightning as L
 
-from ablate.cli import warn
+from ablate.callbacks import segmentation_callbacks
+from ablate.callbacks import summary as callbacks_summary
 from ablate.config import RunConfig, to_dict
 from ablate.data import create_datamodule
 from ablate.errors import ConfigError
-from ablate.run.analysis import config_rate_message, neck_summary
+from ablate.run.analysis import config_rate_message
 from ablate.run.loggers import finish_wandb, make_loggers
-from ablate.run.model import measure_latency_ms
 from ablate.run.module import SegmentationModule
-from ablate.run.visuals import RunVisuals
 
 
-def warn_degenerate_rates(cfg: RunConfig) -> None:
-    """Warn (error under `model.strict`) when a dilation rate is degenerate on the neck's feature map."""
-    message = config_rate_message(cfg)
-    if message and cfg.model.strict:
-        raise ConfigError(f"{message} (model.strict=true makes this an error)")
+def refuse_degenerate_rates(cfg: RunConfig) -> None:
+    """Under `model.strict`, a dilation rate degenerate on the neck's feature map is an error before training;
+    otherwise ablate.callbacks.NeckAnalysis warns about it at the map the neck receives."""
+    message = config_rate_message(cfg) if cfg.model.strict else None
     if message:
-        warn(message)
+        raise ConfigError(f"{message} (model.strict=true makes this an error)")
 
 
 class StepTimer(L.Callback):
@@ -65,19 +63,18 @@ class PlainProgress(L.Callback):
 def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: dict | None = None) -> dict:
     """Train `cfg` once, write `output/summary.json` and return the summary."""
     output = Path(output)
-    warn_degenerate_rates(cfg)
+    refuse_degenerate_rates(cfg)
     datamodule = create_datamodule(cfg)  # reads and checks the data before anything trains
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegmentationModule(to_dict(cfg), list(datamodule.classes))
-    stats = module.model_stats()
     timer, loggers = StepTimer(), make_loggers(cfg, output, wandb_run)
-    visuals = RunVisuals(output, list(datamodule.classes))  # best epoch's confusion matrix and masks
+    shown = segmentation_callbacks()  # what any project's run shows: metrics, masks, necks, costs
     tty = sys.stdout.isatty()
     progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
     trainer = L.Trainer(
         default_root_dir=output,
         logger=loggers,
-        callbacks=[timer, visuals, *progress, *callbacks],
+        callbacks=[timer, *shown, *progress, *callbacks],
         enable_progress_bar=tty,
         **cfg.trainer,
     )
@@ -91,17 +88,14 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
         **last,
         "val/mIoU": last.get("val/mIoU"),
         "val/mIoU_best": module.best_miou,
-        **stats,
         "time/train_step_s": timer.median(),
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
         "classes": len(datamodule.classes),
-        **visuals.summary(),
-        **neck_summary(cfg),
+        **callbacks_summary(trainer),  # params, GFLOPs, latency (rank 0), IoU at the best epoch, RF, ERF
         "config": to_dict(cfg),
     }
     if trainer.is_global_zero:  # under DDP only rank 0 writes the result
-        summary["latency_ms"] = measure_latency_ms(module.model, cfg.data.image_size)  # batch 1, eval mode
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
     finish_wandb(loggers, {k: v for k, v in summary.items() if k != "config"}, failed=False)

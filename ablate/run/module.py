@@ -12,7 +12,7 @@ from ablate.config import from_dict
 from ablate.data import IGNORE_INDEX
 from ablate.data.recipe import sliding_logits
 from ablate.errors import ConfigError
-from ablate.run.model import SegmentationModel, count_gflops, count_params
+from ablate.run.model import SegmentationModel
 
 
 class SegmentationModule(L.LightningModule):
@@ -52,18 +52,6 @@ class SegmentationModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self._forward(x)
 
-    def model_stats(self) -> dict[str, float]:
-        """Neck and total parameter counts and GFLOPs at the configured input size."""
-        return {
-            "params/neck": count_params(self.model.neck),
-            "params/total": count_params(self.model),
-            "gflops": count_gflops(self.model, self.cfg.data.image_size),
-        }
-
-    def on_fit_start(self) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics(self.model_stats(), step=0)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x), y, ignore_index=IGNORE_INDEX)
@@ -83,7 +71,7 @@ class SegmentationModule(L.LightningModule):
         self.log("val/loss", F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX), sync_dist=True)
         preds = logits.argmax(1)  # (B, H, W)
         self.val_metrics.update(preds, y)
-        return preds  # for callbacks: ablate.run.visuals.RunVisuals
+        return preds  # for callbacks: ablate.callbacks reads them instead of a second forward pass
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute()
