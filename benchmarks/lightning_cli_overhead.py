@@ -124,14 +124,19 @@ def measure(args) -> dict:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse(description: str) -> argparse.Namespace:
+    """--reps, --epochs, --train-size, --size, --out (benchmarks/callbacks.py takes the same)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3, help="timed runs of each (after one warm-up pair)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--train-size", type=int, default=512, help="training images (validation: a quarter)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--out", help="also write the result as JSON here")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse(__doc__)
     result = measure(args)
     print(
         f"median ablate / plain Trainer.fit: {result['ratio']:.3f} (without the W&B run: "

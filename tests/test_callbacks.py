@@ -2,85 +2,16 @@
 ablate ASPP under an attribute not called `neck`, logits smaller than the masks, a module that logs only its loss."""
 
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from scene_project import CLASSES, SceneNet, ScenesData
 
 from ablate.callbacks import Misfit, find_necks, segmentation_callbacks, summary
-from ablate.necks import ASPP
-
-CLASSES = ["sky", "road", "car"]
-
-
-class Scenes(Dataset):
-    """16x16 images of three horizontal bands (sky, road, car) whose heights vary; a 1-pixel border of 255."""
-
-    def __init__(self, n: int, seed: int, keys=("image", "mask")):
-        g = torch.Generator().manual_seed(seed)
-        self.items, self.keys = [], keys
-        for _ in range(n):
-            cut = torch.randint(4, 8, (2,), generator=g)
-            mask = torch.zeros(16, 16, dtype=torch.long)
-            mask[cut[0] :], mask[cut[0] + cut[1] :] = 1, 2
-            image = torch.randn(3, 16, 16, generator=g) * 0.5 + F.one_hot(mask, 3).permute(2, 0, 1)
-            mask[0, :], mask[-1, :], mask[:, 0], mask[:, -1] = 255, 255, 255, 255
-            self.items.append((image, mask))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return dict(zip(self.keys, self.items[i]))
-
-
-class ScenesData(L.LightningDataModule):
-    classes = CLASSES
-
-    def __init__(self, keys=("image", "mask")):
-        super().__init__()
-        self.keys = keys
-
-    def train_dataloader(self):
-        return DataLoader(Scenes(16, 0, self.keys), batch_size=4, shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(Scenes(12, 1, self.keys), batch_size=5)
-
-
-class SceneNet(L.LightningModule):
-    """Stride-2 conv -> ASPP as `self.context` -> 1x1 classifier; logits at half the mask size; logs its loss only."""
-
-    def __init__(self, rates=(1, 2), flat_output: bool = False):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
-        self.context = ASPP(8, out_channels=8, rates=rates, dropout=0.0)
-        self.head = nn.Conv2d(8, 3, 1)
-        self.flat_output = flat_output
-
-    def forward(self, x):  # (B, 3, 16, 16) -> (B, 3, 8, 8)
-        logits = self.head(self.context(self.stem(x)))
-        return logits.flatten(1) if self.flat_output else logits
-
-    def step(self, batch):
-        image, mask = batch[next(iter(batch))], batch[list(batch)[1]]
-        logits = F.interpolate(self(image).view(len(image), 3, 8, 8), size=mask.shape[-2:], mode="bilinear")
-        return F.cross_entropy(logits, mask, ignore_index=255)
-
-    def training_step(self, batch, batch_idx):
-        loss = self.step(batch)
-        self.log("train/loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self.step(batch))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.05)
 
 
 def fit(tmp_path, module, data, **kwargs):
@@ -174,3 +105,102 @@ def test_a_project_that_does_not_fit_gets_one_line_per_callback_or_an_error_when
         assert reason in line
     with pytest.raises(Misfit, match="left out"):
         fit(tmp_path / "strict", module, ScenesData(keys))
+
+
+BASE = {
+    "seed_everything": 0,
+    "trainer": {
+        "max_epochs": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    },
+    "model": {"class_path": "scene_project.SceneNet"},
+    "data": {"class_path": "scene_project.ScenesData"},
+}
+
+
+def scene_sweep(name: str, metric: str = "val/mIoU", overrides=(), **keys) -> str:
+    """A sweep of the scene project through LightningCLI: two rate sets, one seed; `keys` more sweep-file keys."""
+    import yaml
+
+    Path("fit.yaml").write_text(yaml.safe_dump(BASE))
+    sweep = {
+        "cli": "lightning.pytorch.cli.LightningCLI",
+        "base": "fit.yaml",
+        "overrides": list(overrides),
+        "metric": metric,
+        "study": {"name": name, "sampler": "grid", "pruner": "none"},
+        "n_trials": 2,
+        "seeds": [0],
+        "space": {"model.init_args.rates": {"choices": ["[1,2]", "[1,3]"]}},
+        **keys,
+    }
+    Path(f"{name}.yaml").write_text(yaml.safe_dump(sweep))
+    return f"{name}.yaml"
+
+
+def run_folders(name: str) -> list[Path]:
+    from helpers import trials
+
+    done = trials(name, "sqlite:///runs/ablate.db")
+    assert [t.state.name for t in done] == ["COMPLETE"] * 2
+    return [Path(f"runs/{name}/t{t.number}-s0") for t in done]
+
+
+def test_a_sweep_of_a_project_that_logs_no_miou_optimizes_val_miou_and_gets_every_key_and_file(capsys):
+    from ablate.sweep import main
+
+    assert main([scene_sweep("scenes")]) == 0
+    for folder in run_folders("scenes"):
+        saved = json.loads((folder / "summary.json").read_text())
+        matrix = np.array(json.loads((folder / "confusion.json").read_text())["matrix"])  # the best epoch's
+        tp = np.diag(matrix)
+        iou = tp / (matrix.sum(0) + matrix.sum(1) - tp)  # every class is in every validation set here
+        assert saved["val/mIoU_best"] == pytest.approx(iou.mean(), abs=1e-6)
+        assert {c: saved[f"val/IoU_best/{c}"] for c in CLASSES} == pytest.approx(dict(zip(CLASSES, iou)), abs=1e-6)
+        assert {f"val/IoU/{c}" for c in CLASSES} <= set(saved) and matrix.sum() == 12 * 14 * 14
+        for key in ("params/neck", "params/total", "gflops", "latency_ms", "rf/encoder", "rf/rate1", "erf/r90_px"):
+            assert saved[key] > 0, key
+        assert all((folder / f).is_file() for f in ("confusion.json", "predictions.png", "predictions.npz", "erf.png"))
+    assert "left out" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override,reason",
+    [
+        ("model.init_args.flat_output=true", "forward(image) returned a tensor of shape (5, 192)"),
+        ("data.init_args.keys=[x, y]", "validation batches are a mapping with keys ['x', 'y']"),
+    ],
+)
+def test_a_sweep_of_a_project_that_does_not_fit_runs_on_its_own_metric_and_says_why(capsys, override, reason):
+    from ablate.sweep import main
+
+    assert main([scene_sweep("misfit", "val/loss", [override])]) == 0
+    err = capsys.readouterr().err
+    for folder in run_folders("misfit"):
+        saved = json.loads((folder / "summary.json").read_text())
+        assert saved["val/loss_best"] > 0 and "val/mIoU" not in saved and not (folder / "confusion.json").exists()
+    lines = [line for line in err.splitlines() if "ablate.callbacks.SegmentationMetrics left out" in line]
+    assert len(lines) == 2 and all(reason in line for line in lines)  # one line a run
+
+
+def test_the_sweep_file_turns_them_off_and_a_project_s_own_are_not_added_twice():
+    from lightning.pytorch.cli import LightningCLI
+
+    from ablate.study.lightning_cli import fit_cli
+    from ablate.sweep import main
+
+    assert main([scene_sweep("off", "val/loss", callbacks=False)]) == 0
+    for folder in run_folders("off"):
+        assert "gflops" not in json.loads((folder / "summary.json").read_text())
+        assert not (folder / "predictions.png").exists()
+    own = {**BASE, "trainer": {**BASE["trainer"], "callbacks": [{"class_path": "ablate.callbacks.Predictions"}]}}
+    cli = fit_cli(LightningCLI, own, segmentation_callbacks(strict=False), [])
+    assert [type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("ablate")] == [
+        "SegmentationMetrics",
+        "NeckAnalysis",
+        "Efficiency",
+        "Predictions",  # the project's own (strict), after the metrics it reads
+    ]

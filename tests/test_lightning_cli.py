@@ -83,6 +83,7 @@ def test_the_example_project_gives_complete_trials_one_wandb_run_per_seed_and_a_
             run = runs[f"t{t.number}-s{seed}"]
             assert run["group"] == t.user_attrs["variant"] and run["job_type"] == "trial" and run["exit_code"] == 0
             assert value == run["summary"]["val/mIoU_best"] == max(csv_metric(f"t{t.number}-s{seed}", "val/mIoU"))
+            assert_callbacks_ran(Path(f"runs/{STUDY}/t{t.number}-s{seed}"), value)
     capsys.readouterr()
     from ablate.table import main as table
 
@@ -95,6 +96,22 @@ def test_the_example_project_gives_complete_trials_one_wandb_run_per_seed_and_a_
     assert {r["variant"]: r["seeds"] for r in json.loads(capsys.readouterr().out)} == expected  # the same from W&B
 
 
+def assert_callbacks_ran(folder: Path, best: float) -> None:
+    """ablate.callbacks, added by the sweep: per-class keys with the data's class names, costs, RF, ERF and the
+    three files; the best epoch's confusion matrix, counted here, gives the module's own best val/mIoU."""
+    import numpy as np
+
+    saved = json.loads((folder / "summary.json").read_text())
+    matrix = np.array(json.loads((folder / "confusion.json").read_text())["matrix"])
+    tp, union = np.diag(matrix), matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+    assert (tp[union > 0] / union[union > 0]).mean() == pytest.approx(best, abs=1e-6)
+    classes = ("background", "square", "disc")  # ShapesData.classes
+    assert {f"val/IoU/{c}" for c in classes} <= set(saved) and "val/pixel_acc" in saved and "val/acc" in saved
+    for key in ("params/neck", "params/total", "gflops", "latency_ms", "rf/encoder", "rf/rate3", "erf/r90_px"):
+        assert saved[key] > 0, key
+    assert all((folder / f).is_file() for f in ("confusion.json", "predictions.png", "predictions.npz", "erf.png"))
+
+
 def test_report_and_dashboard_work_on_a_lightning_cli_study(capsys):
     from ablate.dashboard import main as dashboard
     from ablate.report import main as report
@@ -102,7 +119,7 @@ def test_report_and_dashboard_work_on_a_lightning_cli_study(capsys):
     assert main([ABLATION, *TINY, "--n-trials", "1", "--seeds", "0", "trainer.max_epochs=1"]) == 0
     assert report(["--study", STUDY]) == 0
     page = Path(f"runs/{STUDY}/report.html").read_text()
-    assert "Comparison table" in page and "no run has receptive-field numbers" in page  # a note instead
+    assert "Comparison table" in page and "rf/rate3" in page and 'alt="ERF"' in page  # from the run folders
     capsys.readouterr()
     assert dashboard(["--study", STUDY, "--dry-run", "--entity", "e", "--project", "p"]) == 0
     assert "summary:val/mIoU_best" in capsys.readouterr().out

@@ -91,16 +91,17 @@ class SegmentationMetrics(ConventionCallback):
         self.tap.detach()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not self.active or self.metrics is None or trainer.sanity_checking:
+        if not self.active or self.metrics is None:
             return
         values = self.metrics.compute()  # every rank takes part in the sync
-        matrix = values["confusion"].cpu().numpy()
         ours = {"val/mIoU": values["mIoU"], "val/pixel_acc": values["pixel_acc"]}
         ours.update({f"val/IoU/{c}": v for c, v in zip(self.classes, values["IoU"]) if not v.isnan()})
-        self._add(trainer, ours)
+        self._add(trainer, ours)  # also in the sanity check, so a callback checking the metric sees it there
+        if trainer.sanity_checking:
+            return
         miou = float(trainer.callback_metrics["val/mIoU"])  # the module's own when it logs one
         if self.best is None or miou > self.best:
-            self.best, self.best_epoch, self.matrix = miou, trainer.current_epoch, matrix
+            self.best, self.best_epoch, self.matrix = miou, trainer.current_epoch, values["confusion"].cpu().numpy()
         self._add(trainer, {"val/mIoU_best": torch.tensor(self.best)})
 
     def _add(self, trainer: L.Trainer, values: dict) -> None:

@@ -13,10 +13,12 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch.nn as nn
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from ablate.callbacks import segmentation_callbacks
+from ablate.callbacks import summary as callbacks_summary
+from ablate.callbacks.efficiency import count_params
 from ablate.config import flatten
 from ablate.errors import ConfigError
 from ablate.run.loggers import finish_wandb, wandb_logger, wandb_mode
@@ -116,10 +118,11 @@ class LightningCLITarget:
     def fit(self, config: dict, seed: int, output: Path, *, callbacks: list, wandb_run: dict | None) -> dict:
         """One run of the user's CLI with `seed` in `output`; our callbacks and W&B run added to its own."""
         best = BestMetric(self.metric, self.sweep.study.direction)
+        shown = segmentation_callbacks(strict=False) if self.sweep.callbacks else []  # a misfit: one line each
         loggers = wandb_loggers(wandb_run, config, seed)
         started = time.perf_counter()
         try:
-            cli = fit_cli(self.cli_class, run_config(config, seed, output), [best, *callbacks], loggers)
+            cli = fit_cli(self.cli_class, run_config(config, seed, output), [*shown, best, *callbacks], loggers)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         except BaseException as e:
             finish_wandb(loggers, {"state": type(e).__name__}, failed=type(e).__name__ != "TrialPruned")
@@ -151,13 +154,15 @@ def run_config(config: dict, seed: int, output: Path) -> dict:
 
 def fit_cli(cli_class: type, config: dict, callbacks: list, loggers: list):
     """The user's CLI on `config` (a dict, as `args`), classes instantiated, not run; `callbacks` and `loggers`
-    added to the trainer's own, the saved config.yaml overwritten on a rerun."""
+    added to the trainer's own (a callback of a class the project already lists is not added again), the saved
+    config.yaml overwritten on a rerun."""
 
     class FitCLI(cli_class):
         def instantiate_trainer(self, **kwargs):
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
             trainer = super().instantiate_trainer(**kwargs)
-            trainer.callbacks[:0] = callbacks  # ahead of the user's, so a missing metric is reported first
+            listed = {type(c) for c in trainer.callbacks}
+            trainer.callbacks[:0] = [c for c in callbacks if type(c) not in listed]  # a missing metric first
             trainer.loggers = [*trainer.loggers, *loggers]  # the user's first: trainer.log_dir stays theirs
             return trainer
 
@@ -199,17 +204,15 @@ class BestMetric(L.Callback):
 
 
 def run_summary(trainer: L.Trainer, module, best: BestMetric, seed: int, config: dict) -> dict:
-    """What a run leaves: the last epoch's val/ metrics, `metric` (last) and `metric`_best, sizes, seed, config."""
+    """What a run leaves: the last epoch's val/ metrics, what ablate.callbacks measured (params, GFLOPs, latency,
+    IoU at the best epoch, receptive fields, ERF), `metric` (last) and `metric`_best, seed, config."""
     last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") or k == best.metric}
-    neck = getattr(module, "neck", None)
-    sizes = {"params/total": sum(p.numel() for p in module.parameters())}
-    if isinstance(neck, nn.Module):
-        sizes["params/neck"] = sum(p.numel() for p in neck.parameters())
     return {
         **last,
+        "params/total": count_params(module),
+        **callbacks_summary(trainer),
         best.metric: best.last,
         f"{best.metric}_best": best.best,
-        **sizes,
         "epochs": trainer.current_epoch,
         "seed": seed,
         "config": config,

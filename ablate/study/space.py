@@ -18,7 +18,7 @@ DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "configs" / "default.ya
 SAMPLERS = ("tpe", "grid", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 SCALARS = (str, int, float, bool, type(None))
-SWEEP_KEYS = ("cli", "base", "overrides", "metric", "study", "n_trials", "seeds", "space")
+SWEEP_KEYS = ("cli", "base", "overrides", "metric", "callbacks", "study", "n_trials", "seeds", "space")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class SweepConfig:
     overrides: tuple = ()  # with `cli`: jsonargparse overrides of `base` (built-in ones are applied to base)
     metric: str = "val/mIoU"  # the logged metric a trial optimizes (its best over validation epochs)
     folders: tuple = ()  # with `cli`: put on sys.path to import it (the sweep file's folder, the base config's)
+    callbacks: bool = True  # with `cli`: add ablate.callbacks to each run (metrics, predictions, necks, costs)
 
     def space_json(self) -> str:
         """The space, named rows and direction, canonical: what a stored study is compared against."""
@@ -74,7 +75,10 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
             "base": str(base),
             "overrides": tuple(overrides),
             "folders": (str(path.resolve().parent), str(base.parent)),
+            "callbacks": check_callbacks(path, raw.get("callbacks", True)),
         }
+    elif "callbacks" in raw:
+        raise ConfigError(f"{path}: callbacks applies to a sweep with `cli` (ablate's own model always has them)")
     else:
         target = {"base": load_base(path, raw.get("base") or {}, overrides)}
     study = raw.get("study") or {}
@@ -89,6 +93,13 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     )
     validate_sweep(sweep)
     return sweep
+
+
+def check_callbacks(path: Path, value) -> bool:
+    """The `callbacks` key: true (default) or false."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: callbacks must be true or false (add ablate.callbacks to each run); got {value!r}")
+    return value
 
 
 def write_sweep(
@@ -303,7 +314,11 @@ def grid_choices(space: dict) -> dict:
 
 def to_plain(sweep: SweepConfig) -> dict:
     """The resolved sweep as plain data (written next to the study's runs)."""
-    target = {"cli": sweep.cli, "metric": sweep.metric, "overrides": list(sweep.overrides)} if sweep.cli else {}
+    target = (
+        {"cli": sweep.cli, "metric": sweep.metric, "overrides": list(sweep.overrides), "callbacks": sweep.callbacks}
+        if sweep.cli
+        else {}
+    )
     return {
         **target,
         "base": sweep.base,

@@ -34,6 +34,7 @@ class ShapesData(LightningDataModule):
     """
 
     num_classes = 3
+    classes = ["background", "square", "disc"]  # names for per-class metrics (ablate.callbacks reads `classes`)
 
     def __init__(self, size: int = 32, train_size: int = 128, val_size: int = 64, batch_size: int = 16, seed: int = 0):
         super().__init__()
