@@ -103,6 +103,8 @@ def test_a_project_that_does_not_fit_gets_one_line_per_callback_or_an_error_when
     for name in ("SegmentationMetrics", "Predictions"):
         (line,) = [line for line in err.splitlines() if f"ablate.callbacks.{name} left out" in line]
         assert reason in line
+    (line,) = [line for line in err.splitlines() if "ablate.callbacks.NeckAnalysis left out" in line]
+    assert ("the module returned Tensor (4, 192)" if "(5, 192)" in reason else reason) in line
     with pytest.raises(Misfit, match="left out"):
         fit(tmp_path / "strict", module, ScenesData(keys))
 

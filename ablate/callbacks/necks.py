@@ -47,7 +47,7 @@ class NeckAnalysis(ConventionCallback):
 
     def __init__(self, erf_images: int = ERF_IMAGES, dirpath: str | None = None, strict: bool = True):
         super().__init__(dirpath, strict)
-        self.erf_images, self.sizes, self.images, self.numbers, self.erf = erf_images, None, [], {}, None
+        self.erf_images, self.sizes, self.images, self.numbers, self.erf = erf_images, None, [], None, None
         self._handles = []
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -76,7 +76,7 @@ class NeckAnalysis(ConventionCallback):
         if self.active and len(self.images) < self.erf_images:
             image, _ = split_batch(batch)
             self.images += [x.detach().cpu() for x in image[: self.erf_images - len(self.images)]]
-        if self.active and self.sizes and not self.numbers:
+        if self.active and self.sizes is not None and self.numbers is None:  # once, on the first batch
             self.numbers = self.analyse(module)
 
     def analyse(self, module: L.LightningModule) -> dict[str, float]:
@@ -119,7 +119,7 @@ class NeckAnalysis(ConventionCallback):
 
     def summary(self) -> dict[str, float]:
         """The receptive-field numbers, and `erf/r50_px`, `erf/r90_px` once fit has ended."""
-        out = dict(self.numbers)
+        out = dict(self.numbers or {})
         if self.erf is not None:
             out.update(
                 {"erf/r50_px": analysis.erf_radius(self.erf, 0.5), "erf/r90_px": analysis.erf_radius(self.erf, 0.9)}

@@ -253,6 +253,8 @@ def effective_receptive_field(module: nn.Module, images: torch.Tensor, chunk: in
         for batch in images.split(chunk):
             x = batch.detach().float().requires_grad_(True)
             out = module(x)  # (B, C, h, w)
+            if not isinstance(out, torch.Tensor) or out.ndim != 4:
+                raise ValueError(f"the module returned {type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
             centre = out[..., out.shape[-2] // 2, out.shape[-1] // 2].sum()
             (grad,) = torch.autograd.grad(centre, x)
             total += grad.abs().sum(1).sum(0).double().cpu()  # the model may be on a GPU
