@@ -204,7 +204,8 @@ def test_a_metric_the_module_never_logs_fails_fast_listing_what_it_logs(monkeypa
     first = trials()[0]
     assert first.state == TrialState.FAIL and not first.intermediate_values
     assert (
-        "'val/miou' is not logged by the module; it logged: val/acc, val/loss, val/mIoU"
+        "'val/miou' is not logged by the module; it logged: val/IoU/background, val/IoU/disc, val/IoU/square, "
+        "val/acc, val/loss, val/mIoU, val/pixel_acc"  # the project's own and ablate.callbacks'
         in first.user_attrs["fail_reason"]
     )
 
