@@ -69,8 +69,8 @@ def add_storage_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_verdict_arguments(p: argparse.ArgumentParser, until_decided: bool = False) -> None:
-    """--margin and --alpha of the verdicts (ablate.results.stats); with `until_decided`, --until-decided and
-    --max-seeds too (a sweep's: ablate.study.decide)."""
+    """--margin, --alpha and --no-moderation of the verdicts (ablate.results.stats); with `until_decided`,
+    --until-decided and --max-seeds too (a sweep's: ablate.study.decide)."""
     p.add_argument(
         "--margin",
         type=float,
@@ -82,6 +82,12 @@ def add_verdict_arguments(p: argparse.ArgumentParser, until_decided: bool = Fals
         "--alpha",
         type=float,
         help="false-verdict rate of the verdicts (default 0.05; a study run --until-decided: its α per look)",
+    )
+    p.add_argument(
+        "--no-moderation",
+        action="store_true",
+        help="compare every row by its own plain paired/Welch t (default: the moderated t across rows when 3 or "
+        "more rows are compared; a sweep's study.moderate)",
     )
     if until_decided:
         p.add_argument(

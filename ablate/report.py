@@ -47,13 +47,15 @@ def _report(args) -> int:
     rows = rows_of(study)
     if not any(r["mean"] is not None for r in rows):
         raise ConfigError(f"study {args.study!r} has no complete trial yet")
-    v = verdict_options({**study_verdicts(study), "direction": study_objective(study)[1]}, args.margin, args.alpha)
+    stored = {**study_verdicts(study), "direction": study_objective(study)[1]}
+    v = verdict_options(stored, args.margin, args.alpha, False if args.no_moderation else None)
     base = add_deltas(
         rows,
         parse_baseline(args.baseline) or v["baseline"],
         margin=v["margin"],
         alpha=v["alpha"],
         direction=v["direction"],
+        moderate=v["moderate"],
     )
     out = Path(args.out or Path(args.runs) / args.study / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,12 +83,14 @@ def _table(args) -> int:
         rows, metric, stored = _storage_rows(args)
     if not rows:
         raise ConfigError(f"no finished trials in {args.from_wandb or ', '.join(args.study or ['this storage'])}")
-    v = verdict_options(stored, args.margin, args.alpha)
+    v = verdict_options(stored, args.margin, args.alpha, False if args.no_moderation else None)
     baseline = parse_baseline(args.baseline) or v["baseline"]  # default: the study's own, else the best row
-    add_deltas(rows, baseline, margin=v["margin"], alpha=v["alpha"], direction=v["direction"])
+    add_deltas(rows, baseline, margin=v["margin"], alpha=v["alpha"], direction=v["direction"], moderate=v["moderate"])
     if not args.no_latency:
         measure_latencies(rows)
-    text = render(rows, args.format, metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"]))
+    text = render(
+        rows, args.format, metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"])
+    )
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

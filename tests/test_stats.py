@@ -148,7 +148,7 @@ def test_annotate_sets_every_field_and_corrects_over_the_non_baseline_rows():
     assert all(set(ROW_FIELDS) <= set(r) for r in rows)
     assert rows[0]["verdict"] == "baseline" and rows[0]["delta"] == 0.0
     assert [r["p_adjusted"] for r in rows[1:]] == holm([r["p_value"] for r in rows[1:]])
-    assert rows[1]["verdict"] == "better" and rows[1]["test"] == "paired"
+    assert rows[1]["verdict"] == "better" and rows[1]["test"] == "paired, moderated"  # 3 rows: moderated
     assert rows[-1]["verdict"] == "undecided" and rows[-1]["test"] is None and rows[-1]["seeds_needed"] is None
     assert all(r["seeds_needed"] is None for r in rows if r["verdict"] != "undecided")
 

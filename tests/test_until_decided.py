@@ -27,7 +27,7 @@ URL = "sqlite:///runs/sim.db"
 TRUTH = {
     "base": ("normal", 0.70, 0.004),
     "far": ("normal", 0.60, 0.004),
-    "same": ("normal", 0.7005, 0.001),
+    "same": ("normal", 0.7005, 0.003),
     "up": ("normal", 0.725, 0.006),
     "bimodal": ("bimodal", 0.5, 0.75, 0.40, 0.01),
 }
@@ -94,7 +94,7 @@ def trials(name="sim", url=URL):
 def final_rows(name="sim", url=URL):
     study = optuna.load_study(study_name=name, storage=url)
     rows, v = rows_of(study), study_verdicts(study)
-    add_deltas(rows, {"a": "base"}, margin=v["margin"], alpha=v["alpha"])
+    add_deltas(rows, {"a": "base"}, margin=v["margin"], alpha=v["alpha"], moderate=v["moderate"])
     return {r["variant"].removeprefix("a="): r for r in rows}
 
 
@@ -117,7 +117,8 @@ def test_the_verdicts_match_the_truth(decided):
     assert rows["same"]["n"] > 3  # equivalence took added seeds
     bimodal = rows["bimodal"]  # truth: 57.5 vs 70, but a run lands at 0.40 or 0.75: 10 seeds cannot tell yet
     assert bimodal["verdict"] == "undecided" and bimodal["seeds_needed"] > 10 and bimodal["n"] == 3  # not pursued
-    assert all(r["test"] == "paired" for v, r in rows.items() if v != "base")
+    assert all(r["test"] == "paired, moderated" for v, r in rows.items() if v not in ("base", "bimodal"))
+    assert bimodal["test"] == "paired" and bimodal["prior_df"] == 0  # its spread is an outlier: its own plain t
 
 
 def test_each_round_adds_exactly_the_seeds_that_plan_round_asks_for(decided):
@@ -169,11 +170,14 @@ def test_the_table_shows_holm_adjusted_p_values_that_match_a_hand_calculation(de
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     base = rows["a=base"]["seeds"]
     others = [v for v in rows if v != "a=base"]
-    for v in others:  # raw p: a paired t-test over the shared seeds
+    for v in others:  # the plain p beside the moderated one: a paired t-test over the shared seeds
         shared = sorted(set(rows[v]["seeds"]) & set(base), key=int)
         diffs = [100 * (rows[v]["seeds"][s] - base[s]) for s in shared]
-        assert rows[v]["p_value"] == pytest.approx(scipy_stats.ttest_1samp(diffs, 0).pvalue, rel=1e-9)
-        assert rows[v]["test"] == "paired" and rows[v]["delta"] == pytest.approx(np.mean(diffs))
+        assert rows[v]["p_value_plain"] == pytest.approx(scipy_stats.ttest_1samp(diffs, 0).pvalue, rel=1e-9)
+        assert rows[v]["test"].startswith("paired") and rows[v]["delta"] == pytest.approx(np.mean(diffs))
+        df = rows[v]["df"]  # the p the verdict reads is the t of the interval shown, on its df
+        se = (rows[v]["ci_high"] - rows[v]["delta"]) / scipy_stats.t.ppf(1 - look_alpha(0.05, 3, 10), df)
+        assert rows[v]["p_value"] == pytest.approx(2 * scipy_stats.t.sf(abs(rows[v]["delta"]) / se, df), rel=1e-6)
     ranked = sorted(others, key=lambda v: rows[v]["p_value"])
     m, running = len(ranked), 0.0
     for i, v in enumerate(ranked):  # Holm's step-down by hand
@@ -347,3 +351,26 @@ def test_a_baseline_matching_no_row_or_several_rows_is_a_clear_error(capsys):
         err = capsys.readouterr().err
         assert f"matches {count} rows, not one; rows: " in err and "a=x b=p; " in err
     assert len(trials()) == 4
+
+
+def test_no_moderation_shows_the_plain_t_at_the_plain_alpha_per_look(decided, capsys):
+    url = f"sqlite:///{decided['root']}/runs/sim.db"
+    assert table(["--study", "sim", "--storage", url, "--format", "json", "--no-latency", "--no-moderation"]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
+    assert all(r["test"] == "paired" and r["p_value"] == r["p_value_plain"] for r in rows.values() if r["test"])
+    assert all(r["prior_df"] == 0 for r in rows.values() if r["test"])
+    assert table(["--study", "sim", "--storage", url, "--no-latency", "--no-moderation"]) == 0
+    md = capsys.readouterr().out
+    assert f"{100 * (1 - 2 * look_alpha(0.05, 3, 10, False)):.3g} % CI" in md and "(plain, not moderated)" in md
+    assert look_alpha(0.05, 3, 10, False) != look_alpha(0.05, 3, 10)
+
+
+def test_study_moderate_false_is_stored_and_must_be_a_boolean():
+    from ablate.errors import ConfigError
+
+    sweep = sim_sweep(variants=("base", "up", "far", "same"), until_decided=False, moderate=False)
+    assert run_study(sweep, SimTarget(), URL) == 0
+    assert optuna.load_study(study_name="sim", storage=URL).user_attrs["verdicts"]["moderate"] is False
+    assert all(r["test"] in ("paired", None) for r in final_rows().values())
+    with pytest.raises(ConfigError, match="study.moderate must be true or false; got 'no'"):
+        sim_sweep(moderate="no")

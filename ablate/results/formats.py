@@ -16,6 +16,9 @@ ROW_FIELDS = (  # what `ablate.results.stats.annotate` sets on each row
     "boot_high",
     "test",
     "p_value",
+    "p_value_plain",
+    "df",
+    "prior_df",
     "p_adjusted",
     "p_equivalence",
     "verdict",
@@ -33,6 +36,10 @@ COLUMNS = (
     "latency_ms",
     "status",
     "seeds",
+)
+MODERATED_NOTE = (  # ablate.results.moderated
+    ", moderated when 3 or more rows are compared (each row's variance shrunk toward the rows' common one, "
+    "limma's empirical Bayes t; test column)"
 )
 MARKS = {"better": "▲ better", "worse": "▼ worse", "equivalent": "≈ equivalent", "undecided": "? undecided"}
 
@@ -68,13 +75,15 @@ def fmt_verdict(row: dict) -> str:
     return MARKS[row["verdict"]] + (f" (~{needed} seeds)" if needed else "")
 
 
-def verdict_note(alpha: float = 0.05, margin: float | None = None, looks: list | None = None) -> str:
+def verdict_note(alpha: float = 0.05, margin: float | None = None, looks: list | None = None, moderate=True) -> str:
     """One line saying how the verdicts were reached (under a table)."""
     level = f"{100 * (1 - 2 * alpha):.3g} %"
     sequential = f" (α per look of --until-decided, {looks[0]} to {looks[1]} seeds)" if looks else ""
     equivalent = f"; ≈ equivalent: the {level} CI of Δ inside ±{margin:g} points (TOST)" if margin else ""
     return (
-        f"Δ vs the baseline in points with its {level} CI; paired t-test when the rows share seeds, else Welch; "
+        f"Δ vs the baseline in points with its {level} CI; paired t-test when the rows share seeds, else Welch"
+        + (MODERATED_NOTE if moderate else " (plain, not moderated)")
+        + "; "
         f"▲ better / ▼ worse: Holm-adjusted p < {alpha:.3g}{sequential}{equivalent}; ? undecided: not yet "
         "(~k: seeds per variant that would decide with 80 % probability at the observed Δ and spread)"
     )

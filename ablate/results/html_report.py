@@ -249,7 +249,9 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, ve
     parts = [
         f"<h1>Study {html.escape(study.study_name)}</h1>",
         "<h2>Comparison table</h2>",
-        render(rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"])),
+        render(
+            rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"], v.get("moderate", True))
+        ),
         "<h2>Main effects</h2>",
         effects_table(rows, metric, v["alpha"]),
     ]

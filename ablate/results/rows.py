@@ -125,9 +125,11 @@ def add_deltas(
     margin: float | None = None,
     alpha: float = 0.05,
     direction: str = "maximize",
+    moderate: bool = True,
 ) -> dict:
     """Every row compared with the baseline row (default: the best) over seeds, by ablate.results.stats.annotate:
-    Δ (points) with its interval, paired or Welch t, Holm-adjusted p, TOST with `margin`, verdict, seeds needed."""
+    Δ (points) with its interval, paired or Welch t (moderated across rows with `moderate`), Holm-adjusted p, TOST
+    with `margin`, verdict, seeds needed."""
     from ablate.results.stats import annotate
 
     candidates = [r for r in rows if baseline is None or baseline.items() <= settings(r["variant"]).items()]
@@ -139,7 +141,7 @@ def add_deltas(
     if not candidates or candidates[0]["mean"] is None:
         raise ConfigError("the baseline row has no complete seed")
     base = candidates[0]
-    annotate(rows, base, margin=margin, alpha=alpha, direction=direction)
+    annotate(rows, base, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
     for r in rows:
         r["baseline"] = r is base
     return base
@@ -175,14 +177,23 @@ def measure_latencies(rows: list[dict]) -> None:
         r["latency_ms"] = measure_latency_ms(model, r["config"]["data"]["image_size"])
 
 
-def verdict_options(stored: dict, margin: float | None = None, alpha: float | None = None) -> dict:
-    """margin, alpha, looks, direction for a table: the flags (--margin, --alpha) over what a study recorded
-    (`study_verdicts`); a margin that is not positive or an α outside (0, 0.5) is a ConfigError."""
+def verdict_options(
+    stored: dict, margin: float | None = None, alpha: float | None = None, moderate: bool | None = None
+) -> dict:
+    """margin, alpha, looks, moderate, direction for a table: the flags (--margin, --alpha, --no-moderation) over
+    what a study recorded (`study_verdicts`); a margin that is not positive or an α outside (0, 0.5) is a
+    ConfigError. --no-moderation on a study that added seeds until decided: the plain t's α per look."""
     from ablate.results.stats import check_margin
+    from ablate.study.decide import look_alpha
 
-    out = {"margin": None, "alpha": 0.05, "looks": None, "direction": "maximize", "baseline": None, **stored}
+    out = {"margin": None, "alpha": 0.05, "looks": None, "direction": "maximize", "baseline": None, "moderate": True}
+    out.update(stored)
     if margin is not None:
         out["margin"] = margin
+    if moderate is not None and moderate != out["moderate"]:
+        out["moderate"] = moderate
+        if out["looks"]:
+            out["alpha"] = look_alpha(out.pop("level", 0.05), *out["looks"], moderate)
     if alpha is not None:
         out.update(alpha=alpha, looks=None)
     try:
@@ -197,11 +208,14 @@ def verdict_options(stored: dict, margin: float | None = None, alpha: float | No
 def study_verdicts(study: optuna.Study) -> dict:
     """What the study's tables decide with, as its sweep recorded it (ablate.study.decide.verdict_attrs): margin,
     alpha (the α per look once the study added seeds until decided), looks ([first, max_seeds] or None) and the
-    baseline row's settings (an experiment's `baseline`; None: the best row)."""
+    baseline row's settings (an experiment's `baseline`; None: the best row), moderate (the moderated t across rows;
+    studies from before it: True) and level (α before the looks)."""
     v = study.user_attrs.get("verdicts") or {}
     return {
         "margin": v.get("margin"),
         "alpha": v.get("look_alpha") or v.get("alpha", 0.05),
+        "level": v.get("alpha", 0.05),
+        "moderate": v.get("moderate", True),
         "looks": v.get("looks"),
         "baseline": v.get("baseline"),
     }

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import stats
 
 from ablate.results.formats import ROW_FIELDS
+from ablate.results.moderated import MIN_ROWS, fit_prior, squeeze
 
 VERDICTS = ("better", "worse", "equivalent", "undecided", "baseline")
 DIRECTIONS = ("maximize", "minimize")
@@ -60,8 +61,10 @@ def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: f
     """Δ of a row vs the baseline in points: paired over the shared seeds when ≥ 2 are shared, else Welch.
 
     Returns test ("paired" | "welch" | None when a side has < 2 seeds), delta, ci ((1−2α) t interval),
-    ci_boot (bootstrap, same level), p_value (two-sided t), p_equivalence (TOST; None without margin),
-    sd (points: of the differences, or the root mean square of the two sds), n_pairs, n, n_base.
+    ci_boot (bootstrap, same level), p_value (two-sided t) and p_value_plain (the same here; `compare_rows` may
+    moderate p_value), p_equivalence (TOST; None without margin), df (the t's), prior_df (0: no moderation),
+    sd (points: of the differences, or the root mean square of the two sds), var (the variance the t reads on the
+    scale of one seed's difference: sd² paired, s_x² + s_y² at equal seeds Welch), n_pairs, n, n_base.
     """
     margin = check_margin(margin)
     shared = sorted(set(row_seeds) & set(base_seeds))
@@ -69,66 +72,54 @@ def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: f
     x, y = (100 * np.array([s[k] for k in (shared if paired else s)], float) for s in (row_seeds, base_seeds))
     if min(len(x), len(y)) < 2:
         delta = float(x.mean() - y.mean()) if len(x) and len(y) else None
-        out = {
-            "test": None,
-            "delta": delta,
-            "ci": None,
-            "ci_boot": None,
-            "p_value": None,
-            "p_equivalence": None,
-            "sd": None,
-        }
+        out = dict.fromkeys(("test", "ci", "ci_boot", "p_value", "p_equivalence", "sd", "var", "df"), None)
+        out.update(delta=delta, p_value_plain=None, prior_df=0.0)
     else:
         out = (_paired if paired else _welch)(x, y, margin, alpha)
-        out["ci_boot"] = _bootstrap_ci(x, y, paired, 1 - 2 * alpha, rng_seed)
+        out.update(ci_boot=_bootstrap_ci(x, y, paired, 1 - 2 * alpha, rng_seed), p_value_plain=out["p_value"])
     return out | {"n_pairs": len(shared) if paired else 0, "n": len(row_seeds), "n_base": len(base_seeds)}
 
 
-def _paired(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
-    from statsmodels.stats.weightstats import DescrStatsW, ttost_paired  # statsmodels (and pandas): when used
-
-    d = x - y
-    delta, sd = float(d.mean()), float(d.std(ddof=1))
-    if sd == 0:
-        return _exact("paired", delta, margin)
+def t_fields(delta: float, se: float, df: float, margin: float | None, alpha: float) -> dict:
+    """The t-test of Δ with standard error `se` on `df` degrees of freedom: two-sided p, the (1−2α) interval and
+    TOST's p (the larger of the two one-sided p at ±margin; None without margin)."""
+    if se == 0:  # no spread at all (runs identical to the bit): Δ is known exactly
+        p_eq = None if margin is None else float(abs(delta) >= margin)
+        return {"ci": (delta, delta), "p_value": float(delta == 0), "p_equivalence": p_eq}
+    half = stats.t.ppf(1 - alpha, df) * se
+    p_eq = (
+        None
+        if margin is None
+        else float(max(stats.t.sf((delta + margin) / se, df), stats.t.cdf((delta - margin) / se, df)))
+    )
     return {
-        "test": "paired",
-        "delta": delta,
-        "sd": sd,
-        "ci": tuple(map(float, DescrStatsW(d).tconfint_mean(alpha=2 * alpha))),
-        "p_value": float(stats.ttest_rel(x, y).pvalue),
-        "p_equivalence": None if margin is None else float(ttost_paired(x, y, -margin, margin)[0]),
-    }
-
-
-def _welch(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
-    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind
-
-    delta, sd = float(x.mean() - y.mean()), math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
-    if sd == 0:
-        return _exact("welch", delta, margin)
-    ci = CompareMeans(DescrStatsW(x), DescrStatsW(y)).tconfint_diff(alpha=2 * alpha, usevar="unequal")
-    p_eq = None if margin is None else float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
-    return {
-        "test": "welch",
-        "delta": delta,
-        "sd": sd,
-        "ci": tuple(map(float, ci)),
-        "p_value": float(stats.ttest_ind(x, y, equal_var=False).pvalue),
+        "ci": (delta - half, delta + half),
+        "p_value": float(2 * stats.t.sf(abs(delta) / se, df)),
         "p_equivalence": p_eq,
     }
 
 
-def _exact(test: str, delta: float, margin: float | None) -> dict:
-    """No spread at all (runs identical to the bit): Δ is known exactly."""
-    return {
-        "test": test,
-        "delta": delta,
-        "sd": 0.0,
-        "ci": (delta, delta),
-        "p_value": float(delta == 0),
-        "p_equivalence": None if margin is None else float(abs(delta) >= margin),
-    }
+def _paired(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
+    d = x - y
+    delta, sd, n = float(d.mean()), float(d.std(ddof=1)), len(d)
+    out = {"test": "paired", "delta": delta, "sd": sd, "var": sd**2, "df": float(n - 1), "prior_df": 0.0}
+    return out | t_fields(delta, sd / math.sqrt(n), n - 1, margin, alpha)
+
+
+def _welch(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW  # statsmodels (and pandas): when used
+
+    delta, sd = float(x.mean() - y.mean()), math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
+    se2 = x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)
+    df = float(CompareMeans(DescrStatsW(x), DescrStatsW(y)).dof_satt()) if se2 else float(len(x) + len(y) - 2)
+    var = se2 / welch_factor(len(x), len(y))
+    out = {"test": "welch", "delta": delta, "sd": sd, "var": var, "df": df, "prior_df": 0.0}
+    return out | t_fields(delta, math.sqrt(se2), df, margin, alpha)
+
+
+def welch_factor(n_x: int, n_y: int) -> float:
+    """se² = var × this for Welch's Δ, with var on the scale of one seed's difference (s_x² + s_y² at equal n)."""
+    return (1 / n_x + 1 / n_y) / 2
 
 
 def _bootstrap_ci(x: np.ndarray, y: np.ndarray, paired: bool, level: float, rng_seed: int) -> tuple | None:
@@ -151,6 +142,41 @@ def _bootstrap_ci(x: np.ndarray, y: np.ndarray, paired: bool, level: float, rng_
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             return float(ci.low), float(ci.high)
     return None
+
+
+def compare_rows(
+    rows_seeds: list[dict],
+    base_seeds: dict,
+    *,
+    margin: float | None = None,
+    alpha: float = 0.05,
+    moderate: bool = True,
+    rng_seed: int = 0,
+) -> list[dict]:
+    """`compare` of each row's {seed: value} with the baseline's, then, with `moderate`, the moderated t of every row
+    of a kind (paired, Welch) with at least MIN_ROWS rows of it (ablate.results.moderated): its test says
+    "paired, moderated", p_value / ci / p_equivalence / df / sd are the moderated t's, prior_df its d0 and
+    p_value_plain the plain t's p. Rows an outlier or without a usable prior keep the plain t (prior_df 0)."""
+    results = [compare(s, base_seeds, margin=margin, alpha=alpha, rng_seed=rng_seed) for s in rows_seeds]
+    for kind in ("paired", "welch") if moderate else ():
+        group = [r for r in results if r["test"] == kind]
+        if len(group) < MIN_ROWS:
+            continue
+        var, df = np.array([r["var"] for r in group]), np.array([r["df"] for r in group])
+        prior_df, s0, _ = fit_prior(var, df, np.ones(len(group), bool))  # (rows,) each
+        for r, d0, moderated in zip(group, prior_df, squeeze(var, df, prior_df, s0)):
+            if d0 > 0:
+                r.update(_moderated(r, float(d0), float(moderated), margin, alpha))
+    return results
+
+
+def _moderated(result: dict, prior_df: float, var: float, margin: float | None, alpha: float) -> dict:
+    """A compare() result's t fields with the moderated variance on its df + prior_df."""
+    paired, df = result["test"] == "paired", result["df"] + prior_df
+    factor = 1 / result["n_pairs"] if paired else welch_factor(result["n"], result["n_base"])
+    fields = t_fields(result["delta"], math.sqrt(var * factor), df, margin, alpha)
+    sd = math.sqrt(var if paired else var / 2)  # as compare's: of the differences, or the rms of the two sds
+    return fields | {"test": f"{result['test']}, moderated", "df": df, "prior_df": prior_df, "sd": sd, "var": var}
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:
@@ -198,16 +224,14 @@ def seeds_needed(
 
 
 def _difference_power(result: dict, n: np.ndarray, alpha: float) -> np.ndarray:
-    from statsmodels.stats.power import TTestIndPower, TTestPower
-
+    """Power of the two-sided t at n seeds (Welch: df 2(n − 1), equal n), a moderated row keeping its prior df."""
     effect = abs(result["delta"]) / result["sd"]  # Cohen's d (of the differences when paired)
-    if result["test"] == "paired":
-        power, df, nc = TTestPower().power(effect_size=effect, nobs=n, alpha=alpha), n - 1, effect * np.sqrt(n)
-    else:
-        power = TTestIndPower().power(effect_size=effect, nobs1=n, alpha=alpha, ratio=1.0)
-        df, nc = 2 * (n - 1), effect * np.sqrt(n / 2)
-    # scipy's noncentral t gives NaN far in its lower tail, a term below α/2 here (effect >= 0): the upper tail
-    return np.where(np.isnan(power), stats.nct.sf(stats.t.isf(alpha / 2, df), df, nc), power)
+    paired = result["test"].startswith("paired")
+    df = (n - 1 if paired else 2 * (n - 1)) + result.get("prior_df", 0.0)
+    nc = effect * np.sqrt(n if paired else n / 2)
+    t = stats.t.isf(alpha / 2, df)
+    # scipy's noncentral t gives NaN far in its lower tail, a term below α/2 here (effect >= 0): 0 then
+    return stats.nct.sf(t, df, nc) + np.nan_to_num(stats.nct.cdf(-t, df, nc))
 
 
 def _equivalence_power(result: dict, n: np.ndarray, margin: float, alpha: float) -> np.ndarray:
@@ -216,9 +240,9 @@ def _equivalence_power(result: dict, n: np.ndarray, margin: float, alpha: float)
     P(A and B) ≥ P(A) + P(B) − 1, the usual approximation (as in Chow, Shao & Wang 2008, ch. 3); Welch
     df taken as 2(n − 1) (equal n, similar spread). A lower bound of the exact power; ≈ 0 when |Δ| ≥ margin.
     """
-    paired = result["test"] == "paired"
+    paired = result["test"].startswith("paired")
     se = result["sd"] / np.sqrt(n) if paired else result["sd"] * np.sqrt(2 / n)
-    df = n - 1 if paired else 2 * (n - 1)
+    df = (n - 1 if paired else 2 * (n - 1)) + result.get("prior_df", 0.0)
     t = stats.t.ppf(1 - alpha, df)
     delta = abs(result["delta"])
     both = stats.nct.sf(t, df, (margin - delta) / se) + stats.nct.sf(t, df, (margin + delta) / se) - 1
@@ -233,20 +257,27 @@ def annotate(
     alpha: float = 0.05,
     direction: str = "maximize",
     rng_seed: int = 0,
+    moderate: bool = True,
 ) -> None:
-    """Compare every row with `baseline_row` (by `seeds`) and set on each row the fields of ROW_FIELDS.
+    """Compare every row with `baseline_row` (by `seeds`, `compare_rows`) and set on each row the fields of ROW_FIELDS.
 
     delta (points), ci_low / ci_high ((1−2α) t interval, the one TOST reads), boot_low / boot_high
-    (bootstrap, same level, for display), test ("paired" | "welch" | None), p_value (raw),
+    (bootstrap, same level, for display), test ("paired" | "welch", ", moderated" when moderated, None),
+    p_value (raw: the moderated t's when moderated), p_value_plain (the plain t's), df (the t's), prior_df (d0),
     p_adjusted (Holm over the non-baseline rows with a p), p_equivalence (TOST, None without margin),
     verdict (better | worse | equivalent | undecided | baseline), seeds_needed (undecided rows only).
     """
     margin = check_margin(margin)
     _check(alpha, direction)
     others = [r for r in rows if r["variant"] != baseline_row["variant"]]
-    results = [
-        compare(r["seeds"], baseline_row["seeds"], margin=margin, alpha=alpha, rng_seed=rng_seed) for r in others
-    ]
+    results = compare_rows(
+        [r["seeds"] for r in others],
+        baseline_row["seeds"],
+        margin=margin,
+        alpha=alpha,
+        moderate=moderate,
+        rng_seed=rng_seed,
+    )
     adjusted = holm([res["p_value"] for res in results])
     family = max(1, sum(p is not None and p >= alpha for p in adjusted))  # rows Holm has not rejected
     for row, res, p_adj in zip(others, results, adjusted):
@@ -267,6 +298,9 @@ def _fields(result: dict, p_adjusted: float | None, decision: str) -> dict:
         "boot_high": boot[1],
         "test": result["test"],
         "p_value": result["p_value"],
+        "p_value_plain": result["p_value_plain"],
+        "df": result["df"],
+        "prior_df": result["prior_df"],
         "p_adjusted": p_adjusted,
         "p_equivalence": result["p_equivalence"],
         "verdict": decision,

@@ -25,8 +25,9 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
         named = baseline and any(
             r["mean"] is not None and baseline.items() <= settings(r["variant"]).items() for r in rows
         )
-        add_deltas(rows, baseline if named else None, margin=v["margin"], alpha=v["alpha"], direction=direction)
-    note = verdict_note(v["alpha"], v["margin"], v["looks"])
+        options = {"margin": v["margin"], "alpha": v["alpha"], "moderate": v["moderate"]}
+        add_deltas(rows, baseline if named else None, direction=direction, **options)
+    note = verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"])
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(render(rows, "md", metric, v["alpha"], note))
     out = make_console(stderr=False)

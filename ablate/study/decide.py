@@ -23,33 +23,53 @@ import functools
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from scipy import special
 
 from ablate.cli import console
 from ablate.errors import ConfigError
+from ablate.results.moderated import moderated_t
 
 ROUND, PLAN = "round", "seed_plan"  # user attrs of a trial: its round of added seeds (absent: planned), its seeds
 PATHS = 200_000  # simulated null paths for look_alpha: its Monte Carlo error is about ±0.0005 at α = 0.05
+MODERATED_PATHS, MODERATED_ROWS = 10_000, 4  # null studies for the moderated look_alpha: 40 000 comparisons
 
 
 @functools.lru_cache(maxsize=64)
-def look_alpha(alpha: float, first: int, last: int) -> float:
-    """The α of each look when a paired t-test is run at every seed count first..last (Pocock's constant rule).
+def look_alpha(alpha: float, first: int, last: int, moderated: bool = True) -> float:
+    """The α of each look when a comparison is tested at every seed count first..last (Pocock's constant rule).
 
-    Calibrated on normal differences under no true difference (a fixed random stream, so always the same number):
-    the α-quantile of the smallest p-value over the looks. One look (first >= last) keeps α itself.
+    Calibrated under no true difference (a fixed random stream, so always the same number): the α-quantile of a
+    comparison's smallest p-value over the looks. `moderated`: the moderated t (ablate.results.moderated) of
+    MODERATED_ROWS rows sharing one baseline and one normal noise level, as the rows of a study do; else a single
+    paired t on normal differences. One look (first >= last) keeps α itself.
     """
     first = max(first, 2)
     if first >= last:
         return alpha
+    p = _moderated_null(first, last) if moderated else _paired_null(first, last)
+    return float(np.quantile(p, alpha))
+
+
+def _paired_null(first: int, last: int) -> np.ndarray:
+    """(PATHS,) smallest p over the looks of a paired t on normal differences."""
     d = np.random.default_rng(20260101).standard_normal((PATHS, last))
     n = np.arange(1, last + 1)
     mean = np.cumsum(d, 1) / n
     var = (np.cumsum(d**2, 1) - n * mean**2)[:, first - 1 :] / (n[first - 1 :] - 1)
     t = np.abs(mean[:, first - 1 :]) / np.sqrt(var / n[first - 1 :])
-    from scipy import stats
+    return (2 * special.stdtr(n[first - 1 :] - 1, -t)).min(axis=1)
 
-    p = 2 * stats.t.sf(t, n[first - 1 :] - 1)
-    return float(np.quantile(p.min(axis=1), alpha))
+
+def _moderated_null(first: int, last: int) -> np.ndarray:
+    """(MODERATED_PATHS × MODERATED_ROWS,) smallest p over the looks of each row's moderated t: every row and the
+    baseline normal with one sd, each row's differences to the shared baseline tested with the others' prior."""
+    x = np.random.default_rng(20260101).standard_normal((MODERATED_PATHS, MODERATED_ROWS + 1, last))
+    d = x[:, 1:] - x[:, :1]  # (paths, rows, seeds)
+    smallest = np.ones(d.shape[:2])
+    for n in range(first, last + 1):
+        t, df, _ = moderated_t(d[..., :n].mean(-1), d[..., :n].var(-1, ddof=1), n)
+        smallest = np.minimum(smallest, 2 * special.stdtr(df, -np.abs(t)))
+    return smallest.ravel()
 
 
 def first_look(planned: int) -> int:
@@ -120,22 +140,25 @@ def plan_round(
 
 
 def with_verdict_flags(study_config, args):
-    """The StudyConfig with --margin, --alpha, --until-decided, --race and --max-seeds applied (checked by
-    validate_sweep)."""
+    """The StudyConfig with --margin, --alpha, --until-decided, --race, --max-seeds and --no-moderation applied
+    (checked by validate_sweep)."""
     flags = {k: getattr(args, k, None) for k in ("margin", "alpha", "max_seeds")}
     flags = {k: v for k, v in flags.items() if v is not None}
     flags.update({k: True for k in ("until_decided", "race") if getattr(args, k, False)})
+    if getattr(args, "no_moderation", False):
+        flags["moderate"] = False
     return dataclasses.replace(study_config, **flags)
 
 
 def verdict_attrs(sweep, stored: dict | None) -> dict:
     """What the study's tables decide with (stored as the study's `verdicts` user attr): margin, α, the baseline
-    row's settings, whether it races, and α per look once the study has added seeds until decided or raced (kept
-    from `stored` otherwise)."""
+    row's settings, whether it races, whether rows are moderated, and α per look once the study has added seeds
+    until decided or raced (kept from `stored` otherwise)."""
     s, stored = sweep.study, stored or {}
     attrs = {
         "margin": s.margin,
         "alpha": s.alpha,
+        "moderate": s.moderate,
         "baseline": sweep.baseline,
         "look_alpha": stored.get("look_alpha"),
         "looks": stored.get("looks"),
@@ -143,7 +166,7 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
     }
     if s.until_decided or s.race:
         looks = [first_look(len(sweep.seeds)), s.max_seeds]
-        attrs.update(look_alpha=look_alpha(s.alpha, *looks), looks=looks)
+        attrs.update(look_alpha=look_alpha(s.alpha, *looks, s.moderate), looks=looks)
     return attrs
 
 
@@ -182,10 +205,11 @@ class Rounds:
     def __init__(self, sweep):
         self.sweep = sweep
         s = sweep.study
-        self.alpha = look_alpha(s.alpha, first_look(len(sweep.seeds)), s.max_seeds)
+        self.alpha = look_alpha(s.alpha, first_look(len(sweep.seeds)), s.max_seeds, s.moderate)
 
     def __str__(self) -> str:
-        return f"at most {self.sweep.study.max_seeds} a variant, α per look {self.alpha:.4g}"
+        plain = "" if self.sweep.study.moderate else ", plain t (no moderation)"
+        return f"at most {self.sweep.study.max_seeds} a variant, α per look {self.alpha:.4g}{plain}"
 
     def plan(self, study: optuna.Study, trials: list) -> tuple[dict, dict]:
         """({variant: seeds to add}, {variant: a complete trial's params}) from the stored trials."""
@@ -201,6 +225,7 @@ class Rounds:
                 margin=self.sweep.study.margin,
                 alpha=self.alpha,
                 direction=study.direction.name.lower(),
+                moderate=self.sweep.study.moderate,
             )
         except ConfigError as e:
             console.print(f"--until-decided stops: {e}")

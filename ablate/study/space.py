@@ -36,6 +36,7 @@ class StudyConfig:
     max_seeds: int = 8  # ... up to this many seeds a variant
     race: bool = False  # after the planned trials, race the variants to the best (ablate.study.race)
     storage_timeout: int = 300  # seconds a worker waits out a storage outage before it stops (ablate.study.outage)
+    moderate: bool = True  # the moderated t across rows (ablate.results.moderated); false: the plain paired/Welch t
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def check_verdict_settings(s: StudyConfig) -> None:
         raise ConfigError(f"study.alpha (--alpha) must be between 0 and 0.5, e.g. 0.05; got {s.alpha!r}")
     if type(s.max_seeds) is not int or s.max_seeds < 2:
         raise ConfigError(f"study.max_seeds (--max-seeds) must be an integer of 2 or more; got {s.max_seeds!r}")
-    for key in ("until_decided", "race"):
+    for key in ("until_decided", "race", "moderate"):
         if type(getattr(s, key)) is not bool:
             raise ConfigError(f"study.{key} must be true or false; got {getattr(s, key)!r}")
     if s.race and s.until_decided:

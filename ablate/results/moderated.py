@@ -1,0 +1,121 @@
+"""Moderated t across a study's rows: limma's empirical Bayes variances (Smyth 2004), robust to outlying rows.
+
+Every row of a study is compared with the same baseline on the same seeds, data and budget, so the rows measure one
+kind of noise. Each row's variance s² (of the paired differences, on d = n − 1 degrees of freedom) is shrunk toward
+a prior s0² fitted to all rows, s̃² = (d0·s0² + d·s²) / (d0 + d), and its t uses s̃² on d0 + d degrees of freedom:
+- **The prior** (`fit_f_dist`) is limma's fitFDist: s² ~ s0²·F(d, d0), fitted by moments of log s²; d0 from the
+  inverse of the trigamma function (`trigamma_inverse`, scipy's Newton). Each row's prior is fitted to the other
+  rows (leave one out): with a few rows, a row's own s² in its prior would make its t too large by chance.
+- **Robust** (`fit_prior`): a simpler rule than limma's robust=TRUE (Phipson et al. 2016, winsorized and per-row
+  d0): a row whose s² is too large for the prior fitted to the other rows (upper F tail p below OUTLIER_P / rows,
+  the largest first, while more than MIN_ROWS rows remain) is an outlier: it keeps its own s² and the plain t
+  (d0 = 0), and the prior is fitted without it. An outlier can neither borrow strength nor lend its spread.
+- **Few rows**: limma fits thousands of genes; we fit 3 to 30 rows, so d0 is capped at the information the other
+  rows hold: their summed df, less for sharing one baseline (differences of runs with alike noise to one baseline
+  correlate 1/2, their variances 1/4: SHARED). With identical spreads and many rows the moderated t tends to the t
+  of the pooled variance. Fewer than MIN_ROWS rows, or d0 < MIN_PRIOR_DF: no prior, the plain t.
+Arrays are (..., rows): the benchmark fits many studies at once; `mask` says which rows take part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import optimize, special
+
+MIN_ROWS = 3  # rows with a test of one kind (paired, or Welch) before a prior is fitted to them
+MIN_PRIOR_DF = 1.0  # a prior worth less than one degree of freedom is not used (the row keeps its plain t)
+SHARED = 0.25  # correlation of two rows' variances of differences to one baseline when all runs' noise is alike
+OUTLIER_P = 0.05  # a row whose upper F tail p against the others' prior is below OUTLIER_P / rows is an outlier
+
+
+def trigamma_inverse(y):
+    """x > 0 with trigamma(x) = y (y > 0), as limma's trigammaInverse (start 0.5 + 1/y; 1/√y above y = 1e7, 1/y
+    below 1e-6): scipy.optimize.newton, elementwise on arrays, on log trigamma(x) = log y in u = log x (nearly
+    linear there, so a relative tolerance in x)."""
+    y = np.asarray(y, float)
+    inner = np.clip(y, 1e-6, 1e7).ravel()
+    u = (
+        optimize.newton(
+            lambda u: np.log(special.polygamma(1, np.exp(u)) / inner),
+            np.log(0.5 + 1 / inner),
+            fprime=lambda u: np.exp(u) * special.polygamma(2, np.exp(u)) / special.polygamma(1, np.exp(u)),
+            tol=1e-12,
+            maxiter=100,
+        )
+        if inner.size
+        else inner
+    )
+    return np.where(y > 1e7, 1 / np.sqrt(y), np.where(y < 1e-6, 1 / y, np.exp(u).reshape(y.shape)))
+
+
+def fit_f_dist(var, df, mask=True) -> tuple[np.ndarray, np.ndarray]:
+    """(d0, s0²) with var ~ s0²·F(df, d0) over the rows in `mask` (last axis), as limma's fitFDist; d0 = inf when
+    the log-variances vary no more than sampling alone would. Zero variances are raised to 1e-5 × the median of
+    all the rows given."""
+    var, df = np.broadcast_arrays(np.asarray(var, float), np.asarray(df, float))
+    median = np.median(var, -1, keepdims=True)
+    e = np.log(np.maximum(var, 1e-5 * np.where(median > 0, median, 1))) - special.digamma(df / 2) + np.log(df / 2)
+    e, trigamma, mask = np.broadcast_arrays(e, special.polygamma(1, df / 2), mask)  # (..., rows)
+    k = mask.sum(-1)
+    mean = np.sum(np.where(mask, e, 0), -1) / k
+    spread = np.sum(np.where(mask, (e - mean[..., None]) ** 2, 0), -1) / (k - 1)
+    spread -= np.sum(np.where(mask, trigamma, 0), -1) / k
+    ok = spread > 0
+    d0 = np.full(spread.shape, np.inf)
+    d0[ok] = 2 * trigamma_inverse(spread[ok])
+    finite = np.isfinite(d0)
+    half = np.where(finite, d0 / 2, 1)
+    s0 = np.exp(mean + np.where(finite, special.digamma(half) - np.log(half), 0))
+    return d0, s0
+
+
+def upper_tail(var, df, d0, s0) -> np.ndarray:
+    """P(F(df, d0) > var / s0²): how surprising a row's variance is under a prior (chi²/df when d0 is inf)."""
+    ratio = np.asarray(var, float) / s0
+    finite = np.isfinite(d0)
+    return np.where(finite, special.fdtrc(df, np.where(finite, d0, 1), ratio), special.chdtrc(df, df * ratio))
+
+
+def fit_prior(var, df, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d0, s0², kept), each per row: row i's prior is fitted to the other rows in `mask` less the outlying ones.
+
+    d0 is 0 (and s0² 1) for a row outside `mask`, an outlier, or without a usable prior (module docstring); else at
+    most the other kept rows' effective df. `kept`: the rows the priors are fitted to (none when under MIN_ROWS)."""
+    var, df, kept = np.broadcast_arrays(np.asarray(var, float), np.asarray(df, float), mask)
+    kept = kept.copy()
+    with np.errstate(all="ignore"):  # fits of fewer than two rows are NaN, and never used
+        for _ in range(var.shape[-1] - MIN_ROWS):
+            d0, s0 = _leave_one_out(var, df, kept)
+            p = np.where(kept, upper_tail(var, df, d0, s0), np.inf)
+            count, worst = kept.sum(-1), np.argmin(p, -1)[..., None]
+            drop = (count > MIN_ROWS) & (np.take_along_axis(p, worst, -1)[..., 0] < OUTLIER_P / np.maximum(count, 1))
+            if not drop.any():
+                break
+            np.put_along_axis(kept, worst, np.take_along_axis(kept, worst, -1) & ~drop[..., None], -1)
+        kept &= (kept.sum(-1) >= MIN_ROWS)[..., None]
+        d0, s0 = _leave_one_out(var, df, kept)
+    others = np.sum(kept, -1, keepdims=True) - 1
+    cap = (np.sum(np.where(kept, df, 0), -1, keepdims=True) - df) / (1 + (others - 1) * SHARED)
+    d0 = np.where(kept, np.minimum(d0, cap), 0.0)
+    d0 = np.where(d0 >= MIN_PRIOR_DF, d0, 0.0)
+    return d0, np.where(d0 > 0, s0, 1.0), kept
+
+
+def _leave_one_out(var, df, kept) -> tuple[np.ndarray, np.ndarray]:
+    """(d0, s0²) per row (..., rows): `fit_f_dist` of the kept rows other than that row."""
+    others = kept[..., None, :] & ~np.eye(var.shape[-1], dtype=bool)  # (..., rows, rows)
+    return fit_f_dist(var[..., None, :], df[..., None, :], others)
+
+
+def squeeze(var, df, d0, s0) -> np.ndarray:
+    """The moderated variance (d0·s0² + df·var) / (d0 + df); var itself where d0 is 0 (all per row)."""
+    return (d0 * s0 + df * var) / (d0 + df)
+
+
+def moderated_t(mean, var, n, mask=True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, df, d0) per row (..., rows) of paired differences with `mean`, `var` (ddof 1) over `n` seeds each, the
+    rows in `mask` fitted together (the plain t where no prior is used; var 0 there gives an infinite or NaN t)."""
+    df = np.asarray(n, float) - 1
+    d0, s0, _ = fit_prior(var, df, np.asarray(mask) & (df >= 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return mean / np.sqrt(squeeze(var, df, d0, s0) / n), df + d0, d0

@@ -1,0 +1,190 @@
+"""The moderated t across rows (ablate.results.moderated) against values worked out here by another route."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import special
+from scipy import stats as scipy_stats
+
+from ablate.results import moderated
+from ablate.results.moderated import SHARED, fit_f_dist, fit_prior, trigamma_inverse
+from ablate.results.stats import annotate, compare_rows, holm
+
+
+def bisect_trigamma_inverse(y: float) -> float:
+    """trigamma is decreasing on (0, inf): halve a bracket in log x until it is 1e-13 wide."""
+    lo, hi = -30.0, 30.0
+    while hi - lo > 1e-13:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if special.polygamma(1, math.exp(mid)) > y else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+@pytest.mark.parametrize("y", [1e-5, 0.01, 0.3, 1.0, 1.6449, 7.5, 1e4, 1e6])
+def test_trigamma_inverse_agrees_with_bisection(y):
+    assert trigamma_inverse(y) == pytest.approx(bisect_trigamma_inverse(y), rel=1e-9)
+
+
+def by_hand_f_fit(var: list[float], df: float) -> tuple[float, float]:
+    """limma's fitFDist written out for one df: moments of e = log s² − ψ(d/2) + log(d/2)."""
+    e = [math.log(v) - special.digamma(df / 2) + math.log(df / 2) for v in var]
+    mean = sum(e) / len(e)
+    spread = sum((x - mean) ** 2 for x in e) / (len(e) - 1) - special.polygamma(1, df / 2)
+    if spread <= 0:
+        return math.inf, math.exp(mean)
+    d0 = 2 * bisect_trigamma_inverse(spread)
+    return d0, math.exp(mean + special.digamma(d0 / 2) - math.log(d0 / 2))
+
+
+def test_fit_f_dist_recovers_the_prior_of_many_rows_and_matches_the_hand_fit():
+    rng = np.random.default_rng(0)
+    var = 2.0 * rng.f(4, 10, 20000)  # s² ~ s0² F(d, d0) with s0² = 2, d = 4, d0 = 10
+    d0, s0 = fit_f_dist(var, 4)
+    assert d0 == pytest.approx(10, rel=0.1) and s0 == pytest.approx(2.0, rel=0.02)
+    few = [0.8, 2.5, 1.1, 9.0, 1.7]
+    assert np.allclose(fit_f_dist(few, 2), by_hand_f_fit(few, 2), rtol=1e-9)
+    assert fit_f_dist([1.0, 1.0, 1.0], 2)[0] == math.inf  # no spread beyond sampling: all the weight on the prior
+
+
+# A study of 5 variants on 4 seeds; the baseline "b" first. Values in mIoU (0-1).
+SEEDS = {
+    "b": [0.700, 0.690, 0.720, 0.705],
+    "r1": [0.731, 0.712, 0.741, 0.742],
+    "r2": [0.688, 0.671, 0.716, 0.690],
+    "r3": [0.705, 0.702, 0.726, 0.702],
+    "r4": [0.716, 0.712, 0.735, 0.722],
+}
+
+
+def as_seeds(values: list[float]) -> dict:
+    return {str(s): v for s, v in enumerate(values)}
+
+
+def test_moderated_t_equals_a_worked_example():
+    """Every step by hand: differences, each row's prior from the other three rows, the cap, s̃², t, p, interval."""
+    rows = ["r1", "r2", "r3", "r4"]
+    diffs = {r: [100 * (a - b) for a, b in zip(SEEDS[r], SEEDS["b"])] for r in rows}
+    n, d = 4, 3
+    var = {r: float(np.var(diffs[r], ddof=1)) for r in rows}
+    got = compare_rows([as_seeds(SEEDS[r]) for r in rows], as_seeds(SEEDS["b"]), margin=1.0, alpha=0.05)
+    for r, res in zip(rows, got):
+        d0, s0 = by_hand_f_fit([var[o] for o in rows if o != r], d)
+        d0 = min(d0, 3 * d / (1 + 2 * SHARED))  # three other rows: their 9 df, less for sharing the baseline
+        s2 = (d0 * s0 + d * var[r]) / (d0 + d)
+        mean, se = float(np.mean(diffs[r])), math.sqrt(s2 / n)
+        assert res["test"] == "paired, moderated" and res["prior_df"] == pytest.approx(d0, rel=1e-9)
+        assert res["df"] == pytest.approx(d0 + d, rel=1e-9) and res["delta"] == pytest.approx(mean)
+        assert res["p_value"] == pytest.approx(2 * scipy_stats.t.sf(abs(mean) / se, d0 + d), rel=1e-8)
+        assert res["p_value_plain"] == pytest.approx(scipy_stats.ttest_1samp(diffs[r], 0).pvalue, rel=1e-9)
+        half = scipy_stats.t.ppf(0.95, d0 + d) * se
+        assert res["ci"] == pytest.approx((mean - half, mean + half), rel=1e-8)
+        lower, upper = scipy_stats.t.sf((mean + 1) / se, d0 + d), scipy_stats.t.cdf((mean - 1) / se, d0 + d)
+        assert res["p_equivalence"] == pytest.approx(max(lower, upper), rel=1e-8)
+
+
+def test_with_identical_spreads_the_moderated_t_tends_to_the_pooled_t(monkeypatch):
+    """Many rows of one true spread: the prior is the pooled variance; with independent rows (no shared baseline,
+    SHARED 0) the prior outweighs each row's own variance and every t is the pooled t."""
+    rng = np.random.default_rng(1)
+    diffs = rng.normal(0, 2.0, (400, 3)) + np.linspace(0, 3, 400)[:, None]  # 400 rows, 3 paired seeds each
+    var, mean = diffs.var(-1, ddof=1), diffs.mean(-1)
+    pooled = var.mean()
+    monkeypatch.setattr(moderated, "SHARED", 0.0)
+    d0, s0, kept = fit_prior(var, 2.0, np.ones(400, bool))
+    assert kept.all() and np.allclose(s0, pooled, rtol=0.05) and (d0 > 100).all()
+    base = {str(s): 0.5 for s in range(3)}
+    got = compare_rows([{str(s): 0.5 + v / 100 for s, v in enumerate(row)} for row in diffs], base)
+    pooled_t = mean / np.sqrt(pooled / 3)
+    moderated_t = np.array([r["delta"] / math.sqrt(r["var"] / 3) for r in got])
+    plain_t = mean / np.sqrt(var / 3)
+    assert np.abs(moderated_t - pooled_t).max() < 0.1 * np.abs(plain_t - pooled_t).max()
+    assert np.allclose(moderated_t, pooled_t, rtol=0.06, atol=0.05)
+
+
+def test_one_shared_baseline_caps_the_prior_at_what_it_allows():
+    """Differences to one baseline share its noise: the others' df count less (4 d as the rows grow), so a row's
+    own variance keeps weight d / (d + d0) however many rows there are."""
+    shape = np.array([-1.0, 0.0, 1.0])
+    base = {str(s): 0.5 for s in range(3)}
+    for k in (3, 10, 200):
+        rows = [
+            {str(s): 0.5 + (dl + v) / 100 for s, v in enumerate(shape * (1 + 0.01 * i))}
+            for i, dl in enumerate(np.linspace(0.5, 2, k))
+        ]
+        cap = (k - 1) * 2 / (1 + (k - 2) * SHARED)
+        assert [r["prior_df"] for r in compare_rows(rows, base)] == pytest.approx([cap] * k)
+    assert cap == pytest.approx(8, rel=0.02)  # 200 rows: (199·2)/(1 + 197/4) ≈ 4·2
+
+
+def shifted_study(rng, outlier: bool) -> tuple[list[dict], dict]:
+    """Four rows +4 points with 1.5 points of noise per difference, 3 seeds; with `outlier`, a fifth row whose runs
+    swing by ±15 points (a bimodal row)."""
+    base = {str(s): 0.7 for s in range(3)}
+    rows = [{str(s): 0.7 + (4 + e) / 100 for s, e in enumerate(rng.normal(0, 1.5, 3))} for _ in range(4)]
+    if outlier:
+        rows.append({str(s): 0.7 + v / 100 for s, v in enumerate([15.0, -15.0, 12.0])})
+    return rows, base
+
+
+def verdicts(rows: list[dict], base: dict) -> list[str]:
+    table = [{"variant": "a=base", "seeds": base}] + [{"variant": f"a={i}", "seeds": r} for i, r in enumerate(rows)]
+    annotate(table, table[0], alpha=0.05)
+    return [r["verdict"] for r in table[1:]], table[1:]
+
+
+def test_one_outlying_row_does_not_make_the_others_undecided(monkeypatch):
+    rng = np.random.default_rng(0)
+    rows, base = shifted_study(rng, outlier=True)
+    decided, table = verdicts(rows, base)
+    assert decided[:4] == ["better"] * 4
+    assert table[4]["test"] == "paired" and table[4]["prior_df"] == 0  # the outlier keeps its own t
+    assert all(r["test"] == "paired, moderated" for r in table[:4])
+    monkeypatch.setattr(moderated, "OUTLIER_P", 0.0)  # without the robust fit the outlier drags every prior
+    assert verdicts(rows, base)[0][:4].count("better") < 4
+
+
+def test_moderation_decides_what_the_plain_t_leaves_open_on_the_same_rows():
+    rows, base = shifted_study(np.random.default_rng(0), outlier=False)
+    plain = compare_rows(rows, base, moderate=False)
+    assert all(r["test"] == "paired" and r["p_value"] == r["p_value_plain"] for r in plain)
+    assert max(holm([r["p_value"] for r in plain])) > 0.05  # 3 seeds, 2 df: the plain t leaves a row open
+    assert verdicts(rows, base)[0] == ["better"] * 4
+
+
+def test_fewer_than_three_rows_keep_the_plain_t():
+    got = compare_rows([as_seeds(SEEDS[r]) for r in ("r1", "r2")], as_seeds(SEEDS["b"]))
+    assert [r["test"] for r in got] == ["paired", "paired"] and all(r["prior_df"] == 0 for r in got)
+
+
+def test_holm_and_tost_read_the_moderated_p_values():
+    table = [{"variant": f"a={r}", "seeds": as_seeds(v)} for r, v in SEEDS.items()]
+    annotate(table, table[0], margin=3.0, alpha=0.05)
+    others = table[1:]
+    assert all(r["test"] == "paired, moderated" for r in others)
+    assert [r["p_adjusted"] for r in others] == holm([r["p_value"] for r in others])
+    assert any(r["p_value"] != r["p_value_plain"] for r in others)
+    for r in others:
+        inside = -3.0 < r["ci_low"] and r["ci_high"] < 3.0
+        assert (r["p_equivalence"] < 0.05) == inside
+        assert (r["verdict"] == "equivalent") == inside
+
+
+def test_welch_rows_are_moderated_with_welch_rows():
+    rng = np.random.default_rng(3)
+    base = {str(s): float(rng.normal(0.7, 0.01)) for s in range(4)}
+    rows = [{str(s): float(rng.normal(0.72, 0.01)) for s in range(10, 14)} for _ in range(3)]
+    got = compare_rows(rows, base)
+    assert all(r["test"] == "welch, moderated" and r["prior_df"] > 0 for r in got)
+    for r, x in zip(got, rows):
+        a, b = 100 * np.array(list(x.values())), 100 * np.array(list(base.values()))
+        assert r["p_value_plain"] == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+
+
+def test_fit_prior_marks_the_outlier_and_fits_many_studies_at_once():
+    var = np.array([[1.0, 1.2, 0.9, 1.1, 60.0], [1.0, 1.2, 0.9, 1.1, 1.3]])
+    d0, s0, kept = fit_prior(var, 2.0, np.ones(5, bool))
+    assert kept.tolist() == [[True, True, True, True, False], [True] * 5]
+    assert d0[0, 4] == 0 and (d0[0, :4] > 0).all() and (d0[1] > 0).all()
+    one = fit_prior(var[0], 2.0, np.ones(5, bool))
+    assert np.allclose(one[0], d0[0]) and np.allclose(one[1], s0[0])
