@@ -35,10 +35,12 @@ from scipy import special
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ablate.results.moderated import moderate_paired  # noqa: E402
 from ablate.results.stats import annotate  # noqa: E402
 from ablate.study.decide import first_look, look_alpha, plan_round  # noqa: E402
 
 ALPHA = 0.05
+MODERATE = True  # --no-moderation: the plain paired t, as before the moderated t
 VERDICTS = ("undecided", "better", "worse", "equivalent")
 
 
@@ -195,14 +197,23 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def spread(d: np.ndarray, n: np.ndarray, in_family: np.ndarray) -> tuple:
+    """(mean, sd, df, d0) per row of paired differences `d` (..., rows, seeds), NaN past each row's `n` seeds: the
+    moderated sd and df across the rows in the family (ablate.results.moderated) unless MODERATE is off."""
+    mean = np.nanmean(d, -1)
+    var = np.nansum((d - mean[..., None]) ** 2, -1) / np.maximum(n - 1, 1)
+    if not MODERATE:
+        return mean, np.sqrt(var), np.maximum(n - 1, 1), np.zeros_like(var)
+    var, df, d0 = moderate_paired(var, n, in_family & (n >= 2))
+    return mean, np.sqrt(var), np.maximum(df, 1), d0
+
+
 def verdicts(d: np.ndarray, n: np.ndarray, in_family: np.ndarray, margin, alpha: float, with_p: bool = False):
     """Verdict codes (index into VERDICTS) of paired differences in points: `d` (..., rows, seeds) with NaN past
     each row's `n` seeds; `in_family` masks the baseline out. Mirrors ablate.results.stats (maximize)."""
-    mean = np.nanmean(d, -1)
-    sd = np.sqrt(np.nansum((d - mean[..., None]) ** 2, -1) / np.maximum(n - 1, 1))
+    mean, sd, df, _ = spread(d, n, in_family)
     exact = sd == 0
     se = np.where(exact, 1, sd / np.sqrt(n))
-    df = np.maximum(n - 1, 1)
     p = np.where(exact, (mean == 0).astype(float), 2 * special.stdtr(df, -np.abs(mean / se)))
     p = np.where(in_family & (n >= 2), p, np.nan)
     p_adj = holm(p)
@@ -217,22 +228,19 @@ def verdicts(d: np.ndarray, n: np.ndarray, in_family: np.ndarray, margin, alpha:
 def decidable(d: np.ndarray, n: np.ndarray, p_adj: np.ndarray, margin, alpha: float, max_seeds: int) -> np.ndarray:
     """Rows whose seeds-needed estimate (ablate.results.stats.seeds_needed) is unknown or at most max_seeds: power
     >= 0.8 at some n <= max_seeds, at the observed Δ and sd, of the t-test at α / (rows Holm has not rejected) or
-    of TOST at α (the same power functions as the library)."""
+    of TOST at α (the same power functions as the library, a moderated row keeping its prior df)."""
     from scipy import stats
-    from statsmodels.stats.power import ttest_power
 
-    mean = np.nanmean(d, -1)[:, None]
-    sd = np.sqrt(np.nansum((d - mean) ** 2, -1) / np.maximum(n - 1, 1))[:, None]
+    mean, sd, _, d0 = (a[:, None] for a in spread(d, n, ~np.isnan(p_adj)))
     family = max(1, int(np.sum(~np.isnan(p_adj) & (p_adj >= alpha))))
     k = np.arange(2, max_seeds + 1)[None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        effect = np.abs(mean) / sd
-        power = ttest_power(effect, k, alpha / family)
-        upper = stats.nct.sf(stats.t.isf(alpha / family / 2, k - 1), k - 1, effect * np.sqrt(k))
-        power = np.where(np.isnan(power), upper, power)  # as the library: NaN far in the lower tail
+        effect, t = np.abs(mean) / sd, stats.t.isf(alpha / family / 2, k - 1 + d0)
+        power = stats.nct.sf(t, k - 1 + d0, effect * np.sqrt(k))
+        power += np.nan_to_num(stats.nct.cdf(-t, k - 1 + d0, effect * np.sqrt(k)))  # as the library: NaN is 0
         power = np.where(mean != 0, power, 0)
         if margin is not None:
-            se, df = sd / np.sqrt(k), k - 1
+            se, df = sd / np.sqrt(k), k - 1 + d0
             t = stats.t.ppf(1 - alpha, df)
             eq = stats.nct.sf(t, df, (margin - np.abs(mean)) / se) + stats.nct.sf(t, df, (margin + np.abs(mean)) / se)
             eq -= 1
@@ -259,7 +267,7 @@ def fixed(s: Scenario, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
 
 def adaptive(s: Scenario, values: np.ndarray, futility: bool = True, check: bool = False) -> tuple:
     """One repetition of --until-decided: (verdict codes per variant, baseline index, runs, looks)."""
-    names, alpha = list(s.variants), look_alpha(ALPHA, first_look(s.seeds), s.max_seeds)
+    names, alpha = list(s.variants), look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, MODERATE)
     used = {v: set(range(s.seeds)) for v in names}
     looks = 0
     while True:
@@ -295,7 +303,7 @@ def decide(s: Scenario, rows: list[dict], alpha: float, check: bool) -> tuple[li
     codes = codes.tolist()
     if check:  # the library decides the same
         copies = [dict(r) for r in rows]
-        annotate(copies, copies[b], margin=s.margin, alpha=alpha)
+        annotate(copies, copies[b], margin=s.margin, alpha=alpha, moderate=MODERATE)
         got = [VERDICTS.index(r["verdict"]) if r["verdict"] != "baseline" else 0 for r in copies]
         assert got == codes, (s.name, got, codes, rows)
         got = [r["seeds_needed"] is None or r["seeds_needed"] <= s.max_seeds for r in copies]
@@ -322,7 +330,7 @@ def run(s: Scenario, reps: int, check: int, rng: np.random.Generator) -> dict:
     values = draw(s, reps, largest, rng)
     for r in range(min(check, reps)):  # the fixed design's array verdicts against the library too
         fixed_check(s, values[r], s.seeds)
-    fixed_rows, result = [], {"look_alpha": look_alpha(ALPHA, first_look(s.seeds), s.max_seeds)}
+    fixed_rows, result = [], {"look_alpha": look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, MODERATE)}
     for name, futility in POLICIES.items():
         out = [adaptive(s, values[r], futility, check=r < check) for r in range(reps)]
         codes, base = np.array([o[0] for o in out]), np.array([o[1] for o in out])
@@ -410,7 +418,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seeds", type=int, help="every scenario's max_seeds (default: each its own)")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--no-moderation", action="store_true", help="the plain paired t of every row, as before")
     args = p.parse_args()
+    global MODERATE
+    MODERATE = not args.no_moderation
     rng, started, results = np.random.default_rng(args.seed), time.time(), {}
     for s in SCENARIOS:
         s.max_seeds = args.max_seeds or s.max_seeds

@@ -112,10 +112,9 @@ def squeeze(var, df, d0, s0) -> np.ndarray:
     return (d0 * s0 + df * var) / (d0 + df)
 
 
-def moderated_t(mean, var, n, mask=True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(t, df, d0) per row (..., rows) of paired differences with `mean`, `var` (ddof 1) over `n` seeds each, the
-    rows in `mask` fitted together (the plain t where no prior is used; var 0 there gives an infinite or NaN t)."""
+def moderate_paired(var, n, mask=True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(moderated variance, the t's df, d0) per row (..., rows) of paired differences with variance `var` (ddof 1)
+    over `n` seeds each, the rows in `mask` with 2 or more seeds fitted together (var itself where no prior is used)."""
     df = np.asarray(n, float) - 1
     d0, s0, _ = fit_prior(var, df, np.asarray(mask) & (df >= 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return mean / np.sqrt(squeeze(var, df, d0, s0) / n), df + d0, d0
+    return squeeze(var, df, d0, s0), df + d0, d0

@@ -184,7 +184,6 @@ def verdict_options(
     what a study recorded (`study_verdicts`); a margin that is not positive or an α outside (0, 0.5) is a
     ConfigError. --no-moderation on a study that added seeds until decided: the plain t's α per look."""
     from ablate.results.stats import check_margin
-    from ablate.study.decide import look_alpha
 
     out = {"margin": None, "alpha": 0.05, "looks": None, "direction": "maximize", "baseline": None, "moderate": True}
     out.update(stored)
@@ -192,8 +191,7 @@ def verdict_options(
         out["margin"] = margin
     if moderate is not None and moderate != out["moderate"]:
         out["moderate"] = moderate
-        if out["looks"]:
-            out["alpha"] = look_alpha(out.pop("level", 0.05), *out["looks"], moderate)
+        out["alpha"] = out.pop("alpha_plain", None) or out["alpha"]
     if alpha is not None:
         out.update(alpha=alpha, looks=None)
     try:
@@ -209,12 +207,12 @@ def study_verdicts(study: optuna.Study) -> dict:
     """What the study's tables decide with, as its sweep recorded it (ablate.study.decide.verdict_attrs): margin,
     alpha (the α per look once the study added seeds until decided), looks ([first, max_seeds] or None) and the
     baseline row's settings (an experiment's `baseline`; None: the best row), moderate (the moderated t across rows;
-    studies from before it: True) and level (α before the looks)."""
+    studies from before it: True) and alpha_plain (the plain t's α per look, for --no-moderation)."""
     v = study.user_attrs.get("verdicts") or {}
     return {
         "margin": v.get("margin"),
         "alpha": v.get("look_alpha") or v.get("alpha", 0.05),
-        "level": v.get("alpha", 0.05),
+        "alpha_plain": v.get("look_alpha_plain") or v.get("look_alpha") or v.get("alpha", 0.05),
         "moderate": v.get("moderate", True),
         "looks": v.get("looks"),
         "baseline": v.get("baseline"),

@@ -27,7 +27,7 @@ from scipy import special
 
 from ablate.cli import console
 from ablate.errors import ConfigError
-from ablate.results.moderated import moderated_t
+from ablate.results.moderated import moderate_paired
 
 ROUND, PLAN = "round", "seed_plan"  # user attrs of a trial: its round of added seeds (absent: planned), its seeds
 PATHS = 200_000  # simulated null paths for look_alpha: its Monte Carlo error is about ±0.0005 at α = 0.05
@@ -67,8 +67,8 @@ def _moderated_null(first: int, last: int) -> np.ndarray:
     d = x[:, 1:] - x[:, :1]  # (paths, rows, seeds)
     smallest = np.ones(d.shape[:2])
     for n in range(first, last + 1):
-        t, df, _ = moderated_t(d[..., :n].mean(-1), d[..., :n].var(-1, ddof=1), n)
-        smallest = np.minimum(smallest, 2 * special.stdtr(df, -np.abs(t)))
+        var, df, _ = moderate_paired(d[..., :n].var(-1, ddof=1), n)
+        smallest = np.minimum(smallest, 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n)))
     return smallest.ravel()
 
 
@@ -161,12 +161,14 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
         "moderate": s.moderate,
         "baseline": sweep.baseline,
         "look_alpha": stored.get("look_alpha"),
+        "look_alpha_plain": stored.get("look_alpha_plain"),
         "looks": stored.get("looks"),
         "race": s.race or stored.get("race", False),  # ablate.study.race
     }
     if s.until_decided or s.race:
         looks = [first_look(len(sweep.seeds)), s.max_seeds]
         attrs.update(look_alpha=look_alpha(s.alpha, *looks, s.moderate), looks=looks)
+        attrs["look_alpha_plain"] = look_alpha(s.alpha, *looks, False)  # a table with --no-moderation
     return attrs
 
 
