@@ -11,16 +11,17 @@ from rich.text import Text
 from ablate import cli
 from ablate.errors import ConfigError
 from ablate.study.decide import with_verdict_flags
-from ablate.study.space import StudyConfig, SweepConfig, load_base, read_spec
+from ablate.study.space import StudyConfig, SweepConfig, read_spec, target_fields
 from ablate.study.targets import make_target
 
-KEYS = ("name", "base", "overrides", "seeds", "tolerance", "baseline", "margin", "rows")
+KEYS = ("name", "cli", "base", "overrides", "metric", "seeds", "tolerance", "baseline", "margin", "rows")
 
 
 def load_experiment(path: str | Path, overrides: list[str] = (), flags=None) -> tuple[SweepConfig, object, float]:
     """An experiment file as a grid study over its named rows, that study's target (every row's config checked)
-    and its tolerance (in mIoU); `overrides` (e.g. data.root=...) apply to the base after the file's own, `flags`
-    (the parsed --margin, --alpha, --until-decided, --max-seeds) to the study after the file's margin."""
+    and its tolerance (in the metric's units); `overrides` (e.g. data.root=...) apply to the base after the file's
+    own, `flags` (the parsed --margin, --alpha, --until-decided, --max-seeds) to the study after the file's margin.
+    With `cli` (a LightningCLI project, as in a sweep file) the base is its config and rows set the CLI's own keys."""
     path = Path(path)
     raw = read_spec(path, KEYS, "experiment file")
     rows = raw.get("rows") or {}
@@ -29,13 +30,13 @@ def load_experiment(path: str | Path, overrides: list[str] = (), flags=None) -> 
     bad = [name for name in rows if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name))]
     if bad:
         raise ConfigError(f"{path}: row names {bad} may only use letters, digits and _ . + - (they become columns)")
-    base = load_base(path, raw.get("base", "base.yaml"), [*(raw.get("overrides") or []), *overrides])
+    target = target_fields(path, raw, [*(raw.get("overrides") or []), *overrides], default_base="base.yaml")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
     study = StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none", margin=raw.get("margin"))
     sweep = SweepConfig(
-        base=base,
+        **target,
         space={"row": {"choices": list(rows)}},
         rows=rows,
         study=with_verdict_flags(study, flags),
@@ -46,7 +47,7 @@ def load_experiment(path: str | Path, overrides: list[str] = (), flags=None) -> 
     target = make_target(sweep)  # every row's config is checked before anything trains
     tolerance = raw.get("tolerance", 0.01)
     if not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise ConfigError(f"{path}: tolerance must be a non-negative number (mIoU); got {tolerance!r}")
+        raise ConfigError(f"{path}: tolerance must be a non-negative number ({sweep.metric}); got {tolerance!r}")
     return sweep, target, float(tolerance)
 
 
@@ -122,7 +123,7 @@ def _reproduce(args) -> int:
             "to make this run the reference"
         )
         return 1
-    cli.console.print(f"compare with {reference} (tolerance {tolerance} mIoU):")
+    cli.console.print(f"compare with {reference} (tolerance {tolerance} {sweep.metric}):")
     failures = compare(produced, expected, tolerance)
     for failure in failures:
         cli.error(f"does not reproduce: {failure}")

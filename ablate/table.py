@@ -3,12 +3,13 @@
 mean ± sample std (ddof=1) over seeds, n, Δ vs a baseline row in points with its confidence interval, raw and
 Holm-adjusted p (paired t-test over shared seeds, else Welch), a verdict (better / worse / equivalent within
 --margin / undecided, with the seeds that would decide), neck and total parameters, GFLOPs, and forward latency
-measured on this machine.
+(ablate's own models measured on this machine; a LightningCLI project's as its runs recorded it).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ablate import cli
 
@@ -32,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         "each seed's best epoch; another val/ metric: each seed's last epoch",
     )
     cli.add_verdict_arguments(p)
-    p.add_argument("--no-latency", action="store_true", help="skip measuring forward latency")
+    p.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="show the latency each variant's runs recorded as they ended (the least over seeds) instead of "
+        "measuring ablate's own models again here; a LightningCLI project's always shows what its runs recorded",
+    )
+    p.add_argument("--runs", default="runs", help="folder holding <study>/t<trial>-s<seed>/ (default: runs)")
     p.add_argument(
         "--from-wandb",
         metavar="PATH_OR_PROJECT",
@@ -103,7 +110,7 @@ def _storage_rows(args) -> tuple[list[dict], str, dict]:
     """The rows of the named studies (default: all), the metric they show, and how the first study decides
     (ablate.results.rows.study_verdicts, with its direction); merged studies share an objective."""
     from ablate.errors import ConfigError
-    from ablate.results.rows import study_objective, study_rows, study_verdicts
+    from ablate.results.rows import latency_from_runs, run_folders, study_objective, study_rows, study_verdicts
     from ablate.study.storage import load_study, make_storage, resolve, study_names
 
     storage = make_storage(resolve(args.storage))
@@ -114,7 +121,9 @@ def _storage_rows(args) -> tuple[list[dict], str, dict]:
     objective, direction = next(iter(objectives.values()), ("val/mIoU", "maximize"))
     trials = [t for s in studies for t in s.get_trials(deepcopy=False)]
     stored = {**(study_verdicts(studies[0]) if studies else {}), "direction": direction}
-    return study_rows(trials, args.metric, objective, direction), args.metric or objective, stored
+    rows = study_rows(trials, args.metric, objective, direction)
+    latency_from_runs(rows, run_folders(Path(args.runs), studies, rows))  # what the runs recorded as they ended
+    return rows, args.metric or objective, stored
 
 
 if __name__ == "__main__":

@@ -123,6 +123,8 @@ def test_report_and_dashboard_work_on_a_lightning_cli_study(capsys):
     capsys.readouterr()
     assert dashboard(["--study", STUDY, "--dry-run", "--entity", "e", "--project", "p"]) == 0
     assert "summary:val/mIoU_best" in capsys.readouterr().out
+    assert dashboard(["--study", STUDY, "--dry-run", "--entity", "e"]) == 0  # where the sweep put the runs
+    assert json.loads(capsys.readouterr().out)["project"] == "ablate"  # $WANDB_PROJECT unset, as in the sweep
 
 
 def test_dry_run_resolves_every_grid_point_through_the_projects_parser(capsys):

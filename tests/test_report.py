@@ -102,22 +102,121 @@ def test_report_renders_offline_in_chromium_with_every_plot_and_no_console_messa
     assert console == []  # plotly logs nothing when it renders; any message (an uncaught error) fails here
     counts = rendered_plots(dom)
     assert set(counts) == {f"plot-{p}" for p in PLOTS} and all(n >= 1 for n in counts.values()), counts
+    boxes = rendered_boxes(report, tmp_path)  # every point label readable: none overlap or leave its plot
+    assert {plot: label_problems(b) for plot, b in boxes.items()} == {f"plot-{p}": [] for p in PLOTS}
+    assert sorted(t for t, _ in boxes["plot-cost"]["labels"]) == ["1", "1", "2", "2", "3", "3"]  # 3 variants
     shot = tmp_path / "report.png"
     chromium(
         report.as_uri(),
         f"--screenshot={shot}",
-        "--window-size=1400,3200",
+        "--window-size=1400,4400",
         "--hide-scrollbars",
         profile=tmp_path / "profile",
     )
     from PIL import Image
 
     with Image.open(shot) as image:
-        assert image.size == (1400, 3200) and len(image.convert("RGB").getcolors(1 << 24)) > 100  # not blank
+        assert image.size == (1400, 4400) and len(image.convert("RGB").getcolors(1 << 24)) > 100  # not blank
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "report.png")
     with capsys.disabled():
         print(f"\nreport screenshot: {ARTIFACTS / 'report.png'}")
+
+
+BOXES_JS = """<script>setTimeout(() => {
+  const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+  const all = (div, css) => [...div.querySelectorAll(css)];
+  const out = {};
+  for (const div of all(document, ".plotly-graph-div")) {
+    const keys = all(div, "g.annotation text.annotation-text").filter(t => /^[0-9]+$/.test(t.textContent));
+    out[div.id] = {
+      svg: box(div.querySelector("svg.main-svg")),
+      plots: all(div, ".bglayer rect.bg").map(box),
+      points: all(div, "path.point").map(box),
+      labels: [...keys, ...all(div, "g.textpoint text")].map(e => [e.textContent, box(e)]),
+      legend: all(div, "g.legend text.legendtext").map(e => [e.textContent, box(e)]),
+    };
+  }
+  document.body.setAttribute("data-boxes", JSON.stringify(out));
+}, 3000);</script>"""
+
+
+def rendered_boxes(page: Path, tmp_path: Path) -> dict:
+    """Where Chromium drew each plot's point labels, points, plot areas and legend: {div id: {svg, plots, points,
+    labels: [(text, box)], legend: [(text, box)]}}, boxes as [left, top, right, bottom] in pixels."""
+    probe = tmp_path / f"boxes-{page.name}"
+    probe.write_text(page.read_text().replace("</body>", BOXES_JS + "</body>"))
+    dom, console = chromium(probe.as_uri(), "--dump-dom", "--window-size=1400,3000", profile=tmp_path / "profile")
+    assert console == []
+    found = re.search(r'data-boxes="([^"]*)"', dom)
+    assert found, "the probe script did not run"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def label_problems(plot: dict) -> list[str]:
+    """What a reader could not read on a plot: point labels that overlap one another, that lie outside every plot
+    area (off an edge) or cover a point's centre, and legend entries outside the figure."""
+    inside = lambda a, b: b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]  # noqa: E731
+    meet = lambda a, b: a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]  # noqa: E731
+    labels, problems = plot["labels"], []
+    for i, (text, box) in enumerate(labels):
+        problems += [f"{text!r} overlaps {other!r}" for other, b in labels[i + 1 :] if meet(box, b)]
+        if not any(inside(box, area) for area in plot["plots"]):
+            problems.append(f"{text!r} is outside the plot areas: {box}")
+        centres = [((p[0] + p[2]) / 2, (p[1] + p[3]) / 2) for p in plot["points"]]
+        if any(box[0] < x < box[2] and box[1] < y < box[3] for x, y in centres):
+            problems.append(f"{text!r} covers a point")
+    problems += [f"legend {t!r} is outside the figure: {b}" for t, b in plot["legend"] if not inside(b, plot["svg"])]
+    return problems
+
+
+DEFAULT_STUDY = [0.6881, 0.6627, 0.5143, 0.3768, 0.3891, 0.3500, 0.3896, 0.3702]  # README: the default sweep
+
+
+def default_study_rows() -> list[dict]:
+    """The default sweep's 8 variants (image pooling x norm x rates) as their table rows: rates change neither
+    parameters nor FLOPs, so points pair up at one x; neck parameters as ablate counts them for the base config."""
+    from ablate.necks import create_neck
+
+    rows = []
+    grid = [(p, n, r) for p in (True, False) for n in ("bn", "none") for r in ((2, 4, 6), (1, 2, 3))]
+    for (pool, norm, rates), mean in zip(grid, DEFAULT_STUDY):
+        neck = create_neck("aspp", 128, out_channels=64, rates=list(rates), norm=norm, image_pooling=pool)
+        rates = ",".join(map(str, rates))
+        variant = f"model.neck.image_pooling={str(pool).lower()} model.neck.norm={norm} model.neck.rates={rates}"
+        params, gflops = sum(p.numel() for p in neck.parameters()), 0.79 - 0.01 * (not pool)
+        rows.append({"variant": variant, "mean": mean, "std": 0.02 + 0.1 * (mean < 0.4)})
+        rows[-1].update({"params/neck": params, "gflops": gflops})
+    return sorted(rows, key=lambda r: -r["mean"])
+
+
+def test_cost_plot_keys_of_the_default_study_neither_overlap_nor_leave_the_plot(tmp_path):
+    import plotly.graph_objects as go
+
+    from ablate.results.cost_plot import cost_figure
+    from ablate.results.formats import short_labels
+
+    rows = default_study_rows()
+    labels = short_labels(rows)
+    page = tmp_path / "cost.html"
+    page.write_text(cost_figure(rows, labels).to_html(include_plotlyjs=True, div_id="plot-cost"))
+    plot = rendered_boxes(page, tmp_path)["plot-cost"]
+    assert label_problems(plot) == []
+    assert sorted(t for t, _ in plot["labels"]) == sorted(str(i) for i in range(1, 9) for _ in "xy")  # both plots
+    assert [t for t, _ in plot["legend"]] == [f"{i + 1}  {labels[r['variant']]}" for i, r in enumerate(rows)]
+    old = go.Figure(  # the plot as it was: every point printed its full label above itself
+        go.Scatter(
+            x=[r["params/neck"] for r in rows],
+            y=[r["mean"] for r in rows],
+            mode="markers+text",
+            text=[labels[r["variant"]] for r in rows],
+            textposition="top center",
+            cliponaxis=False,
+        )
+    )
+    page.write_text(old.to_html(include_plotlyjs=True, div_id="plot-old"))
+    problems = label_problems(rendered_boxes(page, tmp_path)["plot-old"])
+    assert any("overlaps" in p for p in problems) and any("outside the plot areas" in p for p in problems), problems
 
 
 def test_console_check_catches_a_script_error_and_a_plot_that_did_not_render(tmp_path):
@@ -148,10 +247,10 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
         latency = min(r["latency_ms"] for r in runs)  # the least of the seeds' measurements
         assert f"<td>{mean:.4f} ± {std:.4f}</td>" in text and f"<td>{latency:.1f}</td>" in text
         label = t.user_attrs["variant"]  # the keys share no section: shown whole
-        for trace, x in zip(cost, ("params/neck", "gflops")):
-            i = trace["text"].index(label)
-            assert trace["x"][i] == t.user_attrs[x] and trace["y"][i] == pytest.approx(mean)
-            assert trace["error_y"]["array"][i] == pytest.approx(std)
+        traces = [trace for trace in cost if trace["name"].split("  ", 1)[1] == label]  # "<key>  <label>"
+        for trace, x in zip(traces, ("params/neck", "gflops"), strict=True):
+            assert trace["x"] == [t.user_attrs[x]] and trace["y"] == [pytest.approx(mean)]
+            assert trace["error_y"]["array"] == [pytest.approx(std)] and label in trace["hovertemplate"]
         logged.update(k.removeprefix("val/IoU_best/") for r in runs for k in r if k.startswith("val/IoU_best/"))
         row = iou["z"][iou["y"].index(label)]
         for c, shown in zip(iou["x"], row):  # IoU at each seed's best epoch, mean over the seeds that have it

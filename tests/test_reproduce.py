@@ -1,5 +1,6 @@
 """`python -m ablate.reproduce`: a tiny experiment reproduces its own reference and fails on an edited one."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,34 @@ def test_voc_experiment_mirrors_deeplabv3_and_needs_a_root(tmp_path, capsys):
     assert sweep.rows["rates_6-12-18-24"]["model.neck.rates"] == [6, 12, 18, 24]
     assert main([str(path), "--storage", f"sqlite:///{tmp_path / 'o.db'}"]) == 2  # no data.root: nothing trains
     assert "set data.root" in capsys.readouterr().err
+
+
+PROJECT = ROOT / "examples/lightning_project"
+PROJECT_TINY = [  # the example project's experiment at a few seconds a run
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_model_summary=false",
+    "data.init_args.train_size=16",
+    "data.init_args.val_size=8",
+    "data.init_args.batch_size=8",
+]
+
+
+def test_a_lightning_cli_projects_table_reproduces_with_one_command(capsys):
+    path, reference = PROJECT / "neck_components.yaml", ROOT / "tests/lightning_components_tiny.md"
+    sweep, _, tolerance = load_experiment(path, PROJECT_TINY)
+    assert sweep.cli == "seg_project.cli.MyCLI" and set(sweep.rows) == set(reference_means(reference))
+    run = [str(path), *PROJECT_TINY, "--storage", "sqlite:///runs/p.db", "--reference", str(reference)]
+    assert main(run) == 0, capsys.readouterr().err  # every row x seed through the project's own CLI
+    verdicts = re.findall(r"^  (reproduces|differs|missing)  (\w+):", capsys.readouterr().err, re.M)
+    assert sorted(verdicts) == sorted(("reproduces", row) for row in sweep.rows)
+    means = reference_means(reference)
+    Path("edited.md").write_text(
+        reference.read_text().replace(f"{means['identity']:.4f}", f"{means['identity'] + 2 * tolerance:.4f}", 1)
+    )
+    assert main([*run[:-1], "edited.md"]) == 1  # resumed: nothing trains again, and the edited row fails
+    err = capsys.readouterr().err
+    assert "does not reproduce: identity:" in err
+    verdicts = re.findall(r"^  (reproduces|differs|missing)  (\w+):", err, re.M)
+    assert sorted(verdicts) == sorted(("differs" if row == "identity" else "reproduces", row) for row in sweep.rows)

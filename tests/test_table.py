@@ -5,6 +5,7 @@ import io
 import json
 import statistics
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from scipy.stats import ttest_rel
@@ -16,15 +17,17 @@ from ablate.table import main
 def study(shared_study):
     """The session's finished study (tests/conftest.py): its complete trials by variant (3 variants x 2 seeds of a
     fusion x lr grid), and a 4th variant whose only trial failed."""
-    global URL, WANDB_DIR, CONCAT, SUM, FAILED
+    global URL, WANDB_DIR, CONCAT, SUM, FAILED, RUNS
     done = shared_study.complete
     CONCAT = next(v for v in sorted(done) if "fusion=concat" in v)  # the baseline
     SUM = next(v for v in sorted(done) if "fusion=sum" in v)
     URL, WANDB_DIR, FAILED = shared_study.url, str(shared_study.wandb_dir), shared_study.failed
+    RUNS = shared_study.runs
     return done
 
 
 URL = WANDB_DIR = CONCAT = SUM = FAILED = ""
+RUNS = []
 SEEDS = ["0", "1"]
 
 
@@ -101,7 +104,10 @@ def test_bad_baseline_and_unknown_study_are_clear_errors(study, capsys):
 
 
 def test_from_wandb_gives_the_same_rows_as_the_storage(study, capsys):
-    from_storage = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--no-latency"))}
+    runs = str(Path(WANDB_DIR).parent)  # the study's run folders: --no-latency shows what they recorded
+    from_storage = {
+        r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--no-latency", "--runs", runs))
+    }
     assert main(["--from-wandb", WANDB_DIR, "--format", "json", "--no-latency"]) == 0
     from_wandb = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(from_wandb) == set(study)  # the failed trial added to the storage never reached W&B
@@ -110,6 +116,8 @@ def test_from_wandb_gives_the_same_rows_as_the_storage(study, capsys):
         assert a["seeds"] == pytest.approx(b["seeds"]) and a["n"] == b["n"] == len(SEEDS)
         assert a["mean"] == pytest.approx(b["mean"]) and a["std"] == pytest.approx(b["std"])
         assert a["params/neck"] == b["params/neck"]
+        recorded = [r["summary"]["latency_ms"] for r in RUNS if r["group"] == variant]  # each run's, as it ended
+        assert a["latency_ms"] == b["latency_ms"] == min(recorded) and len(recorded) == len(SEEDS)
 
 
 def test_latex_compiles_with_booktabs(study, capsys, tmp_path):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import statistics
 import warnings
 from pathlib import Path
 
 import optuna
 
+from ablate.results.cost_plot import cost_figure
 from ablate.results.formats import (
     EFFECTS_COLUMNS,
     effects_caption,
@@ -21,7 +21,7 @@ from ablate.results.formats import (
     varied_keys,
     verdict_note,
 )
-from ablate.results.rows import study_objective
+from ablate.results.rows import latency_from_runs, run_folders, study_objective
 from ablate.results.verdict_plots import forest_figure, strip_figure
 
 STYLE = (
@@ -31,20 +31,6 @@ STYLE = (
     "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}"
     "img.erf{width:128px;height:128px}figure.erf{width:140px;font-size:11px;margin:0 8px 8px 0}"
 )
-
-
-def run_folders(runs: Path, study: str, rows: list[dict]) -> dict[str, list[dict]]:
-    """Each variant's run folders (`runs/<study>/t<trial>-s<seed>/`) with their summary.json, lowest seed first."""
-    out = {}
-    for row in rows:
-        found = []
-        for trial in row["trials"]:
-            for folder in sorted((runs / study).glob(f"t{trial}-s*")):
-                summary = folder / "summary.json"
-                if summary.is_file():
-                    found.append({"name": folder.name, "folder": folder, "summary": json.loads(summary.read_text())})
-        out[row["variant"]] = sorted(found, key=lambda r: r["summary"].get("seed", 0))
-    return out
 
 
 def class_ious(runs: list[dict]) -> tuple[dict[str, float], str]:
@@ -84,30 +70,6 @@ def optuna_figures(study: optuna.Study) -> list[tuple[str, str, object]]:
     else:
         out.append(("parallel", "Parallel coordinates", "no complete trial with a varied setting to draw"))
     return out
-
-
-def cost_figure(rows: list[dict], labels: dict[str, str], metric: str = "val/mIoU"):
-    """The metric (mean ± std over seeds) against neck parameters and against GFLOPs, one point per variant."""
-    from plotly.subplots import make_subplots
-
-    done = [r for r in rows if r["mean"] is not None]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} vs neck parameters", f"{metric} vs GFLOPs"))
-    for col, key in ((1, "params/neck"), (2, "gflops")):
-        fig.add_scatter(
-            x=[r.get(key) for r in done],
-            y=[r["mean"] for r in done],
-            mode="markers+text",
-            error_y={"type": "data", "array": [r["std"] or 0 for r in done]},
-            text=[labels[r["variant"]] for r in done],
-            textposition="top center",
-            cliponaxis=False,
-            showlegend=False,
-            row=1,
-            col=col,
-        )
-        fig.update_xaxes(title_text=key, row=1, col=col)
-    fig.update_yaxes(title_text=f"{metric} (mean ± std over seeds)")
-    return fig.update_layout(height=450)
 
 
 def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]):
@@ -184,13 +146,14 @@ def erf_image(runs: list[dict], label: str) -> str:
     return ""
 
 
-def predictions(row: dict, runs: list[dict], role: str, label: str) -> str:
+def predictions(runs: list[dict], role: str, label: str, metric: str = "val/mIoU") -> str:
     """The lowest seed's predictions.png of a variant (image | true | predicted), inline, or a note."""
     for run in runs:
         png = run["folder"] / "predictions.png"
         if png.is_file():
             data = base64.b64encode(png.read_bytes()).decode()
-            caption = f"{role}: {label} ({run['name']}, val/mIoU_best {run['summary'].get('val/mIoU_best', 0):.4f})"
+            best = run["summary"].get(f"{metric}_best")
+            caption = f"{role}: {label} ({run['name']}" + ("" if best is None else f", {metric}_best {best:.4f}") + ")"
             return (
                 f"<figure><figcaption>{html.escape(caption)}</figcaption>"
                 f'<img alt="{html.escape(role)} predictions" src="data:image/png;base64,{data}"></figure>'
@@ -216,14 +179,6 @@ def note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def latency_from_runs(rows: list[dict], runs: dict[str, list[dict]]) -> None:
-    """Each row's latency_ms: the least of its runs' summary.json values (measured as each run ended; other work
-    on the machine only ever slows a measurement down, so the least is the closest to the model's own cost)."""
-    for r in rows:
-        values = [run["summary"]["latency_ms"] for run in runs[r["variant"]] if "latency_ms" in run["summary"]]
-        r["latency_ms"] = min(values) if values else None
-
-
 def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:
     """A heading and a div `plot-<id>` (or a note) per plot; the first figure carries plotly.js, inline."""
     parts, first = [], True
@@ -242,7 +197,7 @@ def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:
 def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, verdicts: dict | None = None) -> str:
     """The whole report as one HTML document; plotly.js is embedded once, inline. `verdicts`: the alpha, margin and
     looks the rows were compared with (ablate.results.rows.verdict_options)."""
-    runs, labels = run_folders(runs_root, study.study_name, rows), short_labels(rows)
+    runs, labels = run_folders(runs_root, [study], rows), short_labels(rows)
     metric, _ = study_objective(study)
     v = {"alpha": 0.05, "margin": None, "looks": None, **(verdicts or {})}
     latency_from_runs(rows, runs)
@@ -268,7 +223,7 @@ def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, ve
     parts += ["<h2>Receptive fields</h2>", receptive_field_section(rows, runs, labels), "<h2>Example predictions</h2>"]
     best = next(r for r in rows if r["mean"] is not None)
     shown = [(best, "best")] + ([(base, "baseline")] if base is not best else [])
-    parts += [predictions(r, runs[r["variant"]], role, labels[r["variant"]]) for r, role in shown]
+    parts += [predictions(runs[r["variant"]], role, labels[r["variant"]], metric) for r, role in shown]
     if base is best:
         parts.append(note("the baseline is the best variant; --baseline KEY=VALUE picks another to compare"))
     return (

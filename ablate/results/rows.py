@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -77,6 +80,8 @@ def wandb_rows(source: str, metric: str = "val/mIoU") -> list[dict]:
             seed = run["summary"].get("seed", run["config"].get("seed"))  # a module's hparams may hold a `seed`
             row["seeds"][str(seed)] = run["summary"][key]
             row.update({k: run["summary"][k] for k in ("params/neck", "params/total", "gflops") if k in run["summary"]})
+            if "latency_ms" in run["summary"]:  # the least over the seeds, as from run folders
+                row["latency_ms"] = min(row.get("latency_ms", math.inf), run["summary"]["latency_ms"])
     rows = [_summarize(row) for row in groups.values()]
     return sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0)))
 
@@ -152,8 +157,33 @@ def is_run_config(config) -> bool:
     return isinstance(config, dict) and "optim" in config and "neck" in (config.get("model") or {})
 
 
+def run_folders(runs_root: Path, studies: list[optuna.Study], rows: list[dict]) -> dict[str, list[dict]]:
+    """Each row's run folders (`runs_root/<study>/t<trial>-s<seed>/`, of any of `studies`) that hold a
+    summary.json, lowest seed first: {variant: [{name, folder, summary}]}. Everything a run left (per-class IoU,
+    receptive fields, latency, images) is read from here, whichever target ran it."""
+    out: dict[str, list[dict]] = {r["variant"]: [] for r in rows}
+    for study in studies:
+        for t in study.get_trials(deepcopy=False):
+            if t.user_attrs.get("variant") not in out:
+                continue
+            for folder in sorted((runs_root / study.study_name).glob(f"t{t.number}-s*")):
+                if (folder / "summary.json").is_file():
+                    summary = json.loads((folder / "summary.json").read_text())
+                    out[t.user_attrs["variant"]].append({"name": folder.name, "folder": folder, "summary": summary})
+    return {v: sorted(found, key=lambda r: r["summary"].get("seed", 0)) for v, found in out.items()}
+
+
+def latency_from_runs(rows: list[dict], runs: dict[str, list[dict]]) -> None:
+    """Each row's latency_ms: the least of its runs' summary.json values (measured as each run ended; other work
+    on the machine only ever slows a measurement down, so the least is the closest to the model's own cost)."""
+    for r in rows:
+        values = [run["summary"]["latency_ms"] for run in runs.get(r["variant"], []) if "latency_ms" in run["summary"]]
+        r["latency_ms"] = min(values) if values else None
+
+
 def measure_latencies(rows: list[dict]) -> None:
-    """Forward latency (ms, batch 1, median of 10 after warm-up) of each row's model on this machine."""
+    """Forward latency (ms, batch 1, median of 10 after warm-up) of each row's model on this machine, for rows of
+    ablate's own model; any other row keeps the latency its runs recorded (or None)."""
     import torch
 
     from ablate.callbacks.efficiency import measure_latency_ms
@@ -162,7 +192,7 @@ def measure_latencies(rows: list[dict]) -> None:
 
     for r in rows:
         if not is_run_config(r.get("config")):  # none, or a LightningCLI project's: its model is not ours to build
-            r["latency_ms"] = None
+            r.setdefault("latency_ms", None)
             continue
         m = from_dict(r["config"]).model
         torch.manual_seed(0)

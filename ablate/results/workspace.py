@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import optuna
 
@@ -27,8 +28,10 @@ def study_facts(study: optuna.Study) -> dict:
             if k.startswith("val/IoU/")
         }
     )
-    base = study.user_attrs.get("sweep", {}).get("base")
-    wandb_cfg = base.get("wandb", {}) if isinstance(base, dict) else {}  # a LightningCLI study: --entity/--project
+    sweep = study.user_attrs.get("sweep", {})
+    # a LightningCLI study's runs went to $WANDB_ENTITY / $WANDB_PROJECT (default ablate), as they do here
+    env = {"entity": os.environ.get("WANDB_ENTITY"), "project": os.environ.get("WANDB_PROJECT") or "ablate"}
+    wandb_cfg = env if sweep.get("cli") else (sweep.get("base") or {}).get("wandb", {})
     return {
         "study": study.study_name,
         "metric": study_objective(study)[0],

@@ -78,14 +78,15 @@ def cli_value(key: str, value, space: dict) -> str:
 
 
 def arguments(sweep: SweepConfig, params: dict) -> list[str]:
-    """`--config BASE --key=value ...`: the sweep's overrides, then the trial's values."""
+    """`--config BASE --key=value ...`: the sweep's overrides, then the trial's values (an experiment's `row`: the
+    keys its named row sets)."""
     overrides = [o if o.startswith("--") else f"--{o}" for o in sweep.overrides]
-    return [
-        "--config",
-        str(sweep.base),
-        *overrides,
-        *(f"--{key}={cli_value(key, value, sweep.space)}" for key, value in params.items()),
+    values = [
+        (k, v)
+        for key, value in params.items()
+        for k, v in (sweep.rows[value].items() if key == "row" and sweep.rows else [(key, value)])
     ]
+    return ["--config", str(sweep.base), *overrides, *(f"--{k}={cli_value(k, v, sweep.space)}" for k, v in values)]
 
 
 class LightningCLITarget:

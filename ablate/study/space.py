@@ -67,21 +67,7 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     """Read a sweep file (None = the packaged default sweep); `overrides` apply to the base run config."""
     path = Path(path) if path else DEFAULT_SWEEP
     raw = read_spec(path, SWEEP_KEYS, "sweep file")
-    overrides = [*(raw.get("overrides") or []), *overrides]
-    if raw.get("cli") or raw.get("metric", "val/mIoU") != "val/mIoU":  # a user's LightningCLI project
-        base = cli_base(path, raw.get("base"))
-        target = {
-            "cli": raw.get("cli") or "lightning.pytorch.cli.LightningCLI",
-            "metric": raw.get("metric", "val/mIoU"),
-            "base": str(base),
-            "overrides": tuple(overrides),
-            "folders": (str(path.resolve().parent), str(base.parent)),
-            "callbacks": check_callbacks(path, raw.get("callbacks", True)),
-        }
-    elif "callbacks" in raw:
-        raise ConfigError(f"{path}: callbacks applies to a sweep with `cli` (ablate's own model always has them)")
-    else:
-        target = {"base": load_base(path, raw.get("base") or {}, overrides)}
+    target = target_fields(path, raw, [*(raw.get("overrides") or []), *overrides])
     study = raw.get("study") or {}
     check_keys(study, [f.name for f in dataclasses.fields(StudyConfig)], f"{path}: study.")
     seeds = raw.get("seeds", [0])
@@ -101,6 +87,26 @@ def check_callbacks(path: Path, value) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: callbacks must be true or false (add ablate.callbacks to each run); got {value!r}")
     return value
+
+
+def target_fields(path: Path, raw: dict, overrides: list[str], default_base="") -> dict:
+    """The SweepConfig fields that say what a sweep or experiment file trains: a user's LightningCLI project (`cli`,
+    or a `metric` other than val/mIoU: its config file, jsonargparse overrides) or ablate's own model (the base run
+    config with `overrides` applied); `default_base` when the file names no base."""
+    base = raw.get("base", default_base)
+    if raw.get("cli") or raw.get("metric", "val/mIoU") != "val/mIoU":  # a user's LightningCLI project
+        base = cli_base(path, base)
+        return {
+            "cli": raw.get("cli") or "lightning.pytorch.cli.LightningCLI",
+            "metric": raw.get("metric", "val/mIoU"),
+            "base": str(base),
+            "overrides": tuple(overrides),
+            "folders": (str(path.resolve().parent), str(base.parent)),
+            "callbacks": check_callbacks(path, raw.get("callbacks", True)),
+        }
+    if "callbacks" in raw:
+        raise ConfigError(f"{path}: callbacks applies to a sweep with `cli` (ablate's own model always has them)")
+    return {"base": load_base(path, base or {}, overrides)}
 
 
 def write_sweep(
