@@ -127,6 +127,34 @@ def test_report_and_dashboard_work_on_a_lightning_cli_study(capsys):
     assert json.loads(capsys.readouterr().out)["project"] == "ablate"  # $WANDB_PROJECT unset, as in the sweep
 
 
+RUN_FILES = ("confusion.json", "predictions.png", "predictions.npz", "erf.png")
+
+
+def test_table_and_report_read_a_projects_run_folders_as_a_built_in_studys(capsys):
+    import base64
+
+    from ablate.report import main as report
+    from ablate.table import main as table
+
+    assert main([ABLATION, *TINY, "--n-trials", "2", "--seeds", "0,1", "trainer.max_epochs=1"]) == 0
+    folders = sorted(Path(f"runs/{STUDY}").glob("t*-s*"))
+    assert len(folders) == 4 and all((f / name).is_file() for f in folders for name in RUN_FILES)  # ablate.callbacks
+    runs = {f.name: json.loads((f / "summary.json").read_text()) for f in folders}
+    capsys.readouterr()
+    assert table(["--study", STUDY, "--format", "json", "--no-latency"]) == 0
+    for t, row in zip(trials(), sorted(json.loads(capsys.readouterr().out), key=lambda r: r["trials"])):
+        mine = [runs[f"t{t.number}-s{s}"] for s in (0, 1)]
+        assert row["latency_ms"] == min(r["latency_ms"] for r in mine) > 0  # what the project's runs recorded
+    assert report(["--study", STUDY]) == 0
+    page = Path(f"runs/{STUDY}/report.html").read_text()
+    for t in trials():
+        lowest = Path(f"runs/{STUDY}/t{t.number}-s0")
+        for name in ("erf.png", "predictions.png"):  # the lowest seed's images, inline
+            assert base64.b64encode((lowest / name).read_bytes()).decode() in page, name
+    assert "no run folder of this study has per-class IoU" not in page and "plot-iou" in page
+    assert "<th>erf/r50_px</th>" in page and "no run folder has erf.png" not in page
+
+
 def test_dry_run_resolves_every_grid_point_through_the_projects_parser(capsys):
     assert main([ABLATION, "--dry-run"]) == 0
     out = capsys.readouterr().out
