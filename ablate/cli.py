@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import logging.handlers
+import re
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
@@ -34,6 +40,61 @@ def error(message: object, exit_code: int = 2) -> int:
 def warn(message: object) -> None:
     """Print 'warning: MESSAGE' (the message literally)."""
     console.print(Text.assemble(("warning: ", "yellow"), str(message)))
+
+
+# Warnings from dependencies that a user of ablate cannot act on: kept in the run's log, never on the console.
+NOISE = re.compile(r"`isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's _pytree on torch >= 2.9
+RUN_LOG = "run.log"  # in each run folder: Lightning's messages and every warning of the run
+_LIGHTNING = ("lightning.pytorch", "lightning.fabric")
+_run_logs: list[logging.Handler] = []  # the open run's log file (a stack: runs do not nest, but stay safe)
+
+
+def quiet_dependencies() -> None:
+    """The console gets ablate's own lines and the warnings a user can act on; Lightning's info lines (banners,
+    tips) and the dependency warnings in NOISE go only to the open run's log (`run_log`)."""
+    for name in _LIGHTNING:
+        for handler in logging.getLogger(name).handlers:  # Lightning's own console handler (none: root's)
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+    if getattr(warnings.showwarning, "__module__", None) != __name__:
+        warnings.showwarning = _showwarning(warnings.showwarning)
+
+
+def _showwarning(show):
+    shown: set[str] = set()  # the console shows a warning once per process, however many runs raise it
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+        for handler in _run_logs:
+            handler.handle(logging.LogRecord("py.warnings", logging.WARNING, filename, lineno, text, None, None))
+        if not NOISE.search(str(message)) and text not in shown:
+            shown.add(text)
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
+@contextlib.contextmanager
+def run_log(folder: str | Path):
+    """Lightning's log records and every warning raised inside go to `folder`/run.log (appended), written as the
+    block ends: the run's own loggers find the folder as they left it."""
+    file = logging.FileHandler(Path(folder) / RUN_LOG, encoding="utf-8", delay=True)
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = logging.handlers.MemoryHandler(1_000_000, flushLevel=logging.CRITICAL + 1, target=file)
+    loggers = [logging.getLogger(name) for name in _LIGHTNING]
+    for logger in loggers:
+        logger.addHandler(handler)
+    _run_logs.append(handler)
+    try:
+        yield handler
+    finally:
+        _run_logs.remove(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
+        if handler.buffer:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        handler.close()
+        file.close()
 
 
 def parser(prog: str, doc: str | None, inputs: str | None = None) -> argparse.ArgumentParser:

@@ -44,7 +44,7 @@ def wandb_logger(
     )
     folder = Path(save_dir).resolve()  # absolute: W&B's service process keeps the cwd it started in
     folder.mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    logger = WandbLogger(
         project=project or os.environ.get("WANDB_PROJECT") or "ablate",
         entity=entity or os.environ.get("WANDB_ENTITY"),
         mode=mode,
@@ -52,6 +52,9 @@ def wandb_logger(
         settings=settings,
         **run,
     )
+    if logger._wandb_init.get("anonymous") is None:  # Lightning passes anonymous=None, W&B warns it is deprecated
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def wandb_mode(cfg: RunConfig | None) -> str:

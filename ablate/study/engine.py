@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -16,7 +15,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from ablate.cli import console, error
+from ablate.cli import console, error, quiet_dependencies, run_log
 from ablate.config import flatten
 from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
@@ -102,7 +101,7 @@ class Objective:
                     "prune": bool(prune),
                 }
             )  # DDP ranks train the same
-            with naming(output):  # a full disk often says so without the file: the run folder then
+            with naming(output), run_log(output):  # a full disk often says so without the file: the run folder then
                 summary = self.target.fit(
                     config,
                     seed,
@@ -313,8 +312,9 @@ def progress(total: int, started: float):
 
 
 def quiet() -> None:
-    """Our own progress line says it once: no Optuna per-trial logs, no Lightning banners per run."""
+    """Our own progress line says it once: no Optuna per-trial logs; Lightning's banners and the dependency
+    warnings a user cannot act on go to each run's log (`ablate.cli.run_log`), not the console."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, stale trials
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    quiet_dependencies()
