@@ -150,14 +150,16 @@ def small_config(device: torch.device, quick: bool, **extra):
     return load_config(ROOT / "experiments/base.yaml", overrides)
 
 
-def plain_loop(cfg, device: torch.device) -> float:
-    """The same trial by hand: data, model, AdamW + poly schedule, every epoch a validation mIoU."""
+def plain_loop(cfg, device: torch.device) -> dict:
+    """The same trial by hand: data, model, AdamW + poly schedule, every epoch a validation mIoU. Returns the
+    seconds of its parts (setup, train, validation; as `run_time.split` names them) and the best mIoU."""
     import lightning as L
     import torch.nn.functional as F
 
     from ablate.data import create_datamodule
     from ablate.run.model import SegmentationModel
 
+    start = time.perf_counter()
     dm = create_datamodule(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     m = cfg.model
@@ -174,42 +176,68 @@ def plain_loop(cfg, device: torch.device) -> float:
     train, val = dm.train_dataloader(), dm.val_dataloader()
     total = cfg.trainer["max_epochs"] * len(train)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(1 - s / total, 0) ** cfg.optim.poly_power)
-    best = 0.0
+    parts = {"setup": time.perf_counter() - start, "train": 0.0, "validation": 0.0, "best": 0.0}
     for _ in range(cfg.trainer["max_epochs"]):
         model.train()
+        start = time.perf_counter()
         for x, y in train:
             loss = F.cross_entropy(model(x.to(device)), y.to(device), ignore_index=255)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        model.eval()
-        conf = torch.zeros(n, n, dtype=torch.long, device=device)
-        with torch.no_grad():
-            for x, y in val:
-                y = y.to(device)
-                pred = model(x.to(device)).argmax(1)
-                keep = y != 255
-                conf += torch.bincount(y[keep] * n + pred[keep], minlength=n * n).view(n, n)
-        union = conf.sum(0) + conf.sum(1) - conf.diag()
-        best = max(best, (conf.diag()[union > 0] / union[union > 0]).mean().item())
-    return best
+        sync(device)
+        parts["train"] += time.perf_counter() - start
+        start = time.perf_counter()
+        parts["best"] = max(parts["best"], validate(model, val, n, device))
+        parts["validation"] += time.perf_counter() - start
+    return parts
+
+
+def validate(model, val, n: int, device: torch.device) -> float:
+    """mIoU of `model` over the `val` batches, from the confusion matrix."""
+    model.eval()
+    conf = torch.zeros(n, n, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for x, y in val:
+            y = y.to(device)
+            pred = model(x.to(device)).argmax(1)
+            keep = y != 255
+            conf += torch.bincount(y[keep] * n + pred[keep], minlength=n * n).view(n, n)
+    union = conf.sum(0) + conf.sum(1) - conf.diag()
+    return (conf.diag()[union > 0] / union[union > 0]).mean().item()
 
 
 def bench_overhead(device: torch.device, quick: bool) -> dict:
+    """One trial through `ablate.run.fit.run` vs `plain_loop`, interleaved; each part's median seconds."""
+    from run_time import Marks, split
+
     from ablate.run.fit import run
 
     cfg = small_config(device, quick)
+    parts = {"ablate": [], "plain": []}
+
+    def ablate(tmp: str) -> None:
+        marks, start = Marks(), time.perf_counter()
+        run(cfg, Path(tmp) / f"r{time.time_ns()}", callbacks=[marks])
+        parts["ablate"].append(split(marks, start, time.perf_counter()))
+
     with tempfile.TemporaryDirectory() as tmp:
-        calls = {"ablate": lambda: run(cfg, Path(tmp) / f"r{time.time_ns()}"), "plain": lambda: plain_loop(cfg, device)}
+        calls = {"ablate": lambda: ablate(tmp), "plain": lambda: parts["plain"].append(plain_loop(cfg, device))}
         with contextlib.redirect_stdout(io.StringIO()):
             times = interleaved(calls, repeats=3, device=device, warmup=1)
     steps = cfg.trainer["max_epochs"] * (cfg.data.train_size // cfg.data.batch_size)
+    median = {
+        name: {k: statistics.median(p[k] for p in runs[-3:]) for k in runs[-1] if k != "best"}
+        for name, runs in parts.items()
+    }
     return {
         "steps": steps,
         "s/ablate": times["ablate"],
         "s/plain": times["plain"],
         "overhead_vs_plain": times["ablate"] / times["plain"],
+        "parts/ablate": median["ablate"],  # setup, train, validation, callbacks, end (benchmarks/run_time.py)
+        "parts/plain": median["plain"],  # setup, train, validation
     }
 
 
@@ -451,6 +479,13 @@ def show(results: dict) -> None:
         console.print(
             f"one trial ({o['steps']} steps + validation): ablate {o['s/ablate']:.1f} s, plain loop "
             f"{o['s/plain']:.1f} s, overhead_vs_plain {o['overhead_vs_plain']:.3f}"
+        )
+        a, b = o["parts/ablate"], o["parts/plain"]
+        console.print(
+            "  parts, ablate vs plain: "
+            + ", ".join(
+                f"{k} {a[k]:.2f} / {b.get(k, 0.0):.2f} s ({(a[k] - b.get(k, 0.0)) / o['s/plain']:+.1%})" for k in a
+            )
         )
     if "peak" in results:
         p = results["peak"]
