@@ -9,7 +9,8 @@ import pytest
 from statsmodels.stats.anova import anova_lm
 
 from ablate.results import factorial
-from ablate.results.factorial import MIN_RESIDUAL_DF, decidable_note, factorial_effects
+from ablate.results.factorial import MIN_RESIDUAL_DF, factorial_effects
+from ablate.results.formats import decidable_note
 from ablate.results.stats import holm
 
 

@@ -54,19 +54,6 @@ def factorial_effects(
     return terms + [_not_testable(pair, names, reason) for pair, reason in untested]
 
 
-def decidable_note(effects: list[dict], alpha: float = 0.05) -> str | None:
-    """A line for under the table when the runs bound what can be decided: the least p the permutations give any
-    term (p_floor), times the number of terms Holm corrects over, is not below α. None when a term can be called."""
-    tested = [e for e in effects if e["p_value"] is not None]
-    if not tested or min(e["p_floor"] for e in tested) * len(tested) < alpha:
-        return None
-    least = min(e["p_floor"] for e in tested)
-    return (
-        f"No term can be called with these runs: however large an effect, its permutation p is at least {least:.3g}, "
-        f"and Holm over {len(tested)} terms needs one below {alpha / len(tested):.3g}. More seeds a variant lift this."
-    )
-
-
 def _observations(rows: list[dict]) -> tuple:
     """A frame of one row per seed value (factors renamed x0, x1, … for the formula; its seed) and factor names."""
     import pandas as pd

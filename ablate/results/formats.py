@@ -272,10 +272,21 @@ def effects_cells(term: dict) -> list[str]:
     return [term["term"], *numbers, term["test"], _opt(term["effect"], ".2f"), fmt_levels(term)]
 
 
-def effects_caption(effects: list[dict], alpha: float) -> str:
-    """EFFECTS_NOTE, and what the runs cannot decide when they bound it (ablate.results.factorial.decidable_note)."""
-    from ablate.results.factorial import decidable_note
+def decidable_note(effects: list[dict], alpha: float = 0.05) -> str | None:
+    """A line for under the table when the runs bound what can be decided: the least p the permutations give any
+    term (p_floor), times the number of terms Holm corrects over, is not below α. None when a term can be called."""
+    tested = [e for e in effects if e["p_value"] is not None]
+    if not tested or min(e["p_floor"] for e in tested) * len(tested) < alpha:
+        return None
+    least = min(e["p_floor"] for e in tested)
+    return (
+        f"No term can be called with these runs: however large an effect, its permutation p is at least {least:.3g}, "
+        f"and Holm over {len(tested)} terms needs one below {alpha / len(tested):.3g}. More seeds a variant lift this."
+    )
 
+
+def effects_caption(effects: list[dict], alpha: float) -> str:
+    """EFFECTS_NOTE, and what the runs cannot decide when they bound it (decidable_note)."""
     return " ".join(filter(None, [EFFECTS_NOTE, decidable_note(effects, alpha)]))
 
 
