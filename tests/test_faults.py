@@ -19,6 +19,19 @@ from ablate.sweep import main as sweep
 
 LR = {"optim.lr": {"choices": [0.001, 0.002]}}
 
+
+@pytest.fixture(autouse=True)
+def _necks_unregistered():
+    """The necks these tests register in this process leave with them: test_neck_injection, in the same process
+    under xdist, compares the registry with ablate's own neck classes."""
+    from ablate.necks import registry
+
+    saved = dict(registry._NECKS)
+    yield
+    registry._NECKS.clear()
+    registry._NECKS.update(saved)
+
+
 OOM_NECK = """
 import torch
 from ablate.necks import register_neck

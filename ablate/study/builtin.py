@@ -39,8 +39,9 @@ class BuiltinTarget:
         `data.on_device`."""
         import torch
 
+        from ablate.callbacks.efficiency import count_params
         from ablate.data import create_datamodule
-        from ablate.run.model import SegmentationModel, count_params
+        from ablate.run.model import SegmentationModel
 
         cfg, outputs = from_dict(self.sweep.base), []
         dm, m = create_datamodule(cfg), cfg.model  # the base config's data: generated or read once
