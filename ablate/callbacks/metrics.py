@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from ablate.callbacks.convention import (
     IGNORE_INDEX,
@@ -31,17 +31,16 @@ def class_iou(matrix: np.ndarray) -> np.ndarray:
 
 
 def make_metrics(n: int, ignore_index: int) -> MetricCollection:
-    """mIoU (macro: classes absent from both prediction and target excluded), per-class IoU, pixel accuracy and
-    the confusion matrix, all torchmetrics; the three confusion-matrix metrics share one update."""
+    """mIoU (macro: classes absent from both prediction and target excluded), per-class IoU and the confusion
+    matrix, all torchmetrics, sharing one update (pixel accuracy is the matrix's trace over its sum)."""
     jaccard = {"ignore_index": ignore_index, "validate_args": False}
     return MetricCollection(
         {
             "mIoU": MulticlassJaccardIndex(n, average="macro", **jaccard),
             "IoU": MulticlassJaccardIndex(n, average="none", zero_division=float("nan"), **jaccard),
-            "pixel_acc": MulticlassAccuracy(n, average="micro", ignore_index=ignore_index, validate_args=False),
             "confusion": MulticlassConfusionMatrix(n, ignore_index=ignore_index, validate_args=False),
         },
-        compute_groups=[["mIoU", "IoU", "confusion"], ["pixel_acc"]],
+        compute_groups=[["mIoU", "IoU", "confusion"]],
     )
 
 
@@ -94,7 +93,8 @@ class SegmentationMetrics(ConventionCallback):
         if not self.active or self.metrics is None:
             return
         values = self.metrics.compute()  # every rank takes part in the sync
-        ours = {"val/mIoU": values["mIoU"], "val/pixel_acc": values["pixel_acc"]}
+        confusion = values["confusion"]
+        ours = {"val/mIoU": values["mIoU"], "val/pixel_acc": confusion.trace() / confusion.sum().clamp(min=1)}
         ours.update({f"val/IoU/{c}": v for c, v in zip(self.classes, values["IoU"]) if not v.isnan()})
         self._add(trainer, ours)  # also in the sanity check, so a callback checking the metric sees it there
         if trainer.sanity_checking:
