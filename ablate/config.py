@@ -43,6 +43,7 @@ class DataConfig:
     train_size: int = 512  # synthetic data only
     val_size: int = 128
     seed: int = 0  # the data's own seed: the same images for every run seed
+    shape_kinds: int = 3  # shapes: objects are disks, squares, diamonds (3), disks and squares (2), disks (1)
     classes: list | None = None  # folder only: class names (line k = mask value k), instead of classes.txt
     train_split: str | None = None  # files: null = the dataset's standard (voc: train; train_aug = +SBD)
     val_split: str | None = None
@@ -89,6 +90,7 @@ CHOICES = {
     "model.output_stride": (8, 16, 32),
     "data.name": DATASETS,
     "data.val_mode": ("full", "slide"),
+    "data.shape_kinds": (1, 2, 3),
     "optim.name": ("adamw", "sgd"),
     "optim.schedule": ("poly", "cosine", "none"),
     "wandb.mode": (None, "offline", "online", "disabled"),

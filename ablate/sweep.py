@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers",
         type=_workers,
-        default=1,
-        help="workers on this machine, each training one trial at a time (default 1), forked from this "
+        help="workers on this machine, each training one trial at a time (default: the sweep's study.workers, "
+        "1 unless it says otherwise; the default sweep says auto), forked from this "
         "command once it has imported everything; 'auto': as many as the cores, the GPUs' free memory "
         "(or the system's) and the trials allow, saying why; the same command on other machines joins "
         "the same study",
@@ -74,6 +74,8 @@ def _workers(text: str) -> int | str:
 
 
 def _sweep(args, argv: list[str]) -> int:
+    import torch
+
     from ablate.results.summary import run_and_show
     from ablate.study.engine import Interrupt, quiet
     from ablate.study.gpus import plan_gpus
@@ -83,15 +85,16 @@ def _sweep(args, argv: list[str]) -> int:
     from ablate.study.storage import resolve
     from ablate.study.targets import make_target
 
-    if args.workers != 1 or args.gpus:
-        before_fork()
+    threads = before_fork()  # the sweep file may ask for workers (study.workers)
     Interrupt.install()  # Ctrl-C and SIGTERM fail the running trial (and queue it again), never orphan it
     quiet()
     path, overrides = cli.split_inputs(args.inputs)
     sweep = _with_flags(load_sweep(path, overrides), args)
     target = make_target(sweep)
-    workers = auto_workers(sweep, target, args.gpus) if args.workers == "auto" else args.workers
+    workers = auto_workers(sweep, target, args.gpus) if sweep.study.workers == "auto" else sweep.study.workers
     gpus = plan_gpus(workers, args.gpus, sweep)  # a bad --gpus stops here, before anything trains
+    if workers == 1 and not gpus:
+        torch.set_num_threads(threads)  # no fork: this process trains, on every core
     if args.dry_run:
         return dry_run(sweep, target)
     try:
@@ -139,6 +142,8 @@ def _with_flags(sweep, args):
         changes["study"] = dataclasses.replace(changes["study"], name=args.study)
     if args.storage_timeout is not None:
         changes["study"] = dataclasses.replace(changes["study"], storage_timeout=args.storage_timeout)
+    if args.workers is not None:
+        changes["study"] = dataclasses.replace(changes["study"], workers=args.workers)
     if args.n_trials is not None:
         changes["n_trials"] = args.n_trials
     if args.seeds:

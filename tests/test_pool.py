@@ -136,3 +136,25 @@ def test_a_bad_workers_value_is_refused_naming_it(value, capsys):
     with pytest.raises(SystemExit):
         main([write_sweep(), "--workers", value])
     assert f"'{value}': give 1 or more workers, or 'auto'" in capsys.readouterr().err
+
+
+def test_the_sweep_file_can_ask_for_workers_and_the_flag_overrides_it():
+    """study.workers (the default sweep says auto): the command forks them; --workers 1 trains in this process."""
+    path = write_sweep(space=WIDTHS, n_trials=2, seeds=(0,), workers=2)
+    outs = {}
+    for name, flags in {"file": (), "flag": ("--workers", "1")}.items():
+        proc = sweep(path, f"sqlite:///runs/{name}.db", *flags)
+        outs[name] = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, outs[name]
+    assert "started 2 workers" in outs["file"] and "started" not in outs["flag"]
+    from ablate.study.space import load_sweep
+
+    assert load_sweep(None).study.workers == "auto"  # the packaged default sweep
+
+
+@pytest.mark.parametrize("value", [0, "two", 1.5])
+def test_a_bad_study_workers_is_refused_naming_it(value, capsys):
+    from ablate.sweep import main
+
+    assert main([write_sweep(workers=value), "--dry-run"]) == 2
+    assert f"study.workers (--workers) must be 1 or more, or auto; got {value!r}" in capsys.readouterr().err

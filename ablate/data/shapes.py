@@ -1,4 +1,5 @@
-"""Synthetic shapes whose class needs context: shape (needs a receptive field) x scene (needs global pooling)."""
+"""Synthetic shapes whose class needs context: shape (needs a receptive field) x scene (needs global pooling);
+with `data.shape_kinds=1` every object is a disk and the class is the scene alone."""
 
 from __future__ import annotations
 
@@ -16,12 +17,19 @@ from ablate.errors import ConfigError
 
 SHAPES = ("disk", "square", "diamond")
 SCENES = ("red", "blue")  # the majority colour of the marker dots scattered over the background
-CLASSES = ("background",) + tuple(f"{shape}/{scene}" for scene in SCENES for shape in SHAPES)
 MARKER_RGB = np.array([[0.95, 0.15, 0.15], [0.15, 0.25, 0.95]], np.float32)
 MEAN, STD = 0.5, 0.25
 
 
-def make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def class_names(kinds: int = len(SHAPES)) -> tuple[str, ...]:
+    """background, then each of the first `kinds` shapes in each scene (kinds 3: CLASSES)."""
+    return ("background",) + tuple(f"{shape}/{scene}" for scene in SCENES for shape in SHAPES[:kinds])
+
+
+CLASSES = class_names()
+
+
+def make_image(rng: np.random.Generator, size: int, kinds: int = len(SHAPES)) -> tuple[np.ndarray, np.ndarray]:
     """One (3, S, S) uint8 image and its (S, S) uint8 mask.
 
     The scene is a vote: 16-24 small dots, 65-85 % of them in the scene's colour, spread over the free
@@ -29,24 +37,25 @@ def make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
     (what the pooling branch computes) cannot. Objects are flat, lighter or darker than the background,
     26-102 px across at 128 px: the interior of a large object says nothing about its shape, which has to
     be read from a boundary far away. An image whose dots do not all fit beside its objects is redrawn.
+    `kinds`: objects take the first 1-3 of SHAPES; with 1 (all disks) the class is the scene alone.
     """
-    while (drawn := _draw(rng, size)) is None:
+    while (drawn := _draw(rng, size, kinds)) is None:
         pass
     return drawn
 
 
-def _draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _draw(rng: np.random.Generator, size: int, kinds: int) -> tuple[np.ndarray, np.ndarray] | None:
     scene = int(rng.integers(len(SCENES)))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     base = rng.uniform(0.3, 0.7, size=3).astype(np.float32)
     image = np.repeat(base[:, None, None], size, axis=1).repeat(size, axis=2)
     mask = np.zeros((size, size), np.uint8)
     for _ in range(int(rng.integers(1, 5))):  # later objects occlude earlier ones
-        shape = int(rng.integers(len(SHAPES)))
+        shape = int(rng.integers(kinds))
         radius = np.exp(rng.uniform(np.log(0.1 * size), np.log(0.4 * size)))
         cy, cx = rng.uniform(0, size, size=2)
         inside = _shape_mask(SHAPES[shape], (yy - cy) / radius, (xx - cx) / radius)
-        mask[inside] = 1 + scene * len(SHAPES) + shape
+        mask[inside] = 1 + scene * kinds + shape
         image[:, inside] = np.clip(base + rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4), 0, 1)[:, None]
     count = int(rng.integers(16, 25))
     major = round(count * rng.uniform(0.65, 0.85))
@@ -78,10 +87,10 @@ def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     return np.abs(dy) + np.abs(dx) <= 1.253  # diamond
 
 
-def make_split(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_split(n: int, size: int, seed: int, kinds: int = len(SHAPES)) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images (N, 3, S, S) uint8 and masks (N, S, S) uint8, the same for the same seed."""
     rng = np.random.default_rng(seed)
-    images, masks = zip(*(make_image(rng, size) for _ in range(n)))
+    images, masks = zip(*(make_image(rng, size, kinds) for _ in range(n)))
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
 
 
@@ -135,10 +144,11 @@ def generated(data_cfg) -> tuple[TensorSegmentation, TensorSegmentation]:
     worker shares them, and so do the workers forked from the command that generated them (read-only)."""
     key = json.dumps({k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in LOADING}, sort_keys=True)
     if key not in _GENERATED:
-        size, seed = data_cfg.image_size, data_cfg.seed
-        train, val = make_split(data_cfg.train_size, size, seed), make_split(data_cfg.val_size, size, seed + 10_000)
+        size, seed, kinds = data_cfg.image_size, data_cfg.seed, data_cfg.shape_kinds
+        train = make_split(data_cfg.train_size, size, seed, kinds)
+        val = make_split(data_cfg.val_size, size, seed + 10_000, kinds)
         for name, (_, masks) in (("shapes train", train), ("shapes val", val)):
-            check_labels(masks, len(CLASSES), name)
+            check_labels(masks, len(class_names(kinds)), name)
         if len(_GENERATED) >= 4:  # a sweep over the data itself: keep the latest few
             del _GENERATED[next(iter(_GENERATED))]
         _GENERATED[key] = TensorSegmentation(*train), TensorSegmentation(*val)
@@ -148,12 +158,11 @@ def generated(data_cfg) -> tuple[TensorSegmentation, TensorSegmentation]:
 class ShapesDataModule(L.LightningDataModule):
     """The built-in synthetic data: generated once from `data.seed`, kept in memory."""
 
-    classes = CLASSES
     mean, std = (MEAN,) * 3, (STD,) * 3  # of the normalization, to show images as they were
 
     def __init__(self, data_cfg):
         super().__init__()
-        self.cfg = data_cfg
+        self.cfg, self.classes = data_cfg, class_names(data_cfg.shape_kinds)
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -27,13 +27,16 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def before_fork() -> None:
-    """Called first by a command that will fork: torch on one thread until then (each worker sets its own), and
-    torch's CUDA checks through NVML, which leaves CUDA itself untouched for the workers."""
+def before_fork() -> int:
+    """Called first by a command that may fork: torch on one thread until then (each worker sets its own), and
+    torch's CUDA checks through NVML, which leaves CUDA itself untouched for the workers. Returns torch's thread
+    count before, for a command that ends up training in its own process."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    return threads
 
 
 def check_fork_safe() -> None:

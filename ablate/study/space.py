@@ -37,6 +37,7 @@ class StudyConfig:
     race: bool = False  # after the planned trials, race the variants to the best (ablate.study.race)
     storage_timeout: int = 300  # seconds a worker waits out a storage outage before it stops (ablate.study.outage)
     moderate: bool = True  # the moderated t across rows (ablate.results.moderated); false: the plain paired/Welch t
+    workers: int | str = 1  # workers this command forks (--workers): a count, or "auto" (cores, GPUs, memory)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def validate_sweep(sweep: SweepConfig) -> None:
     ):
         check_choice(key, value, choices)
     check_path_name("study.name (--study)", s.name)
+    if s.workers != "auto" and (type(s.workers) is not int or s.workers < 1):
+        raise ConfigError(f"study.workers (--workers) must be 1 or more, or auto; got {s.workers!r}")
     for key in ("heartbeat_interval", "grace_period", "storage_timeout"):
         if type(getattr(s, key)) is not int or getattr(s, key) < 1:
             raise ConfigError(f"study.{key} must be a positive number of seconds; got {getattr(s, key)!r}")
