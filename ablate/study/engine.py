@@ -305,7 +305,7 @@ def progress(total: int, started: float):
         elapsed = time.time() - started
         console.print(
             f"[{n}] trial {trial.number} {trial.state.name.lower()}{value}{reason}  "
-            f"{trial.user_attrs.get('variant', '')}  ({elapsed / 60:.1f} min)"
+            f"{trial.user_attrs.get('variant', '')}  ({elapsed / 60:.1f} min into the study)"
         )
 
     return show
