@@ -76,7 +76,7 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
         logger=loggers,
         callbacks=[timer, *shown, *progress, *callbacks],
         enable_progress_bar=tty,
-        **{"enable_model_summary": False, **cfg.trainer},  # our own params line, not Lightning's table per run
+        **{"enable_model_summary": False, "num_sanity_val_steps": 1, **cfg.trainer},  # our params line; 1 sanity batch
     )
     try:
         trainer.fit(module, datamodule=datamodule)
