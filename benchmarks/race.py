@@ -1,13 +1,13 @@
 """Racing (`--race`) against the full grid with fixed seeds and against the median pruner on the first seed.
 
-    python benchmarks/race.py [--reps 1000] [--out benchmarks/results/race.json]
+    python benchmarks/race.py [--reps 1000] [--no-moderation] [--out benchmarks/results/race.json]
 
 No training: each variant's value on a seed is drawn as in `benchmarks/until_decided.py` (normal, or bimodal like
 the built-in data: a run learns the scene or stays near 0.40; plus a shift each seed gives every variant). Per
 scenario and repetition, on the same draws:
 - race: every variant of the grid runs the planned seeds; then looks and rounds as `--race` takes them (the field
-  compared with its leader at the α per look, those decided worse out for good, `plan_race` for the rest, up to
-  max_seeds); the pick is the leader;
+  compared with its leader by the moderated t, or the plain t with --no-moderation, at that t's α per look, those
+  decided worse out for good, `plan_race` for the rest, up to max_seeds); the pick is the leader;
 - fixed: every variant K seeds, the pick the best mean (K = max_seeds is the "full grid x fixed seeds" the goal
   is measured against; the smallest K that picks as well as the race is shown too);
 - pruner: every variant the planned seeds, Optuna's MedianPruner as a sweep configures it (`pruner: median`)
@@ -33,6 +33,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import until_decided  # noqa: E402
 from until_decided import ALPHA, GRID, VERDICTS, Scenario, bimodal, decide, draw, normal, save  # noqa: E402
 
 from ablate.study.decide import first_look, look_alpha  # noqa: E402
@@ -109,7 +110,8 @@ def truth_ok(s: Scenario) -> np.ndarray:
 
 def race(s: Scenario, values: np.ndarray, check: bool = False) -> tuple[int, int, int]:
     """One repetition of --race on (variants, seeds) values: (the pick's index, runs, looks)."""
-    names, alpha = list(s.variants), look_alpha(ALPHA, first_look(s.seeds), s.max_seeds)
+    moderate = until_decided.MODERATE  # decide() reads it too
+    names, alpha = list(s.variants), look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, moderate)
     used, out, looks = {v: set(range(s.seeds)) for v in names}, set(), 0
     while True:
         looks += 1
@@ -122,7 +124,8 @@ def race(s: Scenario, values: np.ndarray, check: bool = False) -> tuple[int, int
         worse = [r["variant"] for r, c in zip(field, codes) if VERDICTS[c] == "worse"]
         if check:  # the library's look eliminates the same
             rows = [{**r, "mean": float(np.mean(list(r["seeds"].values())))} for r in field]
-            assert look(rows, set(), margin=s.margin, alpha=alpha, direction="maximize")[2] == worse, (s.name, rows)
+            got = look(rows, set(), margin=s.margin, alpha=alpha, direction="maximize", moderate=moderate)[2]
+            assert got == worse, (s.name, rows)
         for r, c, ok in zip(field, codes, within):
             r["verdict"] = "baseline" if r is field[b] else VERDICTS[c]
             r["seeds_needed"] = s.max_seeds if ok else s.max_seeds + 1  # only "within max_seeds or not" matters
@@ -206,7 +209,9 @@ def main() -> int:
     p.add_argument("--check", type=int, default=5, help="repetitions whose looks also go through ablate.study.race")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--no-moderation", action="store_true", help="the plain paired t of every row, as before")
     args = p.parse_args()
+    until_decided.MODERATE = not args.no_moderation
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng, started, results = np.random.default_rng(args.seed), time.time(), {}
     for s in SCENARIOS:

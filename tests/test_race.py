@@ -9,6 +9,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 from test_until_decided import SimTarget, sim_sweep
 
+from ablate.results.rows import study_rows
 from ablate.results.summary import show_results
 from ablate.study.decide import PLAN, ROUND, first_look, look_alpha, plan_round
 from ablate.study.engine import run_study
@@ -23,6 +24,15 @@ TRUTH = {
     "mid": ("normal", 0.70, 0.006),  # 2 points below: out once a few seeds show it
     "bimodal": ("bimodal", 0.5, 0.75, 0.40, 0.01),
 }
+# alike noise in every row, two rows 2.5 and 3 points below the best: the moderated t's prior (the field's common
+# spread) decides them on fewer seeds than each row's own t on n - 1 degrees of freedom
+FIELD = {
+    "top": ("normal", 0.72, 0.004),
+    "near": ("normal", 0.7195, 0.004),
+    "low": ("normal", 0.695, 0.004),
+    "lower": ("normal", 0.69, 0.004),
+    "far": ("normal", 0.60, 0.004),
+}
 
 
 def row(variant: str, values) -> dict:
@@ -36,7 +46,7 @@ def row(variant: str, values) -> dict:
 def test_a_row_decided_worse_than_the_leader_leaves_the_field_and_the_p_is_the_paired_t():
     leader, worse = [0.70, 0.72, 0.71], [0.62, 0.65, 0.63]
     rows = [row("worse", worse), row("leader", leader)]
-    best, field, out = look(rows, set(), margin=1.0, alpha=0.05, direction="maximize")
+    best, field, out = look(rows, set(), margin=1.0, alpha=0.05, direction="maximize", moderate=True)
     assert best["variant"] == "leader" and out == ["worse"] and [r["variant"] for r in field] == ["leader"]
     assert rows[0]["p_value"] == pytest.approx(scipy_stats.ttest_rel(worse, leader).pvalue)  # one comparison
     assert rows[0]["delta"] == pytest.approx(100 * (np.mean(worse) - np.mean(leader)))
@@ -44,10 +54,10 @@ def test_a_row_decided_worse_than_the_leader_leaves_the_field_and_the_p_is_the_p
 
 def test_the_leader_is_the_best_of_the_field_and_an_eliminated_row_never_comes_back():
     rows = [row("gone", [0.80, 0.80, 0.81]), row("a", [0.70, 0.72, 0.71]), row("b", [0.70, 0.719, 0.712])]
-    best, field, out = look(rows, {"gone"}, margin=1.0, alpha=0.05, direction="maximize")
+    best, field, out = look(rows, {"gone"}, margin=1.0, alpha=0.05, direction="maximize", moderate=True)
     assert best["variant"] == "b" and {r["variant"] for r in field} == {"a", "b"} and out == []
     assert "verdict" not in rows[0]  # not compared at all: out of the field
-    best, _, _ = look(rows, {"gone"}, margin=1.0, alpha=0.05, direction="minimize")
+    best, _, _ = look(rows, {"gone"}, margin=1.0, alpha=0.05, direction="minimize", moderate=True)
     assert best["variant"] == "a"  # the leader follows the direction
 
 
@@ -58,10 +68,10 @@ def test_holm_runs_over_the_field_so_a_larger_field_eliminates_less():
     p = scipy_stats.ttest_rel(marginal, leader).pvalue
     assert 0.05 / 4 < p < 0.05
     alone = [row("leader", leader), row("marginal", marginal)]
-    assert look(alone, set(), margin=None, alpha=0.05, direction="maximize")[2] == ["marginal"]
+    assert look(alone, set(), margin=None, alpha=0.05, direction="maximize", moderate=True)[2] == ["marginal"]
     others = [row(f"null{i}", leader + 0.018 + rng.normal(0, 0.002, 4)) for i in range(3)]  # 0.2 points below
     crowd = [row("leader", leader + 0.02), row("marginal", marginal + 0.02), *others]
-    best, field, out = look(crowd, set(), margin=None, alpha=0.05, direction="maximize")
+    best, field, out = look(crowd, set(), margin=None, alpha=0.05, direction="maximize", moderate=True)
     compared = [r for r in crowd if r is not best]
     assert [r["p_adjusted"] for r in compared] == pytest.approx(
         list(multipletests([r["p_value"] for r in compared], method="holm")[1])
@@ -77,7 +87,7 @@ def test_equivalent_and_eliminated_rows_get_no_seed_open_ones_one_paired_with_th
         row("far", [0.50, 0.52, 0.51]),
         row("open", [0.69, 0.73, 0.70]),
     ]
-    best, field, out = look(rows, set(), margin=1.0, alpha=0.05, direction="maximize")
+    best, field, out = look(rows, set(), margin=1.0, alpha=0.05, direction="maximize", moderate=True)
     verdicts = {r["variant"]: r["verdict"] for r in rows}
     assert verdicts == {"leader": "baseline", "same": "equivalent", "far": "worse", "open": "undecided"}
     assert out == ["far"]
@@ -87,7 +97,7 @@ def test_equivalent_and_eliminated_rows_get_no_seed_open_ones_one_paired_with_th
 
 def test_the_race_ends_only_with_a_leader_on_max_seeds_seeds():
     rows = [row("lucky", [0.75, 0.76]), row("far", [0.40, 0.41]), row("close", [0.74, 0.752])]
-    best, field, out = look(rows, set(), margin=5.0, alpha=0.05, direction="maximize")
+    best, field, out = look(rows, set(), margin=5.0, alpha=0.05, direction="maximize", moderate=True)
     assert best["variant"] == "lucky" and all(r["verdict"] != "undecided" for r in field if r is not best)
     used = {r["variant"]: {0, 1} for r in rows}
     assert plan_round(field, best, used, 8) == {}  # nothing open ...
@@ -161,6 +171,58 @@ def test_a_larger_n_trials_adds_new_variants_and_prunes_a_draw_of_an_eliminated_
     again = [t for t in optuna.load_study(study_name="race", storage=URL).get_trials() if t.params == params]
     assert again[-1].state == optuna.trial.TrialState.PRUNED
     assert again[-1].user_attrs["fail_reason"] == "eliminated from the race at look 1"
+
+
+@pytest.fixture(scope="module")
+def moderated_and_plain(tmp_path_factory):
+    """FIELD raced twice through the real loop on SQLite: study.moderate true (the default) and false
+    (--no-moderation): {moderate: (the study, the runs its target trained)}."""
+    root, out = tmp_path_factory.mktemp("moderated"), {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for moderate in (True, False):
+            target, name = SimTarget(FIELD), f"field-{moderate}"
+            sweep = sim_sweep(tuple(FIELD), max_seeds=10, until_decided=False, race=True, name=name, moderate=moderate)
+            assert run_study(sweep, target, URL) == 0
+            out[moderate] = optuna.load_study(study_name=name, storage=URL), target.runs
+    return out
+
+
+def replay(study, k: int, moderate: bool) -> list[str]:
+    """The variants look k of `study` eliminates, taken again by `look` from the trials before round k."""
+    before = [t for t in study.get_trials() if t.user_attrs.get(ROUND, 0) < k]
+    alpha = look_alpha(0.05, first_look(3), 10, moderate)
+    rows = study_rows(before)
+    return look(rows, eliminated(study, k), margin=1.0, alpha=alpha, direction="maximize", moderate=moderate)[2]
+
+
+def test_the_moderated_race_eliminates_on_fewer_seeds_than_the_plain_one(moderated_and_plain):
+    (moderated, runs), (plain, plain_runs) = moderated_and_plain[True], moderated_and_plain[False]
+    out, plain_out = eliminated(moderated), eliminated(plain)
+    assert out["a=far"] == plain_out["a=far"] == 1  # 12 points: either t at the first look
+    assert out["a=low"] < plain_out.get("a=low", 11) and out["a=lower"] < plain_out.get("a=lower", 11)
+    cost, plain_cost = runs_of(moderated.get_trials()), runs_of(plain.get_trials())
+    assert cost["a=low"] + cost["a=lower"] < plain_cost["a=low"] + plain_cost["a=lower"]
+    assert len(runs) < len(plain_runs)
+    assert moderated.user_attrs["verdicts"]["look_alpha"] == look_alpha(0.05, 3, 10, True)
+    assert plain.user_attrs["verdicts"]["look_alpha"] == look_alpha(0.05, 3, 10, False)
+
+
+def test_every_look_of_either_race_is_the_look_of_its_own_t(moderated_and_plain):
+    """Replayed from the stored trials, each race's looks eliminate exactly what it recorded, and only by its t."""
+    for moderate, (study, _) in moderated_and_plain.items():
+        recorded = eliminated(study)
+        for k in range(1, 1 + max(t.user_attrs.get(ROUND, 0) for t in study.get_trials())):
+            assert sorted(replay(study, k, moderate)) == sorted(v for v, at in recorded.items() if at == k)
+    plain = moderated_and_plain[False][0]
+    rows = study_rows([t for t in plain.get_trials() if t.user_attrs.get(ROUND, 0) < 1])
+    leader = look(rows, set(), margin=1.0, alpha=0.05, direction="maximize", moderate=False)[0]
+    for r in rows:  # --no-moderation: each row's own paired t-test over the seeds it shares with the leader
+        if r is not leader:
+            pair = [(r["seeds"][s], leader["seeds"][s]) for s in sorted(r["seeds"])]
+            assert r["test"] == "paired" and r["p_value"] == pytest.approx(scipy_stats.ttest_rel(*zip(*pair)).pvalue)
+    summary = race_summary(plain)  # the sweep's end reads the stored moderate too
+    assert summary.splitlines()[0].startswith("race: leader a=top") or "a=near" in summary.splitlines()[0]
 
 
 def test_race_with_until_decided_or_a_flag_that_is_not_a_bool_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -19,6 +19,8 @@ Arrays are (..., rows): the benchmark fits many studies at once; `mask` says whi
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import optimize, special
 
@@ -82,7 +84,7 @@ def fit_prior(var, df, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d0 is 0 (and s0² 1) for a row outside `mask`, an outlier, or without a usable prior (module docstring); else at
     most the other kept rows' effective df. `kept`: the rows the priors are fitted to (none when under MIN_ROWS)."""
     var, df, kept = np.broadcast_arrays(np.asarray(var, float), np.asarray(df, float), mask)
-    kept = kept.copy()
+    kept, var = kept.copy(), floor_zero(var, kept)
     with np.errstate(all="ignore"):  # fits of fewer than two rows are NaN, and never used
         for _ in range(var.shape[-1] - MIN_ROWS):
             d0, s0 = _leave_one_out(var, df, kept)
@@ -99,6 +101,15 @@ def fit_prior(var, df, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d0 = np.where(kept, np.minimum(d0, cap), 0.0)
     d0 = np.where(d0 >= MIN_PRIOR_DF, d0, 0.0)
     return d0, np.where(d0 > 0, s0, 1.0), kept
+
+
+def floor_zero(var, mask) -> np.ndarray:
+    """`var` with (near-)zero variances raised to 1e-5 × the median of the rows in `mask` (last axis), as fit_f_dist
+    raises them, so that rows outside the fit (a baseline compared with itself) never move the floor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no row in mask: the floor 1e-5
+        median = np.nanmedian(np.where(mask, var, np.nan), -1, keepdims=True)
+    return np.maximum(var, 1e-5 * np.where(median > 0, median, 1))
 
 
 def _leave_one_out(var, df, kept) -> tuple[np.ndarray, np.ndarray]:

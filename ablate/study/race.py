@@ -5,8 +5,9 @@
   in the race. Running the same command with a larger n_trials adds the sampler's new variants with the planned
   seeds, and the race goes on with them.
 - A look (before each round, once no trial runs or waits) compares every variant still in the race with the
-  leader, the best of them (`versus_leader`: paired on shared seeds, Holm over the field, TOST with the margin, at
-  the α per look of decide.py). One decided worse is eliminated for good: it never gets a seed again, and a trial
+  leader, the best of them (`versus_leader`: paired on shared seeds, the moderated t across the field unless
+  study.moderate is false (--no-moderation: the plain t), Holm over the field, TOST with the margin, at the α per
+  look of decide.py for that t). One decided worse is eliminated for good: it never gets a seed again, and a trial
   that draws it again is pruned before it trains (its look is kept in the study's `race` user attr). One
   equivalent to the leader gets no seed (either is as good within the margin); an open one gets one, and the
   leader the seeds that pair them (`plan_round`, with its estimate stop).
@@ -25,26 +26,28 @@ from ablate.study.decide import ROUND, Rounds, choose_seeds, plan_round, seeds_i
 RACE = "race"  # study user attr: {variant: the look that eliminated it}
 
 
-def versus_leader(rows: list[dict], *, margin: float | None, alpha: float, direction: str) -> dict:
+def versus_leader(rows: list[dict], *, margin: float | None, alpha: float, direction: str, moderate: bool) -> dict:
     """The leader (the best of `rows` by mean, in `direction`); every other row gets its verdict against it
-    (ablate.results.stats.annotate: paired on shared seeds, Holm over `rows`). Rows need a mean."""
+    (ablate.results.stats.annotate: paired on shared seeds, moderated across `rows` with `moderate`, Holm over
+    `rows`). Rows need a mean."""
     from ablate.results.stats import annotate
 
     sign = 1 if direction == "maximize" else -1
     leader = max(rows, key=lambda r: sign * r["mean"])
-    annotate(rows, leader, margin=margin, alpha=alpha, direction=direction)
+    annotate(rows, leader, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
     return leader
 
 
-def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction: str):
-    """One look of the race: (leader, the field, newly eliminated variants).
+def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction: str, moderate: bool):
+    """One look of the race: (leader, the field, newly eliminated variants); `alpha` the α per look of the t that
+    `moderate` chooses (ablate.study.decide.look_alpha).
 
     The field: rows with a mean whose variant is not in `out` (eliminated at an earlier look), each compared with
     the leader; those decided worse leave the field here. (None, [], []) when no row has a mean."""
     field = [r for r in rows if r["mean"] is not None and r["variant"] not in out]
     if not field:
         return None, [], []
-    leader = versus_leader(field, margin=margin, alpha=alpha, direction=direction)
+    leader = versus_leader(field, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
     worse = [r["variant"] for r in field if r["verdict"] == "worse"]
     return leader, [r for r in field if r["variant"] not in worse], worse
 
@@ -96,7 +99,12 @@ class Race(Rounds):
         rows = study_rows(trials, None, *study_objective(study))
         s = self.sweep.study
         leader, field, worse = look(
-            rows, eliminated(study, n), margin=s.margin, alpha=self.alpha, direction=study.direction.name.lower()
+            rows,
+            eliminated(study, n),
+            margin=s.margin,
+            alpha=self.alpha,  # Rounds': the α per look of study.moderate's t
+            direction=study.direction.name.lower(),
+            moderate=s.moderate,
         )
         if leader is None:
             return {}, {}
@@ -130,7 +138,8 @@ def race_summary(study: optuna.Study) -> str | None:
     if not (study.user_attrs.get("verdicts") or {}).get("race"):
         return None
     rows, v, out = rows_of(study), study_verdicts(study), eliminated(study)
-    leader, field, _ = look(rows, out, margin=v["margin"], alpha=v["alpha"], direction=study_objective(study)[1])
+    options = {"margin": v["margin"], "alpha": v["alpha"], "moderate": v["moderate"]}  # as the sweep raced
+    leader, field, _ = look(rows, out, direction=study_objective(study)[1], **options)
     if leader is None:
         return "race: no variant has a complete seed yet"
     label, runs = short_labels(rows), runs_of(study.get_trials(deepcopy=False))
