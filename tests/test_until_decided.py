@@ -374,3 +374,32 @@ def test_study_moderate_false_is_stored_and_must_be_a_boolean():
     assert all(r["test"] in ("paired", None) for r in final_rows().values())
     with pytest.raises(ConfigError, match="study.moderate must be true or false; got 'no'"):
         sim_sweep(moderate="no")
+
+
+@pytest.mark.parametrize("moderated", [True, False])
+def test_the_alpha_per_look_holds_a_null_study_to_alpha_with_normal_and_bimodal_runs(moderated):
+    """Fresh null studies (a stream other than the calibration's): six rows and their baseline tested by Holm at
+    every look 3..6 call any row better or worse in at most α of studies (plus three standard errors of Monte Carlo
+    noise), whether runs are normal or bimodal like the built-in data's; at twice the level, bimodal runs exceed α,
+    so the bimodal calibration is what holds them."""
+    from scipy import special
+
+    from ablate.results.moderated import moderate_paired
+
+    alpha, studies = look_alpha(0.05, 3, 6, moderated), 3000
+
+    def false_rate(level, bimodal):
+        rng = np.random.default_rng(7)
+        x = rng.standard_normal((studies, 7, 6)) + (bimodal * 17.5) * (rng.random((studies, 7, 6)) < 0.5)
+        d, called = x[:, 1:] - x[:, :1], np.zeros(studies, bool)
+        for n in range(3, 7):
+            var, df = d[..., :n].var(-1, ddof=1), np.full(d.shape[:2], n - 1.0)
+            if moderated:
+                var, df, _ = moderate_paired(var, n)
+            p = 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n))
+            called |= 6 * p.min(-1) < level  # Holm rejects anything iff its first step does
+        return called.mean()
+
+    bound = 0.05 + 3 * np.sqrt(0.05 * 0.95 / studies)
+    assert false_rate(alpha, False) <= bound and false_rate(alpha, True) <= bound
+    assert false_rate(2 * alpha, True) > 0.05

@@ -11,8 +11,9 @@ per-look α of tests repeated as seeds arrive (Pocock 1977, calibrated by simula
   Rounds are planned from what the storage holds, under the slot lock, once no trial runs or waits; such trials
   never count towards n_trials (`ablate.study.workers.counted`).
 - Testing again after every round would inflate false verdicts, so every look uses one α per look (`look_alpha`):
-  the level at which a paired t-test repeated at each seed count from the first look to max_seeds, with no true
-  difference, rejects somewhere with probability α. The table of such a study uses it too.
+  the level at which a study with no true difference, tested by Holm at each seed count from the first look to
+  max_seeds, calls any row better or worse with probability α, whether its runs are normal or bimodal like the
+  built-in data's. The table of such a study uses it too.
 """
 
 from __future__ import annotations
@@ -30,46 +31,43 @@ from ablate.errors import ConfigError
 from ablate.results.moderated import moderate_paired
 
 ROUND, PLAN = "round", "seed_plan"  # user attrs of a trial: its round of added seeds (absent: planned), its seeds
-PATHS = 200_000  # simulated null paths for look_alpha: its Monte Carlo error is about ±0.0005 at α = 0.05
-MODERATED_PATHS, MODERATED_ROWS = 10_000, 4  # null studies for the moderated look_alpha: 40 000 comparisons
+NULL_PATHS, NULL_ROWS = 10_000, 6  # null studies simulated for look_alpha: 6 rows (as ours) and one shared baseline
+BIMODAL = (0.5, 17.5)  # the bimodal null: a run learns the scene with p 1/2, the modes 17.5 run sd apart (as our data)
 
 
 @functools.lru_cache(maxsize=64)
 def look_alpha(alpha: float, first: int, last: int, moderated: bool = True) -> float:
-    """The α of each look when a comparison is tested at every seed count first..last (Pocock's constant rule).
+    """The α of each look when a study's rows are tested at every seed count first..last (Pocock's constant rule).
 
-    Calibrated under no true difference (a fixed random stream, so always the same number): the α-quantile of a
-    comparison's smallest p-value over the looks. `moderated`: the moderated t (ablate.results.moderated) of
-    MODERATED_ROWS rows sharing one baseline and one normal noise level, as the rows of a study do; else a single
-    paired t on normal differences. One look (first >= last) keeps α itself.
+    Calibrated by simulation on null studies (a fixed random stream, so always the same number): NULL_ROWS rows and
+    their baseline, all with one noise level, tested by Holm at every look, with the moderated t
+    (ablate.results.moderated) or, `moderated` False, each row's plain paired t. The noise is normal, or bimodal
+    like the built-in data's runs (BIMODAL: a run learns the scene or not, and then a row's differences can share
+    one sign by chance on a few seeds); the α per look is the smaller of the two levels at which such a study makes
+    any false verdict with probability α. One look (first >= last) keeps α itself.
     """
     first = max(first, 2)
     if first >= last:
         return alpha
-    p = _moderated_null(first, last) if moderated else _paired_null(first, last)
-    return float(np.quantile(p, alpha))
+    return float(min(np.quantile(_null_study(first, last, moderated, shape), alpha) for shape in ("normal", "bimodal")))
 
 
-def _paired_null(first: int, last: int) -> np.ndarray:
-    """(PATHS,) smallest p over the looks of a paired t on normal differences."""
-    d = np.random.default_rng(20260101).standard_normal((PATHS, last))
-    n = np.arange(1, last + 1)
-    mean = np.cumsum(d, 1) / n
-    var = (np.cumsum(d**2, 1) - n * mean**2)[:, first - 1 :] / (n[first - 1 :] - 1)
-    t = np.abs(mean[:, first - 1 :]) / np.sqrt(var / n[first - 1 :])
-    return (2 * special.stdtr(n[first - 1 :] - 1, -t)).min(axis=1)
-
-
-def _moderated_null(first: int, last: int) -> np.ndarray:
-    """(MODERATED_PATHS × MODERATED_ROWS,) smallest p over the looks of each row's moderated t: every row and the
-    baseline normal with one sd, each row's differences to the shared baseline tested with the others' prior."""
-    x = np.random.default_rng(20260101).standard_normal((MODERATED_PATHS, MODERATED_ROWS + 1, last))
+def _null_study(first: int, last: int, moderated: bool, shape: str) -> np.ndarray:
+    """(NULL_PATHS,) Holm's first step over a null study's looks: NULL_ROWS × its smallest p over rows and looks,
+    every run normal (`shape` "normal") or bimodal (BIMODAL), each row's differences to the shared baseline."""
+    rng = np.random.default_rng(20260101)
+    x = rng.standard_normal((NULL_PATHS, NULL_ROWS + 1, last))
+    if shape == "bimodal":
+        x += np.where(rng.random(x.shape) < BIMODAL[0], BIMODAL[1], 0.0)
     d = x[:, 1:] - x[:, :1]  # (paths, rows, seeds)
-    smallest = np.ones(d.shape[:2])
+    smallest = np.ones(len(d))
     for n in range(first, last + 1):
-        var, df, _ = moderate_paired(d[..., :n].var(-1, ddof=1), n)
-        smallest = np.minimum(smallest, 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n)))
-    return smallest.ravel()
+        var, df = d[..., :n].var(-1, ddof=1), np.full(d.shape[:2], n - 1.0)
+        if moderated:
+            var, df, _ = moderate_paired(var, n)
+        p = 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n))
+        smallest = np.minimum(smallest, p.min(-1))
+    return NULL_ROWS * smallest
 
 
 def first_look(planned: int) -> int:
