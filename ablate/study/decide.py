@@ -31,7 +31,7 @@ from ablate.errors import ConfigError
 from ablate.results.moderated import moderate_paired
 
 ROUND, PLAN = "round", "seed_plan"  # user attrs of a trial: its round of added seeds (absent: planned), its seeds
-NULL_PATHS, NULL_ROWS = 10_000, 6  # null studies simulated for look_alpha: 6 rows (as ours) and one shared baseline
+NULL_PATHS, NULL_ROWS = 10_000, 4  # null studies simulated for look_alpha: 4 rows and one shared baseline
 BIMODAL = (0.5, 17.5)  # the bimodal null: a run learns the scene with p 1/2, the modes 17.5 run sd apart (as our data)
 
 
