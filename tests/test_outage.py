@@ -3,6 +3,7 @@ worker processes; SQLite locked beyond its busy timeout; a result that comes bac
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,3 +87,27 @@ def test_a_storage_away_longer_than_the_bound_stops_the_worker_and_the_same_comm
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert trials[1].params == left.params  # the stale trial, run again with its parameters
     assert check_study(optuna.load_study(study_name="o", storage=storage), Path("runs")) == []
+
+
+def test_a_server_away_while_a_trial_picks_its_seeds_is_waited_out_not_a_failed_trial(postgres):
+    """A trial's seeds are chosen under the slot lock, on a connection of its own (not the storage's): a server
+    away when the lock is taken is waited out like any storage call (the chaos test once failed a trial here)."""
+    from ablate.study.decide import PLAN, seeds_for
+    from ablate.study.space import load_sweep
+    from ablate.study.storage import open_study
+    from ablate.study.workers import Slots
+
+    storage = fresh(postgres.url)
+    study = open_study(load_sweep(write_sweep(1, [8], storage_timeout=60)), storage)
+    slots = Slots(storage, "o", 1)
+    trial = slots.claim(study)
+    assert PLAN not in trial.user_attrs  # read now: the lock is the first thing that meets the outage
+    postgres.stop()
+    back = threading.Timer(3, postgres.start)
+    back.start()
+    try:
+        seeds = seeds_for(trial, "out_channels=8", (0, 1), slots.locked)
+    finally:
+        back.join()
+    assert seeds == [0, 1]
+    assert optuna.load_study(study_name="o", storage=storage).trials[0].user_attrs[PLAN] == [0, 1]

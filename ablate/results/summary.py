@@ -84,6 +84,6 @@ def run_and_show(
     """Run the study, then (unless this process is one of `--workers N`) print its table."""
     code = run_study(sweep, target, storage_url, workers, argv, gpus=gpus)
     if not is_worker() and ddp_rank() == 0 and code != STORAGE_GONE:  # workers that stopped on an outage: no table
-        study = load_study(sweep.study.name, make_storage(storage_url))
+        study = load_study(sweep.study.name, make_storage(storage_url, patience=sweep.study.storage_timeout))
         show_results(study, Path("runs") / sweep.study.name, storage_url, sweep.baseline)
     return code

@@ -96,16 +96,21 @@ def choose_seeds(declared, used: set[int], count: int) -> list[int]:
     return out
 
 
-def seeds_for(trial: optuna.Trial, variant: str, declared: tuple, lock) -> list[int]:
+def seeds_for(trial: optuna.Trial, variant: str, declared: tuple, locked) -> list[int]:
     """A trial's seeds: its `seed_plan` (an added seed, or a trial run again), else `len(declared)` seeds its variant
-    has not used, chosen and recorded under `lock` (the study's slot lock) so that no two trials share one."""
+    has not used, chosen and recorded under the study's slot lock (`locked`: `Slots.locked`, which waits out a
+    storage outage) so that no two trials share one."""
     if PLAN in trial.user_attrs:
         return list(trial.user_attrs[PLAN])
-    with lock():
+
+    def choose(check) -> list[int]:
         used = seeds_in_use(trial.study.get_trials(deepcopy=False), skip=trial.number).get(variant, set())
         seeds = choose_seeds(declared, used, len(declared))
+        check()
         trial.set_user_attr(PLAN, seeds)
-    return seeds
+        return seeds
+
+    return locked(choose)
 
 
 def plan_round(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -45,8 +44,8 @@ def done_trials(study: optuna.Study) -> list:
 class Objective:
     """One trial: every seed in turn through the target; the value is the mean of the seeds' best `metric`."""
 
-    def __init__(self, sweep: SweepConfig, target, root: Path, lock=contextlib.nullcontext):
-        self.sweep, self.target, self.root, self.lock = sweep, target, root, lock  # lock: the slot lock
+    def __init__(self, sweep: SweepConfig, target, root: Path, locked):
+        self.sweep, self.target, self.root, self.locked = sweep, target, root, locked  # Slots.locked
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.sweep.space)
@@ -59,7 +58,7 @@ class Objective:
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             trial.set_user_attr("worker_gpus", os.environ["CUDA_VISIBLE_DEVICES"])
         try:
-            return self._seeds(trial, config, variant, seeds_for(trial, variant, self.sweep.seeds, self.lock))
+            return self._seeds(trial, config, variant, seeds_for(trial, variant, self.sweep.seeds, self.locked))
         except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C / SIGTERM into SystemExit
             trial.set_user_attr("interrupted", True)
             raise KeyboardInterrupt(f"trial {trial.number} interrupted") from e
@@ -219,7 +218,7 @@ def run_study(
         slots = Slots(storage_url, s.name, sweep.n_trials, extend=rounds)
         run_trials(
             study,
-            Objective(sweep, target, root, slots.lock),
+            Objective(sweep, target, root, slots.locked),
             slots,
             [stopper, progress(sweep.n_trials, time.time())],
             stopper,

@@ -76,20 +76,28 @@ class Slots:
 
             self._conn.execute(sa.text("SELECT 1"))
 
-    def claim(self, study: optuna.Study) -> optuna.Trial | None:
-        """A trial to run (a queued one first), or None when every slot is taken and nothing more is queued; an
-        outage while the lock is held (and so perhaps lost) starts the claim again once the storage is back."""
-        return PATIENCE.call(self._claim, study)
+    def locked(self, fn):
+        """fn(check) under the lock; `fn` calls check() just before it writes (an outage error if the lock went
+        with its connection). An outage anywhere in it, taking the lock included, starts it again whole once the
+        storage is back (ablate.study.outage)."""
+        return PATIENCE.call(self._locked, fn)
 
-    def _claim(self, study: optuna.Study) -> optuna.Trial | None:
+    def _locked(self, fn):
         with self.lock():
-            optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
-            trials = study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if not waiting and len(counted(trials)) >= self.total and not (self.extend and self.extend(study, trials)):
-                return None
-            self.check_held()
-            return study.ask()  # pops a waiting trial first; the sampler picks its grid point in here
+            return fn(self.check_held)
+
+    def claim(self, study: optuna.Study) -> optuna.Trial | None:
+        """A trial to run (a queued one first), or None when every slot is taken and nothing more is queued."""
+        return self.locked(lambda check: self._claim(study, check))
+
+    def _claim(self, study: optuna.Study, check) -> optuna.Trial | None:
+        optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and len(counted(trials)) >= self.total and not (self.extend and self.extend(study, trials)):
+            return None
+        check()
+        return study.ask()  # pops a waiting trial first; the sampler picks its grid point in here
 
 
 class Heartbeat:
