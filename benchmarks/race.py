@@ -111,7 +111,10 @@ def truth_ok(s: Scenario) -> np.ndarray:
 def race(s: Scenario, values: np.ndarray, check: bool = False) -> tuple[int, int, int]:
     """One repetition of --race on (variants, seeds) values: (the pick's index, runs, looks)."""
     moderate = until_decided.MODERATE  # decide() reads it too
-    names, alpha = list(s.variants), look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, moderate)
+    names, alpha = (
+        list(s.variants),
+        look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, len(s.variants) - 1, moderated=moderate),
+    )
     used, out, looks = {v: set(range(s.seeds)) for v in names}, set(), 0
     while True:
         looks += 1

@@ -267,7 +267,10 @@ def fixed(s: Scenario, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
 
 def adaptive(s: Scenario, values: np.ndarray, futility: bool = True, check: bool = False) -> tuple:
     """One repetition of --until-decided: (verdict codes per variant, baseline index, runs, looks)."""
-    names, alpha = list(s.variants), look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, MODERATE)
+    names, alpha = (
+        list(s.variants),
+        look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, len(s.variants) - 1, moderated=MODERATE),
+    )
     used = {v: set(range(s.seeds)) for v in names}
     looks = 0
     while True:
@@ -330,7 +333,10 @@ def run(s: Scenario, reps: int, check: int, rng: np.random.Generator) -> dict:
     values = draw(s, reps, largest, rng)
     for r in range(min(check, reps)):  # the fixed design's array verdicts against the library too
         fixed_check(s, values[r], s.seeds)
-    fixed_rows, result = [], {"look_alpha": look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, MODERATE)}
+    fixed_rows, result = (
+        [],
+        {"look_alpha": look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, len(s.variants) - 1, moderated=MODERATE)},
+    )
     for name, futility in POLICIES.items():
         out = [adaptive(s, values[r], futility, check=r < check) for r in range(reps)]
         codes, base = np.array([o[0] for o in out]), np.array([o[1] for o in out])

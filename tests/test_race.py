@@ -140,7 +140,8 @@ def test_an_eliminated_variant_gets_no_seed_after_its_look(raced):
 
 def test_the_race_looks_at_the_alpha_per_look_of_until_decided(raced):
     v = raced["study"].user_attrs["verdicts"]
-    assert v["looks"] == [first_look(3), 10] and v["look_alpha"] == look_alpha(0.05, 3, 10)
+    assert v["looks"] == [first_look(3), 10] and v["rows"] == len(TRUTH) - 1
+    assert v["look_alpha"] == look_alpha(0.05, 3, 10, len(TRUTH) - 1)
 
 
 def test_the_sweep_end_names_the_leader_the_equivalents_and_what_each_eliminated_variant_cost(
@@ -191,7 +192,7 @@ def moderated_and_plain(tmp_path_factory):
 def replay(study, k: int, moderate: bool) -> list[str]:
     """The variants look k of `study` eliminates, taken again by `look` from the trials before round k."""
     before = [t for t in study.get_trials() if t.user_attrs.get(ROUND, 0) < k]
-    alpha = look_alpha(0.05, first_look(3), 10, moderate)
+    alpha = look_alpha(0.05, first_look(3), 10, len(FIELD) - 1, moderated=moderate)
     rows = study_rows(before)
     return look(rows, eliminated(study, k), margin=1.0, alpha=alpha, direction="maximize", moderate=moderate)[2]
 
@@ -204,8 +205,8 @@ def test_the_moderated_race_eliminates_on_fewer_seeds_than_the_plain_one(moderat
     cost, plain_cost = runs_of(moderated.get_trials()), runs_of(plain.get_trials())
     assert cost["a=low"] + cost["a=lower"] < plain_cost["a=low"] + plain_cost["a=lower"]
     assert len(runs) < len(plain_runs)
-    assert moderated.user_attrs["verdicts"]["look_alpha"] == look_alpha(0.05, 3, 10, True)
-    assert plain.user_attrs["verdicts"]["look_alpha"] == look_alpha(0.05, 3, 10, False)
+    assert moderated.user_attrs["verdicts"]["look_alpha"] == look_alpha(0.05, 3, 10, len(FIELD) - 1, moderated=True)
+    assert plain.user_attrs["verdicts"]["look_alpha"] == look_alpha(0.05, 3, 10, len(FIELD) - 1, moderated=False)
 
 
 def test_every_look_of_either_race_is_the_look_of_its_own_t(moderated_and_plain):

@@ -31,6 +31,7 @@ TRUTH = {
     "up": ("normal", 0.725, 0.006),
     "bimodal": ("bimodal", 0.5, 0.75, 0.40, 0.01),
 }
+ROWS = len(TRUTH) - 1  # the rows compared with the baseline: what the α per look is calibrated for
 
 
 class SimTarget:
@@ -123,7 +124,7 @@ def test_the_verdicts_match_the_truth(decided):
 
 def test_each_round_adds_exactly_the_seeds_that_plan_round_asks_for(decided):
     """Replay the study: before round r, the rows of the trials of earlier rounds give exactly round r's trials."""
-    done, alpha = decided["trials"], look_alpha(0.05, first_look(3), 10)
+    done, alpha = decided["trials"], look_alpha(0.05, first_look(3), 10, ROWS)
     rounds = sorted({t.user_attrs[ROUND] for t in done if ROUND in t.user_attrs})
     assert rounds == list(range(1, len(rounds) + 1)) and len(rounds) >= 2
     for r in [*rounds, rounds[-1] + 1]:
@@ -176,14 +177,14 @@ def test_the_table_shows_holm_adjusted_p_values_that_match_a_hand_calculation(de
         assert rows[v]["p_value_plain"] == pytest.approx(scipy_stats.ttest_1samp(diffs, 0).pvalue, rel=1e-9)
         assert rows[v]["test"].startswith("paired") and rows[v]["delta"] == pytest.approx(np.mean(diffs))
         df = rows[v]["df"]  # the p the verdict reads is the t of the interval shown, on its df
-        se = (rows[v]["ci_high"] - rows[v]["delta"]) / scipy_stats.t.ppf(1 - look_alpha(0.05, 3, 10), df)
+        se = (rows[v]["ci_high"] - rows[v]["delta"]) / scipy_stats.t.ppf(1 - look_alpha(0.05, 3, 10, ROWS), df)
         assert rows[v]["p_value"] == pytest.approx(2 * scipy_stats.t.sf(abs(rows[v]["delta"]) / se, df), rel=1e-6)
     ranked = sorted(others, key=lambda v: rows[v]["p_value"])
     m, running = len(ranked), 0.0
     for i, v in enumerate(ranked):  # Holm's step-down by hand
         running = max(running, min(1.0, (m - i) * rows[v]["p_value"]))
         assert rows[v]["p_adjusted"] == pytest.approx(running, rel=1e-9)
-    alpha = look_alpha(0.05, 3, 10)  # the study's α per look, which the table uses by default
+    alpha = look_alpha(0.05, 3, 10, ROWS)  # the study's α per look, which the table uses by default
     assert rows["a=up"]["p_adjusted"] < alpha and rows["a=far"]["verdict"] == "worse"
     for key in ("ci_low", "ci_high", "boot_low", "boot_high", "p_equivalence", "seeds_needed", "verdict"):
         assert key in rows["a=up"]
@@ -193,7 +194,7 @@ def test_markdown_shows_the_interval_the_verdicts_and_how_they_were_reached(deci
     url = f"sqlite:///{decided['root']}/runs/sim.db"
     assert table(["--study", "sim", "--storage", url, "--no-latency"]) == 0
     md = capsys.readouterr().out
-    level = f"{100 * (1 - 2 * look_alpha(0.05, 3, 10)):.3g} % CI"
+    level = f"{100 * (1 - 2 * look_alpha(0.05, 3, 10, ROWS)):.3g} % CI"
     assert f"| Δ (points) [{level}] | p | p (Holm) | test | verdict |" in md
     assert "▲ better" in md and "▼ worse" in md and "≈ equivalent" in md and "| paired |" in md
     assert "α per look of --until-decided, 3 to 10 seeds" in md and "inside ±1 points (TOST)" in md
@@ -361,8 +362,11 @@ def test_no_moderation_shows_the_plain_t_at_the_plain_alpha_per_look(decided, ca
     assert all(r["prior_df"] == 0 for r in rows.values() if r["test"])
     assert table(["--study", "sim", "--storage", url, "--no-latency", "--no-moderation"]) == 0
     md = capsys.readouterr().out
-    assert f"{100 * (1 - 2 * look_alpha(0.05, 3, 10, False)):.3g} % CI" in md and "(plain, not moderated)" in md
-    assert look_alpha(0.05, 3, 10, False) != look_alpha(0.05, 3, 10)
+    assert (
+        f"{100 * (1 - 2 * look_alpha(0.05, 3, 10, ROWS, moderated=False)):.3g} % CI" in md
+        and "(plain, not moderated)" in md
+    )
+    assert look_alpha(0.05, 3, 10, ROWS, moderated=False) != look_alpha(0.05, 3, 10, ROWS)
 
 
 def test_study_moderate_false_is_stored_and_must_be_a_boolean():
@@ -376,30 +380,16 @@ def test_study_moderate_false_is_stored_and_must_be_a_boolean():
         sim_sweep(moderate="no")
 
 
+@pytest.mark.parametrize("rows", [2, 6])
 @pytest.mark.parametrize("moderated", [True, False])
-def test_the_alpha_per_look_holds_a_null_study_to_alpha_with_normal_and_bimodal_runs(moderated):
-    """Fresh null studies (a stream other than the calibration's): six rows and their baseline tested by Holm at
-    every look 3..6 call any row better or worse in at most α of studies (plus three standard errors of Monte Carlo
-    noise), whether runs are normal or bimodal like the built-in data's; at twice the level, bimodal runs exceed α,
-    so the bimodal calibration is what holds them."""
-    from scipy import special
+def test_the_alpha_per_look_holds_a_null_study_of_its_rows_to_alpha_with_normal_and_bimodal_runs(moderated, rows):
+    """Fresh null studies (a stream other than the calibration's) of as many rows as the α per look was calibrated
+    for, tested by Holm at every look 3..6, call any row better or worse in at most α of studies (plus three standard
+    errors of Monte Carlo noise), whether runs are normal or bimodal like the built-in data's; at twice the level,
+    bimodal runs exceed α, so the bimodal calibration is what holds them."""
+    from ablate.study.decide import NULL_PATHS, _null_study
 
-    from ablate.results.moderated import moderate_paired
-
-    alpha, studies = look_alpha(0.05, 3, 6, moderated), 3000
-
-    def false_rate(level, bimodal):
-        rng = np.random.default_rng(7)
-        x = rng.standard_normal((studies, 7, 6)) + (bimodal * 17.5) * (rng.random((studies, 7, 6)) < 0.5)
-        d, called = x[:, 1:] - x[:, :1], np.zeros(studies, bool)
-        for n in range(3, 7):
-            var, df = d[..., :n].var(-1, ddof=1), np.full(d.shape[:2], n - 1.0)
-            if moderated:
-                var, df, _ = moderate_paired(var, n)
-            p = 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n))
-            called |= 6 * p.min(-1) < level  # Holm rejects anything iff its first step does
-        return called.mean()
-
-    bound = 0.05 + 3 * np.sqrt(0.05 * 0.95 / studies)
-    assert false_rate(alpha, False) <= bound and false_rate(alpha, True) <= bound
-    assert false_rate(2 * alpha, True) > 0.05
+    alpha, bound = look_alpha(0.05, 3, 6, rows, moderated=moderated), 0.05 + 3 * np.sqrt(0.05 * 0.95 / NULL_PATHS)
+    holm = {shape: _null_study(3, 6, moderated, shape, rows, seed=7) for shape in ("normal", "bimodal")}
+    assert np.mean(holm["normal"] < alpha) <= bound and np.mean(holm["bimodal"] < alpha) <= bound
+    assert np.mean(holm["bimodal"] < 2 * alpha) > 0.05

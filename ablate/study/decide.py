@@ -11,9 +11,9 @@ per-look α of tests repeated as seeds arrive (Pocock 1977, calibrated by simula
   Rounds are planned from what the storage holds, under the slot lock, once no trial runs or waits; such trials
   never count towards n_trials (`ablate.study.workers.counted`).
 - Testing again after every round would inflate false verdicts, so every look uses one α per look (`look_alpha`):
-  the level at which a study with no true difference, tested by Holm at each seed count from the first look to
-  max_seeds, calls any row better or worse with probability α, whether its runs are normal or bimodal like the
-  built-in data's. The table of such a study uses it too.
+  the level at which a study of as many rows with no true difference, tested by Holm at each seed count from the
+  first look to max_seeds, calls any row better or worse with probability α, whether its runs are normal or
+  bimodal like the built-in data's. The table of such a study uses it too.
 """
 
 from __future__ import annotations
@@ -31,32 +31,37 @@ from ablate.errors import ConfigError
 from ablate.results.moderated import moderate_paired
 
 ROUND, PLAN = "round", "seed_plan"  # user attrs of a trial: its round of added seeds (absent: planned), its seeds
-NULL_PATHS, NULL_ROWS = 10_000, 4  # null studies simulated for look_alpha: 4 rows and one shared baseline
+NULL_PATHS, NULL_SEED = 10_000, 20260101  # null studies simulated for look_alpha, on one fixed random stream
+MODERATED_ROWS_CAP = 12  # moderated null studies of more rows are simulated with 12 (level flat from 6 on; cost ~rows²)
 BIMODAL = (0.5, 17.5)  # the bimodal null: a run learns the scene with p 1/2, the modes 17.5 run sd apart (as our data)
 
 
 @functools.lru_cache(maxsize=64)
-def look_alpha(alpha: float, first: int, last: int, moderated: bool = True) -> float:
-    """The α of each look when a study's rows are tested at every seed count first..last (Pocock's constant rule).
+def look_alpha(alpha: float, first: int, last: int, rows: int, *, moderated: bool = True) -> float:
+    """The α of each look when a study's `rows` rows are tested against one baseline at every seed count
+    first..last (Pocock's constant rule).
 
-    Calibrated by simulation on null studies (a fixed random stream, so always the same number): NULL_ROWS rows and
-    their baseline, all with one noise level, tested by Holm at every look, with the moderated t
+    Calibrated by simulation on null studies of that many rows (a fixed random stream, so always the same number):
+    the rows and their baseline, all with one noise level, tested by Holm at every look, with the moderated t
     (ablate.results.moderated) or, `moderated` False, each row's plain paired t. The noise is normal, or bimodal
-    like the built-in data's runs (BIMODAL: a run learns the scene or not, and then a row's differences can share
-    one sign by chance on a few seeds); the α per look is the smaller of the two levels at which such a study makes
-    any false verdict with probability α. One look (first >= last) keeps α itself.
+    like the built-in data's runs (BIMODAL: a run learns the scene or not, and then the rows' differences share the
+    baseline's luck on a few seeds, and each row can have its own); the α per look is the smaller of the two levels
+    at which such a study makes any false verdict with probability α. More rows, more chances: with plain t's the
+    level falls with every row (3..8 seeds: 0.0030 at 3 rows, 0.0010 at 11). One look (first >= last) keeps α.
     """
     first = max(first, 2)
     if first >= last:
         return alpha
-    return float(min(np.quantile(_null_study(first, last, moderated, shape), alpha) for shape in ("normal", "bimodal")))
+    rows = max(1, min(rows, MODERATED_ROWS_CAP) if moderated else rows)
+    levels = (np.quantile(_null_study(first, last, moderated, shape, rows), alpha) for shape in ("normal", "bimodal"))
+    return float(min(levels))
 
 
-def _null_study(first: int, last: int, moderated: bool, shape: str) -> np.ndarray:
-    """(NULL_PATHS,) Holm's first step over a null study's looks: NULL_ROWS × its smallest p over rows and looks,
+def _null_study(first: int, last: int, moderated: bool, shape: str, rows: int, seed: int = NULL_SEED) -> np.ndarray:
+    """(NULL_PATHS,) Holm's first step over a null study's looks: `rows` × its smallest p over rows and looks,
     every run normal (`shape` "normal") or bimodal (BIMODAL), each row's differences to the shared baseline."""
-    rng = np.random.default_rng(20260101)
-    x = rng.standard_normal((NULL_PATHS, NULL_ROWS + 1, last))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((NULL_PATHS, rows + 1, last))
     if shape == "bimodal":
         x += np.where(rng.random(x.shape) < BIMODAL[0], BIMODAL[1], 0.0)
     d = x[:, 1:] - x[:, :1]  # (paths, rows, seeds)
@@ -67,7 +72,12 @@ def _null_study(first: int, last: int, moderated: bool, shape: str) -> np.ndarra
             var, df, _ = moderate_paired(var, n)
         p = 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n))
         smallest = np.minimum(smallest, p.min(-1))
-    return NULL_ROWS * smallest
+    return rows * smallest
+
+
+def planned_rows(sweep) -> int:
+    """The rows a study's tables compare with its baseline: its variants (n_trials, each one variant) less one."""
+    return max(1, sweep.n_trials - 1)
 
 
 def first_look(planned: int) -> int:
@@ -155,8 +165,8 @@ def with_verdict_flags(study_config, args):
 
 def verdict_attrs(sweep, stored: dict | None) -> dict:
     """What the study's tables decide with (stored as the study's `verdicts` user attr): margin, α, the baseline
-    row's settings, whether it races, whether rows are moderated, and α per look once the study has added seeds
-    until decided or raced (kept from `stored` otherwise)."""
+    row's settings, whether it races, whether rows are moderated, and α per look (with the looks and the rows it is
+    calibrated for) once the study has added seeds until decided or raced (kept from `stored` otherwise)."""
     s, stored = sweep.study, stored or {}
     attrs = {
         "margin": s.margin,
@@ -166,12 +176,14 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
         "look_alpha": stored.get("look_alpha"),
         "look_alpha_plain": stored.get("look_alpha_plain"),
         "looks": stored.get("looks"),
+        "rows": stored.get("rows"),
         "race": s.race or stored.get("race", False),  # ablate.study.race
     }
     if s.until_decided or s.race:
         looks = [first_look(len(sweep.seeds)), s.max_seeds]
-        attrs.update(look_alpha=look_alpha(s.alpha, *looks, s.moderate), looks=looks)
-        attrs["look_alpha_plain"] = look_alpha(s.alpha, *looks, False)  # a table with --no-moderation
+        rows = planned_rows(sweep)
+        attrs.update(look_alpha=look_alpha(s.alpha, *looks, rows, moderated=s.moderate), looks=looks, rows=rows)
+        attrs["look_alpha_plain"] = look_alpha(s.alpha, *looks, rows, moderated=False)  # a table with --no-moderation
     return attrs
 
 
@@ -210,7 +222,9 @@ class Rounds:
     def __init__(self, sweep):
         self.sweep = sweep
         s = sweep.study
-        self.alpha = look_alpha(s.alpha, first_look(len(sweep.seeds)), s.max_seeds, s.moderate)
+        self.alpha = look_alpha(
+            s.alpha, first_look(len(sweep.seeds)), s.max_seeds, planned_rows(sweep), moderated=s.moderate
+        )
 
     def __str__(self) -> str:
         plain = "" if self.sweep.study.moderate else ", plain t (no moderation)"
