@@ -206,3 +206,27 @@ def test_the_sweep_file_turns_them_off_and_a_project_s_own_are_not_added_twice()
         "Efficiency",
         "Predictions",  # the project's own (strict), after the metrics it reads
     ]
+
+
+def test_cpu_latency_is_measured_on_one_thread_and_leaves_threads_and_mode_as_they_were():
+    """A batch-1 forward spread over threads waits on cores that other work keeps busy (a sweep training beside
+    `ablate.table`: 448 ms against 7 ms on one thread); one thread, as sweep workers train, is the same on any
+    machine's load."""
+    from ablate.callbacks.efficiency import measure_latency_ms
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.threads = torch.nn.Conv2d(3, 2, 1), []
+
+        def forward(self, x):
+            self.threads.append(torch.get_num_threads())
+            return self.conv(x)
+
+    model, before = Counting(), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert measure_latency_ms(model, 8, repeats=4) > 0
+        assert model.threads == [1] * 7 and torch.get_num_threads() == 2 and model.training
+    finally:
+        torch.set_num_threads(before)

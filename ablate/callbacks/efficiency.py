@@ -34,21 +34,30 @@ def count_gflops(model: nn.Module, shape) -> float:
 
 def measure_latency_ms(model: nn.Module, shape, repeats: int = 10) -> float:
     """Median wall time (ms) of a forward pass on zeros of `shape` (an int: (1, 3, S, S)) in eval mode on the
-    model's device, after 3 warm-up passes."""
+    model's device, after 3 warm-up passes. On the CPU on one thread, as sweep workers train: a batch-1 forward
+    spread over threads whose cores are busy (a sweep training beside `ablate.table`) waits on them, 448 ms
+    against 7 ms on one thread for the default model on a busy 2-core machine (2026-12-05)."""
     device = next(model.parameters()).device
     x = torch.zeros((1, 3, shape, shape) if isinstance(shape, int) else tuple(shape), device=device)
+    was_training, threads = model.training, torch.get_num_threads()
     model.eval()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     times = []
-    with torch.no_grad():
-        for i in range(repeats + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append((time.perf_counter() - start) * 1000)
+    try:
+        with torch.no_grad():
+            for i in range(repeats + 3):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= 3:
+                    times.append((time.perf_counter() - start) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
     return sorted(times)[len(times) // 2]
 
 
