@@ -54,21 +54,22 @@ def follow_output(proc: subprocess.Popen) -> list[str]:
     return lines
 
 
-def wait_for_fits(storage: str, n: int, timeout: float = 300) -> list:
-    """Wait until `n` trials run and their fits have begun; those trials."""
+def wait_for_fits(storage: str, lines: list[str], n: int, worker: int | None = None, timeout: float = 300) -> list:
+    """Wait until `n` trials run (of worker number `worker` alone, when given) and their fits have begun; those
+    trials. The storage is read only once the sweep printed that its workers started: the study exists then, and
+    a reader never races the sweep to create the storage's tables."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        trials = []
-        if Path(storage.removeprefix("sqlite:///")).exists():
-            try:
-                trials = optuna.load_study(study_name="t", storage=storage).get_trials()
-            except KeyError:  # the study is not created yet
-                pass
-        running = [t for t in trials if t.state == TrialState.RUNNING]
+        running = []
+        if any(line.startswith("started") for line in lines):
+            trials = optuna.load_study(study_name="t", storage=storage).get_trials()
+            running = [
+                t for t in trials if t.state == TrialState.RUNNING and worker in (None, t.user_attrs.get("worker"))
+            ]
         if len(running) == n and all(list(Path("runs/t").glob(f"t{t.number}-s0/hparams.yaml")) for t in running):
             return running
         time.sleep(0.2)
-    raise TimeoutError(f"{n} trials did not start")
+    raise TimeoutError(f"{n} trials did not start; the sweep printed:\n" + "".join(lines))
 
 
 def test_a_killed_worker_of_a_pool_is_retried_by_the_other():
@@ -77,22 +78,22 @@ def test_a_killed_worker_of_a_pool_is_retried_by_the_other():
         space={"model.neck.out_channels": {"choices": [8, 12, 16]}},
         n_trials=3,
         seeds=(0,),
-        overrides=["trainer.max_epochs=6"],
+        overrides=["trainer.max_epochs=20"],
         heartbeat_interval=1,
         grace_period=4,
     )
     proc = sweep(path, storage, "--workers", "2")
     lines = follow_output(proc)
-    running = wait_for_fits(storage, 2)
+    (running,) = wait_for_fits(storage, lines, 1, worker=0)  # the victim's own trial, mid-fit whatever the other does
     (started,) = [line for line in lines if line.startswith("started 2 workers")]
-    victim = int(re.search(r"pids (\d+),", started).group(1))
+    victim = int(re.search(r"pids (\d+),", started).group(1))  # worker 0's
     os.kill(victim, signal.SIGKILL)  # no handler runs: its trial stays RUNNING in the storage
     proc.wait(timeout=900)
     out = "".join(lines)
     assert proc.returncode == 128 + signal.SIGKILL, out  # the exit codes aggregated: the killed worker's
     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]  # the killed worker's, failed as stale ...
-    assert failed.number in [t.number for t in running]
+    assert failed.number == running.number, out
     (rerun,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert rerun.state == TrialState.COMPLETE and rerun.params == failed.params  # ... and run again
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -104,7 +105,7 @@ def test_a_signal_to_the_command_fails_every_workers_trial_and_leaves_nothing_ru
     path = write_sweep(space=WIDTHS, n_trials=2, seeds=(0,), overrides=["trainer.max_epochs=30"])
     proc = sweep(path, storage, "--workers", "2")
     lines = follow_output(proc)
-    wait_for_fits(storage, 2)
+    wait_for_fits(storage, lines, 2)
     proc.send_signal(signal.SIGTERM)  # to the command alone: it passes the signal on to each worker
     proc.wait(timeout=300)
     out = "".join(lines)

@@ -65,16 +65,16 @@ def test_three_workers_on_postgresql_run_exactly_the_total_and_no_grid_point_twi
 def test_a_worker_killed_mid_trial_is_rerun_by_another(postgres_url):
     fresh(postgres_url)
     path = write_sweep(
-        n_trials=3, widths=[8, 12, 16], overrides=["trainer.max_epochs=6"], heartbeat_interval=1, grace_period=4
+        n_trials=3, widths=[8, 12, 16], overrides=["trainer.max_epochs=20"], heartbeat_interval=1, grace_period=4
     )
     victim = sweep(path, "--storage", postgres_url, start_new_session=True)
     deadline = time.time() + 300
     while not list(Path("runs/w").glob("t*-s0/hparams.yaml")) and time.time() < deadline:  # its fit has begun
         time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)  # at once, mid-fit; no handler runs: the trial stays RUNNING
+    victim.wait()
     (running,) = [t for t in study_trials(postgres_url) if t.state == TrialState.RUNNING]
     survivor = sweep(path, "--storage", postgres_url)
-    os.killpg(victim.pid, signal.SIGKILL)  # no handler runs: the trial stays RUNNING in the storage
-    victim.wait()
     out, _ = survivor.communicate(timeout=600)
     assert survivor.returncode == 0, out
     trials = {t.number: t for t in study_trials(postgres_url)}
