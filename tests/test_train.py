@@ -121,3 +121,27 @@ def test_wandb_mode_comes_from_the_config_else_the_environment(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ConfigError, match="WANDB_MODE='sometimes'"):
         wandb_mode(load_config(None))
+
+
+def test_a_w_and_b_file_read_while_it_is_written_gives_its_complete_records_and_damage_an_error(tiny, tmp_path):
+    """W&B's service writes a run's file as the run goes (a sweep's table may read it then): a file cut anywhere
+    gives the records written whole before the cut; a changed byte inside it is an error naming the file."""
+    from ablate.results.wandb_files import records
+
+    cfg = load_config(None, [t for t in tiny if not t.startswith("wandb")] + ["wandb.mode=offline"])
+    run(cfg, "out", wandb_run={"name": "t0-s0"})
+    run_info(next(Path("runs/wandb").glob("offline-run-*")))  # once the service has written the exit record
+    (path,) = Path("runs/wandb").glob("offline-run-*/run-*.wandb")
+    data, whole = path.read_bytes(), records(path)
+    assert len(data) > 32768 and whole[-1].WhichOneof("record_type") == "exit"  # it spans blocks, and it is done
+    cut = tmp_path / "cut.wandb"
+    for end in range(7, len(data), 997):  # cuts inside headers, data and records that span a block boundary
+        cut.write_bytes(data[:end])
+        got = records(cut)
+        assert [r.SerializeToString() for r in got] == [r.SerializeToString() for r in whole[: len(got)]]
+        assert len(got) < len(whole)
+    damaged = bytearray(data)
+    damaged[7 + 7 + 1] ^= 0xFF  # inside the first chunk's data (after the file's and the chunk's 7-byte headers)
+    cut.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="cut.wandb: the chunk at byte .* fails its checksum"):
+        records(cut)

@@ -2,6 +2,7 @@
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -10,7 +11,9 @@ BLOCK, HEADER = 32768, 7
 
 
 def records(path: Path) -> list:
-    """Every `Record` in a `.wandb` file, in order."""
+    """Every complete `Record` in a `.wandb` file, in order. W&B's service writes the file as the run goes, so a
+    reader may find it ending inside a record: the records before it are returned, and a later read gets the rest.
+    A chunk whose checksum (CRC-32 of its type byte and data) fails is damage, not a write under way: ValueError."""
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B run file")
@@ -19,10 +22,15 @@ def records(path: Path) -> list:
         if BLOCK - pos % BLOCK < HEADER:  # block trailer: zero padding
             pos += BLOCK - pos % BLOCK
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         if kind == 0 and length == 0:
             break
-        chunks.append(data[pos + HEADER : pos + HEADER + length])
+        chunk = data[pos + HEADER : pos + HEADER + length]
+        if len(chunk) < length:  # the file ends inside this chunk: W&B has not written the rest yet
+            break
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            raise ValueError(f"{path}: the chunk at byte {pos} fails its checksum; the file is damaged")
+        chunks.append(chunk)
         pos += HEADER + length
         if kind in (1, 4):  # FULL or LAST: a record is complete
             record = pb.Record()
