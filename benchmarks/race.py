@@ -37,7 +37,7 @@ import until_decided  # noqa: E402
 from until_decided import ALPHA, GRID, VERDICTS, Scenario, bimodal, decide, draw, normal, save  # noqa: E402
 
 from ablate.study.decide import first_look, look_alpha  # noqa: E402
-from ablate.study.race import look, plan_race  # noqa: E402
+from ablate.study.race import eliminate, look, plan_race  # noqa: E402
 
 EPOCHS = 12
 
@@ -111,10 +111,8 @@ def truth_ok(s: Scenario) -> np.ndarray:
 def race(s: Scenario, values: np.ndarray, check: bool = False) -> tuple[int, int, int]:
     """One repetition of --race on (variants, seeds) values: (the pick's index, runs, looks)."""
     moderate = until_decided.MODERATE  # decide() reads it too
-    names, alpha = (
-        list(s.variants),
-        look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, len(s.variants) - 1, moderated=moderate),
-    )
+    names = list(s.variants)
+    alpha = look_alpha(ALPHA, first_look(s.seeds), s.max_seeds, len(names) - 1, moderated=moderate, blocked=True)
     used, out, looks = {v: set(range(s.seeds)) for v in names}, set(), 0
     while True:
         looks += 1
@@ -123,14 +121,15 @@ def race(s: Scenario, values: np.ndarray, check: bool = False) -> tuple[int, int
             for i, v in enumerate(names)
             if v not in out
         ]
-        codes, b, within = decide(s, field, alpha, check)
-        worse = [r["variant"] for r, c in zip(field, codes) if VERDICTS[c] == "worse"]
+        codes, b, within = decide(s, field, alpha, check)  # the paired verdicts: equivalence and the estimate stop
+        worse = eliminate(field, field[b], alpha=alpha, direction="maximize", moderate=moderate)
         if check:  # the library's look eliminates the same
             rows = [{**r, "mean": float(np.mean(list(r["seeds"].values())))} for r in field]
             got = look(rows, set(), margin=s.margin, alpha=alpha, direction="maximize", moderate=moderate)[2]
             assert got == worse, (s.name, rows)
         for r, c, ok in zip(field, codes, within):
-            r["verdict"] = "baseline" if r is field[b] else VERDICTS[c]
+            paired = "undecided" if VERDICTS[c] == "worse" else VERDICTS[c]  # only eliminate() puts a row out
+            r["verdict"] = "baseline" if r is field[b] else "worse" if r["variant"] in worse else paired
             r["seeds_needed"] = s.max_seeds if ok else s.max_seeds + 1  # only "within max_seeds or not" matters
         out.update(worse)
         plan = plan_race([r for r in field if r["variant"] not in out], field[b], used, s.max_seeds)

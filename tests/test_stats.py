@@ -48,6 +48,12 @@ def test_holm_matches_a_hand_step_down():
     assert all(abs(g - e) < 1e-12 for g, e in zip(got, expected) if e is not None)
     assert expected == [0.03, 0.06, 0.06, None, 0.02]  # the hand calculation itself, written out
     assert holm([]) == [] and holm([None]) == [None]
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 7, 30):  # ties and products above 1 included
+        q = list(np.round(rng.random(m) ** 3, 2))
+        assert holm(q) == pytest.approx(list(multipletests(q, method="holm")[1]), abs=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ MIN_ROWS = 3  # rows with a test of one kind (paired, or Welch) before a prior i
 MIN_PRIOR_DF = 1.0  # a prior worth less than one degree of freedom is not used (the row keeps its plain t)
 SHARED = 0.25  # correlation of two rows' variances of differences to one baseline when all runs' noise is alike
 OUTLIER_P = 0.05  # a row whose upper F tail p against the others' prior is below OUTLIER_P / rows is an outlier
+REWEIGHT = 1  # blocked_t's weighted refits after least squares
 
 
 def trigamma_inverse(y):
@@ -78,11 +79,13 @@ def upper_tail(var, df, d0, s0) -> np.ndarray:
     return np.where(finite, special.fdtrc(df, np.where(finite, d0, 1), ratio), special.chdtrc(df, df * ratio))
 
 
-def fit_prior(var, df, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_prior(var, df, mask, shared: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(d0, s0², kept), each per row: row i's prior is fitted to the other rows in `mask` less the outlying ones.
 
     d0 is 0 (and s0² 1) for a row outside `mask`, an outlier, or without a usable prior (module docstring); else at
-    most the other kept rows' effective df. `kept`: the rows the priors are fitted to (none when under MIN_ROWS)."""
+    most the other kept rows' effective df: their summed df / (1 + (others − 1)·`shared`), `shared` the correlation
+    of two rows' variances (None: SHARED, for differences to one baseline; 0 for `blocked_t`'s residuals). `kept`:
+    the rows the priors are fitted to (none when under MIN_ROWS)."""
     var, df, kept = np.broadcast_arrays(np.asarray(var, float), np.asarray(df, float), mask)
     kept, var = kept.copy(), floor_zero(var, kept)
     with np.errstate(all="ignore"):  # fits of fewer than two rows are NaN, and never used
@@ -97,7 +100,8 @@ def fit_prior(var, df, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kept &= (kept.sum(-1) >= MIN_ROWS)[..., None]
         d0, s0 = _leave_one_out(var, df, kept)
     others = np.sum(kept, -1, keepdims=True) - 1
-    cap = (np.sum(np.where(kept, df, 0), -1, keepdims=True) - df) / (1 + (others - 1) * SHARED)
+    shared = SHARED if shared is None else shared
+    cap = (np.sum(np.where(kept, df, 0), -1, keepdims=True) - df) / (1 + (others - 1) * shared)
     d0 = np.where(kept, np.minimum(d0, cap), 0.0)
     d0 = np.where(d0 >= MIN_PRIOR_DF, d0, 0.0)
     return d0, np.where(d0 > 0, s0, 1.0), kept
@@ -129,3 +133,67 @@ def moderate_paired(var, n, mask=True) -> tuple[np.ndarray, np.ndarray, np.ndarr
     df = np.asarray(n, float) - 1
     d0, s0, _ = fit_prior(var, df, np.asarray(mask) & (df >= 1))
     return squeeze(var, df, d0, s0), df + d0, d0
+
+
+def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Δ, p, df) of every variant against variant `leader`, from the seed-blocked model of the whole field (a
+    race's eliminations, ablate.study.race): x is (variants, seeds), NaN where a variant has not run a seed.
+
+    - **The model**: x = variant + seed + noise of the variant's own variance, fitted by weighted least squares to
+      every run of the field, so a seed's shift (the data order and split it fixes for every variant) is estimated
+      from all variants, not from the leader's run alone as a paired difference does. Δ is a variant's effect less
+      the leader's. The weights (`variant_weights` of the moderated variances below, REWEIGHT refits from least
+      squares) keep an outlying variant (a bimodal one) from carrying its swings into the seed shifts, and no
+      variant from weighing more than a typical one; alike variants weigh alike (moderated variances barely differ
+      where raw ones on 1 or 2 df scatter by chance).
+    - **Each variant's variance** is its residuals' sum of squares over their degrees of freedom, Σ (1 − leverage)
+      over its runs (so the field's residual df, runs − variants − seeds + 1, are shared out, and E s² = σ² when
+      the weights are right), moderated across the field as `moderate_paired` does (fit_prior, robust to outlying
+      variants), with shared = 0: residuals of different variants hardly correlate, so the prior's df grow with
+      the field, where differences to one leader cap them near 4.
+    - **The t** of the contrast's estimate, whose variance is Σ g² s̃_j² over the runs (g: the contrast's weights
+      on each run, variant j's), on Satterthwaite's df (Welch's t for a full table; with two variants exactly the
+      paired t).
+    A variant with fewer than 2 runs, and the leader itself, get NaN (never decided)."""
+    x = np.asarray(x, float)
+    delta, p, df_t = (np.full(len(x), np.nan) for _ in range(3))
+    fitted = np.flatnonzero((~np.isnan(x)).sum(1) >= 2)
+    if leader not in fitted or len(fitted) < 2:
+        return delta, p, df_t
+    sub = x[fitted]
+    variant, seed = np.nonzero(~np.isnan(sub))
+    seed, y, k = np.unique(seed, return_inverse=True)[1], sub[variant, seed], len(fitted)
+    design = np.zeros((len(y), k + seed.max()))
+    design[np.arange(len(y)), variant] = 1
+    design[seed > 0, k + seed[seed > 0] - 1] = 1  # seed 0's shift is absorbed by the variant effects
+    weight = np.ones(k)
+    for _ in range(REWEIGHT + 1):
+        w = weight[variant]
+        inverse = np.linalg.pinv(design.T @ (design * w[:, None]))
+        beta = inverse @ design.T @ (w * y)
+        residual = y - design @ beta
+        df = np.bincount(variant, 1 - w * np.einsum("ij,jk,ik->i", design, inverse, design), k)
+        var = np.bincount(variant, residual**2, k) / df
+        d0, s0, _ = fit_prior(var, df, np.ones(k, bool), shared=0.0)
+        weight = variant_weights(squeeze(var, df, d0, s0))
+    if moderate:
+        var, df = squeeze(var, df, d0, s0), df + d0
+    at = int(np.flatnonzero(fitted == leader)[0])
+    contrast = np.eye(k, design.shape[1]) - np.eye(k, design.shape[1])[at]  # (variants, params): b_i − b_leader
+    g = (design * w[:, None]) @ inverse @ contrast.T  # (runs, variants): Δ_i = Σ g[:, i] y
+    a = np.stack([np.bincount(variant, g[:, i] ** 2, k) for i in range(k)])  # (variants, their runs' variants)
+    se2 = a @ var
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dfs = se2**2 / ((a * var) ** 2 / df).sum(1)
+        ps = 2 * special.stdtr(dfs, -np.abs(contrast @ beta) / np.sqrt(se2))
+    ps[at], dfs[at] = np.nan, np.nan
+    delta[fitted], p[fitted], df_t[fitted] = contrast @ beta, ps, dfs
+    return delta, p, df_t
+
+
+def variant_weights(var) -> np.ndarray:
+    """Weights of `blocked_t`'s refits, per variant (last axis): 1 / its (moderated) residual variance, no larger
+    than 1 / the median variant's."""
+    scale = np.maximum(var, np.median(var, -1, keepdims=True))
+    with np.errstate(divide="ignore"):
+        return np.where(scale > 0, 1 / scale, 1.0)  # all variances 0: equal weights

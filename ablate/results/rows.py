@@ -237,7 +237,8 @@ def study_verdicts(study: optuna.Study) -> dict:
     """What the study's tables decide with, as its sweep recorded it (ablate.study.decide.verdict_attrs): margin,
     alpha (the α per look once the study added seeds until decided), looks ([first, max_seeds] or None) and the
     baseline row's settings (an experiment's `baseline`; None: the best row), moderate (the moderated t across rows;
-    studies from before it: True) and alpha_plain (the plain t's α per look, for --no-moderation)."""
+    studies from before it: True), alpha_plain (the plain t's α per look, for --no-moderation) and race_alpha (the α
+    per look of a race's eliminations, ablate.study.race; races from before it: alpha)."""
     v = study.user_attrs.get("verdicts") or {}
     return {
         "margin": v.get("margin"),
@@ -246,6 +247,7 @@ def study_verdicts(study: optuna.Study) -> dict:
         "moderate": v.get("moderate", True),
         "looks": v.get("looks"),
         "baseline": v.get("baseline"),
+        "race_alpha": v.get("race_alpha") or v.get("look_alpha") or v.get("alpha", 0.05),
     }
 
 

@@ -28,7 +28,7 @@ from scipy import special
 
 from ablate.cli import console
 from ablate.errors import ConfigError
-from ablate.results.moderated import moderate_paired
+from ablate.results.moderated import REWEIGHT, fit_prior, moderate_paired, squeeze, variant_weights
 
 ROUND, PLAN = "round", "seed_plan"  # user attrs of a trial: its round of added seeds (absent: planned), its seeds
 NULL_PATHS, NULL_SEED = 10_000, 20260101  # null studies simulated for look_alpha, on one fixed random stream
@@ -37,7 +37,9 @@ BIMODAL = (0.5, 17.5)  # the bimodal null: a run learns the scene with p 1/2, th
 
 
 @functools.lru_cache(maxsize=64)
-def look_alpha(alpha: float, first: int, last: int, rows: int, *, moderated: bool = True) -> float:
+def look_alpha(
+    alpha: float, first: int, last: int, rows: int, *, moderated: bool = True, blocked: bool = False
+) -> float:
     """The α of each look when a study's `rows` rows are tested against one baseline at every seed count
     first..last (Pocock's constant rule).
 
@@ -48,18 +50,26 @@ def look_alpha(alpha: float, first: int, last: int, rows: int, *, moderated: boo
     baseline's luck on a few seeds, and each row can have its own); the α per look is the smaller of the two levels
     at which such a study makes any false verdict with probability α. More rows, more chances: with plain t's the
     level falls with every row (3..8 seeds: 0.0030 at 3 rows, 0.0010 at 11). One look (first >= last) keeps α.
+    `blocked`: the race's seed-blocked t instead (ablate.results.moderated.blocked_t, moderated unless `moderated`
+    is False), the baseline one of the field's rows + 1 variants.
     """
     first = max(first, 2)
     if first >= last:
         return alpha
     rows = max(1, min(rows, MODERATED_ROWS_CAP) if moderated else rows)
-    levels = (np.quantile(_null_study(first, last, moderated, shape, rows), alpha) for shape in ("normal", "bimodal"))
+    levels = (
+        np.quantile(_null_study(first, last, moderated, shape, rows, blocked=blocked), alpha)
+        for shape in ("normal", "bimodal")
+    )
     return float(min(levels))
 
 
-def _null_study(first: int, last: int, moderated: bool, shape: str, rows: int, seed: int = NULL_SEED) -> np.ndarray:
+def _null_study(
+    first: int, last: int, moderated: bool, shape: str, rows: int, seed: int = NULL_SEED, blocked: bool = False
+) -> np.ndarray:
     """(NULL_PATHS,) Holm's first step over a null study's looks: `rows` × its smallest p over rows and looks,
-    every run normal (`shape` "normal") or bimodal (BIMODAL), each row's differences to the shared baseline."""
+    every run normal (`shape` "normal") or bimodal (BIMODAL), each row's differences to the shared baseline, or
+    with `blocked` the seed-blocked t of each row against the baseline (`_blocked_p`)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((NULL_PATHS, rows + 1, last))
     if shape == "bimodal":
@@ -67,12 +77,38 @@ def _null_study(first: int, last: int, moderated: bool, shape: str, rows: int, s
     d = x[:, 1:] - x[:, :1]  # (paths, rows, seeds)
     smallest = np.ones(len(d))
     for n in range(first, last + 1):
-        var, df = d[..., :n].var(-1, ddof=1), np.full(d.shape[:2], n - 1.0)
-        if moderated:
-            var, df, _ = moderate_paired(var, n)
-        p = 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n))
+        if blocked:
+            p = _blocked_p(x[..., :n], moderated)
+        else:
+            var, df = d[..., :n].var(-1, ddof=1), np.full(d.shape[:2], n - 1.0)
+            if moderated:
+                var, df, _ = moderate_paired(var, n)
+            p = 2 * special.stdtr(df, -np.abs(d[..., :n].mean(-1)) / np.sqrt(var / n))
         smallest = np.minimum(smallest, p.min(-1))
     return rows * smallest
+
+
+def _blocked_p(x: np.ndarray, moderated: bool) -> np.ndarray:
+    """(paths, rows) p of `blocked_t` for x (paths, variants, seeds), every variant on every seed, variant 0 the
+    baseline, in closed form: in a full table with variant weights w the residuals are x − its variant's mean − the
+    w-weighted mean over variants of (x − their means) on its seed, each variant's on (n − 1)(1 − w / Σw) df, and
+    the contrast is the difference of means (a Welch t)."""
+    n = x.shape[-1]
+    mean = x.mean(-1)
+    centred = x - mean[..., None]
+    weight = np.ones(mean.shape)
+    for _ in range(REWEIGHT + 1):
+        share = weight / weight.sum(-1, keepdims=True)
+        residual = centred - np.einsum("pv,pvs->ps", share, centred)[:, None]
+        df = (n - 1) * (1 - share)
+        var = (residual**2).sum(-1) / df
+        d0, s0, _ = fit_prior(var, df, True, shared=0.0)
+        weight = variant_weights(squeeze(var, df, d0, s0))
+    if moderated:
+        var, df = squeeze(var, df, d0, s0), df + d0
+    se2 = (var[:, :1] + var[:, 1:]) / n
+    df_t = se2**2 / ((var[:, :1] / n) ** 2 / df[:, :1] + (var[:, 1:] / n) ** 2 / df[:, 1:])
+    return 2 * special.stdtr(df_t, -np.abs(mean[:, 1:] - mean[:, :1]) / np.sqrt(se2))
 
 
 def planned_rows(sweep) -> int:
@@ -166,7 +202,8 @@ def with_verdict_flags(study_config, args):
 def verdict_attrs(sweep, stored: dict | None) -> dict:
     """What the study's tables decide with (stored as the study's `verdicts` user attr): margin, α, the baseline
     row's settings, whether it races, whether rows are moderated, and α per look (with the looks and the rows it is
-    calibrated for) once the study has added seeds until decided or raced (kept from `stored` otherwise)."""
+    calibrated for) once the study has added seeds until decided or raced (kept from `stored` otherwise); a race's
+    eliminations have their own (race_alpha: ablate.study.race)."""
     s, stored = sweep.study, stored or {}
     attrs = {
         "margin": s.margin,
@@ -184,6 +221,10 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
         rows = planned_rows(sweep)
         attrs.update(look_alpha=look_alpha(s.alpha, *looks, rows, moderated=s.moderate), looks=looks, rows=rows)
         attrs["look_alpha_plain"] = look_alpha(s.alpha, *looks, rows, moderated=False)  # a table with --no-moderation
+    if attrs["race"]:
+        from ablate.study.race import race_alpha
+
+        attrs["race_alpha"] = race_alpha(sweep) if s.race else stored.get("race_alpha")
     return attrs
 
 

@@ -6,22 +6,37 @@
   seeds, and the race goes on with them.
 - A look (before each round, once no trial runs or waits) compares every variant still in the race with the
   leader, the best of them (`versus_leader`: paired on shared seeds, the moderated t across the field unless
-  study.moderate is false (--no-moderation: the plain t), Holm over the field, TOST with the margin, at the α per
-  look of decide.py for that t). One decided worse is eliminated for good: it never gets a seed again, and a trial
-  that draws it again is pruned before it trains (its look is kept in the study's `race` user attr). One
-  equivalent to the leader gets no seed (either is as good within the margin); an open one gets one, and the
-  leader the seeds that pair them (`plan_round`, with its estimate stop).
+  study.moderate is false (--no-moderation: the plain t), Holm over the field, TOST with the margin): these are the
+  verdicts an equivalent or open variant gets. A variant is eliminated by the seed-blocked t of the whole field
+  (`eliminate`: ablate.results.moderated.blocked_t, its variances moderated unless --no-moderation; Holm over the
+  field): the seed shifts are estimated from every variant, so its t has the field's degrees of freedom, where a
+  paired difference to the leader carries the leader's noise and its moderated prior stays near 4 df. Every look
+  uses the α per look of that t (`race_alpha`, decide.look_alpha(blocked=True)). One decided worse is eliminated
+  for good: it never gets a seed again, and a trial that draws it again is pruned before it trains (its look is
+  kept in the study's `race` user attr). One equivalent to the leader gets no seed (either is as good within the
+  margin); an open one gets one, and the leader the seeds that pair them (`plan_round`, with its estimate stop).
 - The race ends when no comparison is open and the leader has max_seeds seeds (`plan_race`); the sweep's end
   names the leader, the variants equivalent to it and what each eliminated variant cost (`race_summary`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
-from ablate.study.decide import ROUND, Rounds, choose_seeds, plan_round, seeds_in_use, variant_params
+from ablate.study.decide import (
+    ROUND,
+    Rounds,
+    choose_seeds,
+    first_look,
+    look_alpha,
+    plan_round,
+    planned_rows,
+    seeds_in_use,
+    variant_params,
+)
 
 RACE = "race"  # study user attr: {variant: the look that eliminated it}
 
@@ -38,17 +53,54 @@ def versus_leader(rows: list[dict], *, margin: float | None, alpha: float, direc
     return leader
 
 
+def race_alpha(sweep) -> float:
+    """The α per look of a race's eliminations: the seed-blocked t's (moderated unless study.moderate is false),
+    calibrated on null studies of the sweep's rows (ablate.study.decide.look_alpha)."""
+    s = sweep.study
+    rows = planned_rows(sweep)
+    return look_alpha(s.alpha, first_look(len(sweep.seeds)), s.max_seeds, rows, moderated=s.moderate, blocked=True)
+
+
+def eliminate(field: list[dict], leader: dict, *, alpha: float, direction: str, moderate: bool) -> list[str]:
+    """The variants of `field` decided worse than `leader` by the seed-blocked t of the whole field (blocked_t on
+    every row's {seed: value}), Holm over the field at `alpha`. Each other row gets race_p (the raw p; None when it
+    cannot be tested: fewer than 2 seeds) and race_p_adjusted (Holm's)."""
+    from ablate.results.moderated import blocked_t
+    from ablate.results.stats import holm
+
+    seeds = sorted({s for r in field for s in r["seeds"]})
+    x = np.array([[r["seeds"].get(s, np.nan) for s in seeds] for r in field], float)
+    at = next(i for i, r in enumerate(field) if r is leader)
+    delta, p, _ = blocked_t(x, at, moderate)
+    others = [i for i in range(len(field)) if i != at]
+    adjusted = holm([None if np.isnan(p[i]) else float(p[i]) for i in others])
+    sign = 1 if direction == "maximize" else -1
+    worse = []
+    for i, p_adjusted in zip(others, adjusted):
+        field[i].update(race_p=None if np.isnan(p[i]) else float(p[i]), race_p_adjusted=p_adjusted)
+        if p_adjusted is not None and p_adjusted < alpha and sign * delta[i] < 0:
+            worse.append(field[i]["variant"])
+    return worse
+
+
 def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction: str, moderate: bool):
-    """One look of the race: (leader, the field, newly eliminated variants); `alpha` the α per look of the t that
-    `moderate` chooses (ablate.study.decide.look_alpha).
+    """One look of the race: (leader, the field, newly eliminated variants); `alpha` the race's α per look
+    (`race_alpha`).
 
     The field: rows with a mean whose variant is not in `out` (eliminated at an earlier look), each compared with
-    the leader; those decided worse leave the field here. (None, [], []) when no row has a mean."""
+    the leader (`versus_leader`); those `eliminate` decides worse leave the field here, with verdict "worse". A row
+    the paired t alone calls worse stays in the race as "undecided" (open: it gets a seed). (None, [], []) when no
+    row has a mean."""
     field = [r for r in rows if r["mean"] is not None and r["variant"] not in out]
     if not field:
         return None, [], []
     leader = versus_leader(field, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
-    worse = [r["variant"] for r in field if r["verdict"] == "worse"]
+    worse = eliminate(field, leader, alpha=alpha, direction=direction, moderate=moderate)
+    for r in field:
+        if r["variant"] in worse:
+            r["verdict"] = "worse"
+        elif r["verdict"] == "worse":
+            r.update(verdict="undecided", seeds_needed=None)
     return leader, [r for r in field if r["variant"] not in worse], worse
 
 
@@ -88,6 +140,10 @@ class Race(Rounds):
 
     name = "a race to the best"
 
+    def __init__(self, sweep):
+        super().__init__(sweep)
+        self.alpha = race_alpha(sweep)
+
     def __str__(self) -> str:
         return f"eliminating variants decided worse than the leader; {super().__str__()}"
 
@@ -102,7 +158,7 @@ class Race(Rounds):
             rows,
             eliminated(study, n),
             margin=s.margin,
-            alpha=self.alpha,  # Rounds': the α per look of study.moderate's t
+            alpha=self.alpha,  # race_alpha
             direction=study.direction.name.lower(),
             moderate=s.moderate,
         )
@@ -138,7 +194,7 @@ def race_summary(study: optuna.Study) -> str | None:
     if not (study.user_attrs.get("verdicts") or {}).get("race"):
         return None
     rows, v, out = rows_of(study), study_verdicts(study), eliminated(study)
-    options = {"margin": v["margin"], "alpha": v["alpha"], "moderate": v["moderate"]}  # as the sweep raced
+    options = {"margin": v["margin"], "alpha": v["race_alpha"], "moderate": v["moderate"]}  # as the sweep raced
     leader, field, _ = look(rows, out, direction=study_objective(study)[1], **options)
     if leader is None:
         return "race: no variant has a complete seed yet"
