@@ -5,18 +5,19 @@
 No training: each variant's value on a seed is drawn as in `benchmarks/until_decided.py` (normal, or bimodal like
 the built-in data: a run learns the scene or stays near 0.40; plus a shift each seed gives every variant). Per
 scenario and repetition, on the same draws:
-- race: every variant of the grid runs the planned seeds; then looks and rounds as `--race` takes them (the field
-  compared with its leader by the moderated t, or the plain t with --no-moderation, at that t's α per look, those
-  decided worse out for good, `plan_race` for the rest, up to max_seeds); the pick is the leader;
+- race: every variant of the grid runs the planned seeds; then looks and rounds as `--race` takes them (those the
+  seed-blocked t of the field decides worse than the leader out for good, its variances moderated unless
+  --no-moderation, at its α per look; the paired verdicts for the rest, `plan_race`, up to max_seeds); the pick
+  is the leader;
 - fixed: every variant K seeds, the pick the best mean (K = max_seeds is the "full grid x fixed seeds" the goal
   is measured against; the smallest K that picks as well as the race is shown too);
 - pruner: every variant the planned seeds, Optuna's MedianPruner as a sweep configures it (`pruner: median`)
   watching the first seed's curve, the pick the best complete trial; its runs are the epochs trained over the
   epochs of a run. A curve rises from 0.30 to the run's value by epoch 3, or, for a late-learning variant, jumps
   there after epoch 7 (the built-in data learns the scene late), of 12 epochs.
-A pick is right when its true mean is within the margin of the best true mean. The verdicts are the array ones of
-until_decided.py; the first `--check` repetitions also take every look through `ablate.study.race.look` and must
-eliminate exactly the same variants.
+A pick is right when its true mean is within the margin of the best true mean. The paired verdicts are the array
+ones of until_decided.py, the eliminations `ablate.study.race.eliminate`'s; the first `--check` repetitions also
+take every look through `ablate.study.race.look` and must eliminate exactly the same variants.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
     """What the study's tables decide with (stored as the study's `verdicts` user attr): margin, α, the baseline
     row's settings, whether it races, whether rows are moderated, and α per look (with the looks and the rows it is
     calibrated for) once the study has added seeds until decided or raced (kept from `stored` otherwise); a race's
-    eliminations have their own (race_alpha: ablate.study.race)."""
+    eliminations have their own (`race_alpha`, ablate.study.race)."""
     s, stored = sweep.study, stored or {}
     attrs = {
         "margin": s.margin,
@@ -222,10 +222,16 @@ def verdict_attrs(sweep, stored: dict | None) -> dict:
         attrs.update(look_alpha=look_alpha(s.alpha, *looks, rows, moderated=s.moderate), looks=looks, rows=rows)
         attrs["look_alpha_plain"] = look_alpha(s.alpha, *looks, rows, moderated=False)  # a table with --no-moderation
     if attrs["race"]:
-        from ablate.study.race import race_alpha
-
         attrs["race_alpha"] = race_alpha(sweep) if s.race else stored.get("race_alpha")
     return attrs
+
+
+def race_alpha(sweep) -> float:
+    """The α per look of a race's eliminations: the seed-blocked t's (moderated unless study.moderate is false),
+    calibrated on null studies of the sweep's rows (`look_alpha`)."""
+    s = sweep.study
+    rows = planned_rows(sweep)
+    return look_alpha(s.alpha, first_look(len(sweep.seeds)), s.max_seeds, rows, moderated=s.moderate, blocked=True)
 
 
 def check_max_seeds(trials: list, max_seeds: int, planned: int) -> None:

@@ -11,7 +11,7 @@
   (`eliminate`: ablate.results.moderated.blocked_t, its variances moderated unless --no-moderation; Holm over the
   field): the seed shifts are estimated from every variant, so its t has the field's degrees of freedom, where a
   paired difference to the leader carries the leader's noise and its moderated prior stays near 4 df. Every look
-  uses the α per look of that t (`race_alpha`, decide.look_alpha(blocked=True)). One decided worse is eliminated
+  uses the α per look of that t (decide.race_alpha). One decided worse is eliminated
   for good: it never gets a seed again, and a trial that draws it again is pruned before it trains (its look is
   kept in the study's `race` user attr). One equivalent to the leader gets no seed (either is as good within the
   margin); an open one gets one, and the leader the seeds that pair them (`plan_round`, with its estimate stop).
@@ -26,17 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
-from ablate.study.decide import (
-    ROUND,
-    Rounds,
-    choose_seeds,
-    first_look,
-    look_alpha,
-    plan_round,
-    planned_rows,
-    seeds_in_use,
-    variant_params,
-)
+from ablate.study.decide import ROUND, Rounds, choose_seeds, plan_round, race_alpha, seeds_in_use, variant_params
 
 RACE = "race"  # study user attr: {variant: the look that eliminated it}
 
@@ -51,14 +41,6 @@ def versus_leader(rows: list[dict], *, margin: float | None, alpha: float, direc
     leader = max(rows, key=lambda r: sign * r["mean"])
     annotate(rows, leader, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
     return leader
-
-
-def race_alpha(sweep) -> float:
-    """The α per look of a race's eliminations: the seed-blocked t's (moderated unless study.moderate is false),
-    calibrated on null studies of the sweep's rows (ablate.study.decide.look_alpha)."""
-    s = sweep.study
-    rows = planned_rows(sweep)
-    return look_alpha(s.alpha, first_look(len(sweep.seeds)), s.max_seeds, rows, moderated=s.moderate, blocked=True)
 
 
 def eliminate(field: list[dict], leader: dict, *, alpha: float, direction: str, moderate: bool) -> list[str]:
@@ -214,7 +196,7 @@ def race_summary(study: optuna.Study) -> str | None:
         f"race: leader {named()}",
         f"  {equivalent}",
         f"  still open (at --max-seeds, or an estimate above it): {named('undecided')}",
-        f"  eliminated ({len(gone)}), worse than the leader at look k, with the runs each cost: "
+        f"  eliminated ({len(gone)}), worse than the leader (seed-blocked t) at look k, with the runs each cost: "
         + (", ".join(f"{label[g]} ({runs.get(g, 0)} runs, look {k})" for g, k in gone) or "none"),
         f"  runs: {sum(runs.values())} in all, {sum(runs.get(g, 0) for g, _ in gone)} on eliminated variants",
     ]
