@@ -243,6 +243,19 @@ def test_the_seed_blocked_t_equals_a_weighted_least_squares_fit_worked_out_with_
     assert df.sum() == pytest.approx(len(y) - 4 - 5)  # the residual df, shared out
 
 
+def test_a_variant_on_seeds_no_other_ran_is_left_undecided_and_the_others_are_judged_as_without_it():
+    rng = np.random.default_rng(0)
+    x = np.full((6, 10), np.nan)
+    x[:5, :3] = rng.normal(0, 1, (5, 3)) - np.array([[0], [0], [0], [0], [10]])
+    alone = moderated.blocked_t(x[:5, :3], 0)
+    x[5, 7:9] = [0.5, 0.7]  # two seeds of its own: its effect is confounded with theirs
+    with_it = moderated.blocked_t(x, 0)
+    assert np.isnan(with_it[1][5]) and np.isnan(with_it[0][5])
+    for got, want in zip(with_it, alone):
+        assert np.allclose(got[:5], want, equal_nan=True)
+    assert with_it[1][4] < 1e-6  # 10 below: still decided
+
+
 @pytest.mark.parametrize("moderate", [False, True])
 def test_the_seed_blocked_t_holds_its_level_on_unbalanced_tables_with_seed_shifts(moderate):
     """2000 null race tables (no variant differs; seed shifts of sd 3; the leader on 6 seeds, the rest on 2 to 4):

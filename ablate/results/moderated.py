@@ -154,7 +154,8 @@ def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.nda
     - **The t** of the contrast's estimate, whose variance is Σ g² s̃_j² over the runs (g: the contrast's weights
       on each run, variant j's), on Satterthwaite's df (Welch's t for a full table; with two variants exactly the
       paired t).
-    A variant with fewer than 2 runs, and the leader itself, get NaN (never decided)."""
+    A variant with fewer than 2 runs or no residual df (its seeds shared with no other variant), and the leader
+    itself, get NaN (never decided)."""
     x = np.asarray(x, float)
     delta, p, df_t = (np.full(len(x), np.nan) for _ in range(3))
     fitted = np.flatnonzero((~np.isnan(x)).sum(1) >= 2)
@@ -173,9 +174,11 @@ def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.nda
         beta = inverse @ design.T @ (w * y)
         residual = y - design @ beta
         df = np.bincount(variant, 1 - w * np.einsum("ij,jk,ik->i", design, inverse, design), k)
-        var = np.bincount(variant, residual**2, k) / df
-        d0, s0, _ = fit_prior(var, df, np.ones(k, bool), shared=0.0)
-        weight = variant_weights(squeeze(var, df, d0, s0))
+        ok = df > 1e-9  # a variant whose runs the fit meets exactly (its seeds no other variant ran) has no variance
+        df = np.where(ok, df, 1.0)
+        var = np.where(ok, np.bincount(variant, residual**2, k) / df, 0.0)
+        d0, s0, _ = fit_prior(var, df, ok, shared=0.0)
+        weight = np.where(ok, variant_weights(np.where(ok, squeeze(var, df, d0, s0), np.nan)), 1.0)
     if moderate:
         var, df = squeeze(var, df, d0, s0), df + d0
     at = int(np.flatnonzero(fitted == leader)[0])
@@ -186,14 +189,17 @@ def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.nda
     with np.errstate(invalid="ignore", divide="ignore"):
         dfs = se2**2 / ((a * var) ** 2 / df).sum(1)
         ps = 2 * special.stdtr(dfs, -np.abs(contrast @ beta) / np.sqrt(se2))
+    effect = contrast @ beta
+    untestable = ~ok | ~ok[at]
+    ps[untestable], dfs[untestable], effect[untestable] = np.nan, np.nan, np.nan
     ps[at], dfs[at] = np.nan, np.nan
-    delta[fitted], p[fitted], df_t[fitted] = contrast @ beta, ps, dfs
+    delta[fitted], p[fitted], df_t[fitted] = effect, ps, dfs
     return delta, p, df_t
 
 
 def variant_weights(var) -> np.ndarray:
     """Weights of `blocked_t`'s refits, per variant (last axis): 1 / its (moderated) residual variance, no larger
     than 1 / the median variant's."""
-    scale = np.maximum(var, np.median(var, -1, keepdims=True))
+    scale = np.maximum(var, np.nanmedian(var, -1, keepdims=True))  # NaN: a variant without a variance
     with np.errstate(divide="ignore"):
         return np.where(scale > 0, 1 / scale, 1.0)  # all variances 0: equal weights
