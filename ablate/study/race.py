@@ -196,7 +196,8 @@ def race_summary(study: optuna.Study) -> str | None:
         f"race: leader {named()}",
         f"  {equivalent}",
         f"  still open (at --max-seeds, or an estimate above it): {named('undecided')}",
-        f"  eliminated ({len(gone)}), worse than the leader (seed-blocked t) at look k, with the runs each cost: "
+        f"  eliminated ({len(gone)}), worse than the leader at look k by the seed-blocked t of the field (Holm, "
+        f"α per look {v['race_alpha']:.4g}; the table above stays paired), with the runs each cost: "
         + (", ".join(f"{label[g]} ({runs.get(g, 0)} runs, look {k})" for g, k in gone) or "none"),
         f"  runs: {sum(runs.values())} in all, {sum(runs.get(g, 0) for g, _ in gone)} on eliminated variants",
     ]
