@@ -122,16 +122,21 @@ def race(s: Scenario, values: np.ndarray, check: bool = False) -> tuple[int, int
             for i, v in enumerate(names)
             if v not in out
         ]
-        codes, b, within = decide(s, field, alpha, check)  # the paired verdicts: equivalence and the estimate stop
+        codes, b, within = decide(s, field, alpha, check, difference=False)  # paired verdicts, TOST's estimate
         worse = eliminate(field, field[b], alpha=alpha, direction="maximize", moderate=moderate)
-        if check:  # the library's look eliminates the same
-            rows = [{**r, "mean": float(np.mean(list(r["seeds"].values())))} for r in field]
-            got = look(rows, set(), margin=s.margin, alpha=alpha, direction="maximize", moderate=moderate)[2]
-            assert got == worse, (s.name, rows)
         for r, c, ok in zip(field, codes, within):
             paired = "undecided" if VERDICTS[c] == "worse" else VERDICTS[c]  # only eliminate() puts a row out
             r["verdict"] = "baseline" if r is field[b] else "worse" if r["variant"] in worse else paired
-            r["seeds_needed"] = s.max_seeds if ok else s.max_seeds + 1  # only "within max_seeds or not" matters
+            blocked = r.get("race_seeds_needed")  # the seed-blocked t's estimate; TOST's none for a paired "worse"
+            reach = blocked is None or blocked <= s.max_seeds or (ok and VERDICTS[c] != "worse")
+            r["seeds_needed"] = s.max_seeds if reach else s.max_seeds + 1  # only "within max_seeds or not" matters
+        if check:  # the library's look eliminates the same and leaves the same rows open
+            rows = [{**r, "mean": float(np.mean(list(r["seeds"].values())))} for r in field]
+            got = look(rows, set(), margin=s.margin, alpha=alpha, direction="maximize", moderate=moderate)[2]
+            assert got == worse, (s.name, rows)
+            is_open = [r["verdict"] == "undecided" and (r["seeds_needed"] or 0) <= s.max_seeds for r in rows]
+            want = [r["verdict"] == "undecided" and r["seeds_needed"] <= s.max_seeds for r in field]
+            assert is_open == want, (s.name, rows)
         out.update(worse)
         plan = plan_race([r for r in field if r["variant"] not in out], field[b], used, s.max_seeds)
         if not plan:

@@ -225,10 +225,13 @@ def verdicts(d: np.ndarray, n: np.ndarray, in_family: np.ndarray, margin, alpha:
     return (code, p_adj) if with_p else code
 
 
-def decidable(d: np.ndarray, n: np.ndarray, p_adj: np.ndarray, margin, alpha: float, max_seeds: int) -> np.ndarray:
+def decidable(
+    d: np.ndarray, n: np.ndarray, p_adj: np.ndarray, margin, alpha: float, max_seeds: int, difference: bool = True
+) -> np.ndarray:
     """Rows whose seeds-needed estimate (ablate.results.stats.seeds_needed) is unknown or at most max_seeds: power
     >= 0.8 at some n <= max_seeds, at the observed Δ and sd, of the t-test at α / (rows Holm has not rejected) or
-    of TOST at α (the same power functions as the library, a moderated row keeping its prior df)."""
+    of TOST at α (the same power functions as the library, a moderated row keeping its prior df). `difference`
+    False: TOST's alone (a race's rows, ablate.study.race.versus_leader)."""
     from scipy import stats
 
     mean, sd, _, d0 = (a[:, None] for a in spread(d, n, ~np.isnan(p_adj)))
@@ -238,14 +241,14 @@ def decidable(d: np.ndarray, n: np.ndarray, p_adj: np.ndarray, margin, alpha: fl
         effect, t = np.abs(mean) / sd, stats.t.isf(alpha / family / 2, k - 1 + d0)
         power = stats.nct.sf(t, k - 1 + d0, effect * np.sqrt(k))
         power += np.nan_to_num(stats.nct.cdf(-t, k - 1 + d0, effect * np.sqrt(k)))  # as the library: NaN is 0
-        power = np.where(mean != 0, power, 0)
+        power = np.where((mean != 0) & difference, power, 0)
         if margin is not None:
             se, df = sd / np.sqrt(k), k - 1 + d0
             t = stats.t.ppf(1 - alpha, df)
             eq = stats.nct.sf(t, df, (margin - np.abs(mean)) / se) + stats.nct.sf(t, df, (margin + np.abs(mean)) / se)
             eq -= 1
             power = np.maximum(power, np.clip(eq, 0, 1))
-    unknown = (n < 2) | (sd[:, 0] == 0) | ((mean[:, 0] == 0) & (margin is None))
+    unknown = (n < 2) | (sd[:, 0] == 0) | ((mean[:, 0] == 0) & (margin is None) & difference)
     return unknown | ((power >= 0.8).any(-1) & (n + 1 <= max_seeds))
 
 
@@ -289,8 +292,11 @@ def adaptive(s: Scenario, values: np.ndarray, futility: bool = True, check: bool
             used[v].update(seeds)
 
 
-def decide(s: Scenario, rows: list[dict], alpha: float, check: bool) -> tuple[list[int], int]:
-    """Verdict codes and the baseline index of rows with any seeds (paired on the shared ones)."""
+def decide(
+    s: Scenario, rows: list[dict], alpha: float, check: bool, difference: bool = True
+) -> tuple[list[int], int, np.ndarray]:
+    """Verdict codes, the baseline index of rows with any seeds (paired on the shared ones) and which rows are
+    `decidable` (`difference` False: by TOST alone)."""
     means = np.array([np.mean(list(r["seeds"].values())) for r in rows])
     b = int(baseline_index(s, means[None])[0])
     base = rows[b]["seeds"]
@@ -302,11 +308,11 @@ def decide(s: Scenario, rows: list[dict], alpha: float, check: bool) -> tuple[li
         n[i] = len(shared)
     in_family = np.arange(len(rows)) != b
     codes, p_adj = verdicts(d, n, in_family, s.margin, alpha, with_p=True)
-    within = decidable(d, n, p_adj, s.margin, alpha, s.max_seeds)
+    within = decidable(d, n, p_adj, s.margin, alpha, s.max_seeds, difference)
     codes = codes.tolist()
     if check:  # the library decides the same
         copies = [dict(r) for r in rows]
-        annotate(copies, copies[b], margin=s.margin, alpha=alpha, moderate=MODERATE)
+        annotate(copies, copies[b], margin=s.margin, alpha=alpha, moderate=MODERATE, difference_needed=difference)
         got = [VERDICTS.index(r["verdict"]) if r["verdict"] != "baseline" else 0 for r in copies]
         assert got == codes, (s.name, got, codes, rows)
         got = [r["seeds_needed"] is None or r["seeds_needed"] <= s.max_seeds for r in copies]

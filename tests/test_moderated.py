@@ -201,8 +201,9 @@ def race_table(rng, effects, sds, seeds) -> np.ndarray:
 
 def test_the_seed_blocked_t_of_two_variants_is_the_paired_t():
     leader, worse = [0.70, 0.72, 0.71, 0.69], [0.62, 0.65, 0.63, 0.64]
-    delta, p, df = moderated.blocked_t(np.array([worse, leader]), 1)
+    delta, p, df, se = moderated.blocked_t(np.array([worse, leader]), 1)
     assert p[0] == pytest.approx(scipy_stats.ttest_rel(worse, leader).pvalue, rel=1e-9) and df[0] == pytest.approx(3)
+    assert se[0] == pytest.approx(np.std(np.subtract(worse, leader), ddof=1) / 2, rel=1e-9) and np.isnan(se[1])
     assert delta[0] == pytest.approx(np.mean(worse) - np.mean(leader)) and np.isnan(p[1])
 
 
@@ -229,7 +230,7 @@ def test_the_seed_blocked_t_equals_a_weighted_least_squares_fit_worked_out_with_
         shrunk = (d0 * s0 + df * var) / (d0 + df)
         weight = 1 / np.maximum(shrunk, np.median(shrunk))
     assert weight[2] < weight.max() / 4  # the noisy variant weighs little in the seed shifts
-    delta, p, df_t = moderated.blocked_t(x, 0, moderate=False)
+    delta, p, df_t, se = moderated.blocked_t(x, 0, moderate=False)
     for i in (1, 2, 3):
         c = np.zeros(dummies.shape[1])
         c[[i, 0]] = 1, -1
@@ -238,7 +239,7 @@ def test_the_seed_blocked_t_equals_a_weighted_least_squares_fit_worked_out_with_
         satterthwaite = parts.sum() ** 2 / np.sum(parts**2 / df)
         t = (c @ fit.params) / np.sqrt(parts.sum())
         assert delta[i] == pytest.approx(c @ fit.params, rel=1e-9)
-        assert df_t[i] == pytest.approx(satterthwaite, rel=1e-9)
+        assert df_t[i] == pytest.approx(satterthwaite, rel=1e-9) and se[i] == pytest.approx(np.sqrt(parts.sum()))
         assert p[i] == pytest.approx(2 * scipy_stats.t.sf(abs(t), satterthwaite), rel=1e-8)
     assert df.sum() == pytest.approx(len(y) - 4 - 5)  # the residual df, shared out
 

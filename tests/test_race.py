@@ -275,3 +275,25 @@ def test_a_tiny_real_sweep_races_and_ends_with_the_race(tmp_path, monkeypatch, c
     for t in study.get_trials():
         per_variant.setdefault(t.user_attrs["variant"], []).extend(t.user_attrs["seeds"])
     assert all(2 <= len(s) <= 3 and len(set(s)) == len(s) for s in per_variant.values())
+
+
+def test_a_row_the_seed_blocked_t_cannot_tell_from_the_leader_within_max_seeds_gets_no_seed():
+    """8 variants on 2 seeds as the default grid draws them (two best, two 3 points below, four far below). The
+    paired t's estimate would give the first row 3 points below a seed (5 seeds would decide it); the t that
+    eliminates needs 18, beyond max_seeds 8, and TOST cannot show it equivalent: it stays open without a seed, and
+    the race goes on with the leader's own seeds only."""
+    from ablate.results.stats import annotate
+
+    rng = np.random.default_rng(0)
+    truth = np.array([0.73, 0.73, 0.70, 0.70, 0.54, 0.54, 0.54, 0.54])
+    x = truth[:, None] + rng.normal(0, 0.01, 2) + rng.normal(0, 0.015, (8, 2))
+    rows = [row(f"v{i}", x[i]) for i in range(8)]
+    paired = [dict(r) for r in rows]
+    annotate(paired, max(paired, key=lambda r: r["mean"]), margin=1.0, alpha=0.002)
+    assert paired[2]["verdict"] == "undecided" and paired[2]["seeds_needed"] <= 8  # the paired estimate: 5
+    best, field, out = look(rows, set(), margin=1.0, alpha=0.002, direction="maximize", moderate=True)
+    assert out == ["v3", "v4", "v5", "v6", "v7"] and rows[2]["verdict"] == "undecided"
+    assert rows[2]["seeds_needed"] == rows[2]["race_seeds_needed"] > 8
+    used = {r["variant"]: {0, 1} for r in rows}
+    assert plan_round(field, best, used, 8) == {}
+    assert plan_race(field, best, used, 8) == {best["variant"]: [2]}

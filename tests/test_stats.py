@@ -14,6 +14,7 @@ from ablate.results.stats import (
     compare,
     holm,
     seeds_needed,
+    seeds_to_separate,
     verdict,
 )
 
@@ -165,3 +166,37 @@ def test_a_margin_that_is_not_positive_is_a_clear_error(margin):
         check_margin(margin)
     with pytest.raises(ValueError, match="margin must be a positive number"):
         annotate([{"variant": "a=1", "seeds": {"0": 0.5, "1": 0.6}}], {"variant": "a=1", "seeds": {}}, margin=margin)
+
+
+def test_seeds_to_separate_a_variant_from_a_race_leader_worked_by_hand():
+    """Δ −2.5, se 1 on 2 seeds each, normal df, two-sided α 0.002: the se at k seeds each is √(2/k), and the power
+    Φ(Δ/se − z) with z = Φ⁻¹(0.999) = 3.0902 is Φ(2.5·√2 − 3.0902) = Φ(0.446) = 0.67 at 4, Φ(0.862) = 0.81 at 5."""
+    assert seeds_to_separate(-2.5, 1.0, 1e9, 2, 2, alpha=0.002) == 5
+    assert seeds_to_separate(2.5, 1.0, 1e9, 2, 2, alpha=0.002) == 5  # a lead on fewer seeds: told apart alike
+    # the leader keeps its 8 seeds: se 1 at (2, 8) makes se √((1/k + 1/8) / 0.625) at k, √0.4 = 0.632 at 8, and
+    # Φ(2.5/0.632 − 3.0902) = Φ(0.863) = 0.806, where at 7 Φ(2.5/0.655 − 3.0902) = 0.77; Δ −2 needs the leader to
+    # grow too: se √((2/k) / 0.625), Φ(2/0.516 − 3.0902) = 0.78 at 12, Φ(2/0.496 − 3.0902) = 0.83 at 13
+    assert seeds_to_separate(-2.5, 1.0, 1e9, 2, 8, alpha=0.002) == 8
+    assert seeds_to_separate(-2.0, 1.0, 1e9, 2, 8, alpha=0.002) == 13
+    assert seeds_to_separate(-0.01, 1.0, 30, 2, 2, alpha=0.002) == MAX_SEEDS  # out of reach: "that many or more"
+    assert seeds_to_separate(-2.5, float("nan"), 30, 2, 2, alpha=0.002) is None  # no se: unknown
+
+
+def test_the_seeds_estimate_scales_the_seed_blocked_se_as_the_t_does():
+    """The estimate assumes the contrast's variance goes as 1/n + 1/n_leader: measured on blocked_t itself, over
+    many fields of 6 alike variants sharing seed shifts, a variant on 2 seeds against a leader on 8, then on 8; not
+    smaller than it is (that would stop seeding a variant the t could still put out)."""
+    from ablate.results.moderated import blocked_t
+
+    rng = np.random.default_rng(8)
+
+    def mean_se2(seeds: int) -> float:
+        se2 = []
+        for _ in range(400):
+            x = rng.normal(0, 1, 8) + rng.normal(0, 1, (6, 8))
+            x[1, seeds:] = np.nan
+            se2.append(blocked_t(x, 0, moderate=False)[3][1] ** 2)
+        return float(np.mean(se2))
+
+    projected = (1 / 8 + 1 / 8) / (1 / 2 + 1 / 8)  # 0.4; measured 0.36: the estimate errs towards more seeds
+    assert 0.8 * projected < mean_se2(8) / mean_se2(2) < 1.05 * projected

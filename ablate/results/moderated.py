@@ -135,8 +135,8 @@ def moderate_paired(var, n, mask=True) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return squeeze(var, df, d0, s0), df + d0, d0
 
 
-def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Δ, p, df) of every variant against variant `leader`, from the seed-blocked model of the whole field (a
+def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(Δ, p, df, se) of every variant against variant `leader`, from the seed-blocked model of the whole field (a
     race's eliminations, ablate.study.race): x is (variants, seeds), NaN where a variant has not run a seed.
 
     - **The model**: x = variant + seed + noise of the variant's own variance, fitted by weighted least squares to
@@ -155,12 +155,12 @@ def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.nda
       on each run, variant j's), on Satterthwaite's df (Welch's t for a full table; with two variants exactly the
       paired t).
     A variant with fewer than 2 runs or no residual df (its seeds shared with no other variant), and the leader
-    itself, get NaN (never decided)."""
+    itself, get NaN (never decided). se: the contrast's standard error (what a race's seeds estimate scales)."""
     x = np.asarray(x, float)
-    delta, p, df_t = (np.full(len(x), np.nan) for _ in range(3))
+    delta, p, df_t, se = (np.full(len(x), np.nan) for _ in range(4))
     fitted = np.flatnonzero((~np.isnan(x)).sum(1) >= 2)
     if leader not in fitted or len(fitted) < 2:
-        return delta, p, df_t
+        return delta, p, df_t, se
     sub = x[fitted]
     variant, seed = np.nonzero(~np.isnan(sub))
     seed, y, k = np.unique(seed, return_inverse=True)[1], sub[variant, seed], len(fitted)
@@ -191,10 +191,10 @@ def blocked_t(x, leader: int, moderate: bool = True) -> tuple[np.ndarray, np.nda
         ps = 2 * special.stdtr(dfs, -np.abs(contrast @ beta) / np.sqrt(se2))
     effect = contrast @ beta
     untestable = ~ok | ~ok[at]
-    ps[untestable], dfs[untestable], effect[untestable] = np.nan, np.nan, np.nan
-    ps[at], dfs[at] = np.nan, np.nan
-    delta[fitted], p[fitted], df_t[fitted] = effect, ps, dfs
-    return delta, p, df_t
+    ps[untestable], dfs[untestable], effect[untestable], se2[untestable] = np.nan, np.nan, np.nan, np.nan
+    ps[at], dfs[at], se2[at] = np.nan, np.nan, np.nan
+    delta[fitted], p[fitted], df_t[fitted], se[fitted] = effect, ps, dfs, np.sqrt(se2)
+    return delta, p, df_t, se
 
 
 def variant_weights(var) -> np.ndarray:

@@ -206,24 +206,60 @@ def verdict(result: dict, p_adjusted: float | None, *, alpha: float = 0.05, dire
 
 
 def seeds_needed(
-    result: dict, *, margin: float | None = None, alpha: float = 0.05, power: float = POWER, family: int = 1
+    result: dict,
+    *,
+    margin: float | None = None,
+    alpha: float = 0.05,
+    power: float = POWER,
+    family: int = 1,
+    difference: bool = True,
 ) -> int | None:
     """Seeds per variant that would decide with `power` if the observed Δ and sd were the truth.
 
     The smaller of: the t-test at α / family (Holm's threshold with `family` rows still open) showing
     a difference, and TOST at α showing equivalence within ±margin. At least one more than now,
     at most MAX_SEEDS ("that many or more"); None when unknown (< 2 seeds) or Δ = 0 and no margin.
+    `difference` False: TOST's alone (a race shows differences by another t, `seeds_to_separate`).
     """
     margin = check_margin(margin)
-    if result["test"] is None or not result["sd"] or (not result["delta"] and margin is None):
+    if result["test"] is None or not result["sd"] or (difference and not result["delta"] and margin is None):
         return None
     n = np.arange(2, MAX_SEEDS + 1)
-    curves = [_difference_power(result, n, alpha / family)] if result["delta"] else []
+    curves = [_difference_power(result, n, alpha / family)] if result["delta"] and difference else []
     if margin is not None:
         curves.append(_equivalence_power(result, n, margin, alpha))
     reached = [int(n[np.argmax(c >= power)]) for c in curves if (c >= power).any()]
     now = result["n_pairs"] or min(result["n"], result["n_base"])
     return max(min(reached), now + 1) if reached else MAX_SEEDS
+
+
+def seeds_to_separate(
+    delta: float, se: float, df: float, n: int, n_leader: int, *, alpha: float, power: float = POWER
+) -> int | None:
+    """Seeds per variant at which a race's seed-blocked t (ablate.results.moderated.blocked_t) would tell a variant
+    from the leader with `power`, were its Δ and the variances the truth: below it, the variant is put out; above
+    it (a lead on fewer seeds), the means follow as the leader's seeds come in.
+
+    The contrast's variance scales as 1/n + 1/n_leader (alike variances, as the moderation assumes; the leader
+    keeps its seeds where it has more than n), its df stay as now (the field's, which only grow), two-sided at
+    `alpha` (Holm's next threshold). At least one more than now, at most MAX_SEEDS ("that many or more"); None
+    when unknown (no se).
+    """
+    if not (np.isfinite(delta) and np.isfinite(se) and np.isfinite(df)) or se <= 0:
+        return None
+    t = stats.t.isf(alpha / 2, df)
+
+    def reached(k: int) -> bool:  # grows with k (the se shrinks, the df are held): bisect
+        scale = math.sqrt((1 / k + 1 / max(n_leader, k)) / (1 / n + 1 / n_leader))
+        return stats.nct.sf(t, df, abs(delta) / (se * scale)) >= power
+
+    low, high = n + 1, MAX_SEEDS
+    if not reached(high):
+        return MAX_SEEDS
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if reached(middle) else (middle + 1, high)
+    return low
 
 
 def _difference_power(result: dict, n: np.ndarray, alpha: float) -> np.ndarray:
@@ -261,6 +297,7 @@ def annotate(
     direction: str = "maximize",
     rng_seed: int = 0,
     moderate: bool = True,
+    difference_needed: bool = True,
 ) -> None:
     """Compare every row with `baseline_row` (by `seeds`, `compare_rows`) and set on each row the fields of ROW_FIELDS.
 
@@ -268,7 +305,8 @@ def annotate(
     (bootstrap, same level, for display), test ("paired" | "welch", ", moderated" when moderated, None),
     p_value (raw: the moderated t's when moderated), p_value_plain (the plain t's), df (the t's), prior_df (d0),
     p_adjusted (Holm over the non-baseline rows with a p), p_equivalence (TOST, None without margin),
-    verdict (better | worse | equivalent | undecided | baseline), seeds_needed (undecided rows only).
+    verdict (better | worse | equivalent | undecided | baseline), seeds_needed (undecided rows only; TOST's alone
+    with `difference_needed` False, `seeds_needed`).
     """
     margin = check_margin(margin)
     _check(alpha, direction)
@@ -287,7 +325,9 @@ def annotate(
         decision = verdict(res, p_adj, alpha=alpha, direction=direction)
         row.update(_fields(res, p_adj, decision))
         if decision == "undecided":
-            row["seeds_needed"] = seeds_needed(res, margin=margin, alpha=alpha, family=family)
+            row["seeds_needed"] = seeds_needed(
+                res, margin=margin, alpha=alpha, family=family, difference=difference_needed
+            )
     baseline_row.update(dict.fromkeys(ROW_FIELDS), delta=0.0, verdict="baseline")
 
 

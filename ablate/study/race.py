@@ -14,7 +14,9 @@
   uses the α per look of that t (decide.race_alpha). One decided worse is eliminated
   for good: it never gets a seed again, and a trial that draws it again is pruned before it trains (its look is
   kept in the study's `race` user attr). One equivalent to the leader gets no seed (either is as good within the
-  margin); an open one gets one, and the leader the seeds that pair them (`plan_round`, with its estimate stop).
+  margin); an open one gets one, and the leader the seeds that pair them (`plan_round`), unless neither TOST nor
+  the seed-blocked t could decide it within max_seeds (its estimate, `look`: the estimate stop of --until-decided
+  with the t that eliminates).
 - The race ends when no comparison is open and the leader has max_seeds seeds (`plan_race`); the sweep's end
   names the leader, the variants equivalent to it and what each eliminated variant cost (`race_summary`).
 """
@@ -34,32 +36,39 @@ RACE = "race"  # study user attr: {variant: the look that eliminated it}
 def versus_leader(rows: list[dict], *, margin: float | None, alpha: float, direction: str, moderate: bool) -> dict:
     """The leader (the best of `rows` by mean, in `direction`); every other row gets its verdict against it
     (ablate.results.stats.annotate: paired on shared seeds, moderated across `rows` with `moderate`, Holm over
-    `rows`). Rows need a mean."""
+    `rows`; seeds_needed TOST's alone, as `eliminate` estimates the differences). Rows need a mean."""
     from ablate.results.stats import annotate
 
     sign = 1 if direction == "maximize" else -1
     leader = max(rows, key=lambda r: sign * r["mean"])
-    annotate(rows, leader, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
+    annotate(rows, leader, margin=margin, alpha=alpha, direction=direction, moderate=moderate, difference_needed=False)
     return leader
 
 
 def eliminate(field: list[dict], leader: dict, *, alpha: float, direction: str, moderate: bool) -> list[str]:
     """The variants of `field` decided worse than `leader` by the seed-blocked t of the whole field (blocked_t on
     every row's {seed: value}), Holm over the field at `alpha`. Each other row gets race_p (the raw p; None when it
-    cannot be tested: fewer than 2 seeds) and race_p_adjusted (Holm's)."""
+    cannot be tested: fewer than 2 seeds), race_p_adjusted (Holm's) and race_seeds_needed (`seeds_to_separate` at
+    Holm's next threshold: the seeds at which this t would tell it from the leader; None when unknown)."""
     from ablate.results.moderated import blocked_t
-    from ablate.results.stats import holm
+    from ablate.results.stats import holm, seeds_to_separate
 
     seeds = sorted({s for r in field for s in r["seeds"]})
     x = np.array([[r["seeds"].get(s, np.nan) for s in seeds] for r in field], float)
     at = next(i for i, r in enumerate(field) if r is leader)
-    delta, p, _ = blocked_t(x, at, moderate)
+    delta, p, df, se = blocked_t(x, at, moderate)
     others = [i for i in range(len(field)) if i != at]
     adjusted = holm([None if np.isnan(p[i]) else float(p[i]) for i in others])
+    family = max(1, sum(q is not None and q >= alpha for q in adjusted))  # rows Holm has not rejected
     sign = 1 if direction == "maximize" else -1
     worse = []
     for i, p_adjusted in zip(others, adjusted):
-        field[i].update(race_p=None if np.isnan(p[i]) else float(p[i]), race_p_adjusted=p_adjusted)
+        needed = seeds_to_separate(
+            delta[i], se[i], df[i], len(field[i]["seeds"]), len(leader["seeds"]), alpha=alpha / family
+        )
+        field[i].update(
+            race_p=None if np.isnan(p[i]) else float(p[i]), race_p_adjusted=p_adjusted, race_seeds_needed=needed
+        )
         if p_adjusted is not None and p_adjusted < alpha and sign * delta[i] < 0:
             worse.append(field[i]["variant"])
     return worse
@@ -71,8 +80,12 @@ def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction
 
     The field: rows with a mean whose variant is not in `out` (eliminated at an earlier look), each compared with
     the leader (`versus_leader`); those `eliminate` decides worse leave the field here, with verdict "worse". A row
-    the paired t alone calls worse stays in the race as "undecided" (open: it gets a seed). (None, [], []) when no
-    row has a mean."""
+    the paired t alone calls worse stays in the race as "undecided" (open: it gets a seed). An undecided row's
+    seeds_needed is the fewer of TOST's (equivalence) and the seed-blocked t's (elimination): a row neither could
+    decide within max_seeds gets no more seeds (`plan_round`'s estimate stop), however the paired t's difference
+    would. (None, [], []) when no row has a mean."""
+    from ablate.results.stats import MAX_SEEDS
+
     field = [r for r in rows if r["mean"] is not None and r["variant"] not in out]
     if not field:
         return None, [], []
@@ -81,8 +94,12 @@ def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction
     for r in field:
         if r["variant"] in worse:
             r["verdict"] = "worse"
-        elif r["verdict"] == "worse":
-            r.update(verdict="undecided", seeds_needed=None)
+            continue
+        if r["verdict"] == "worse":  # a difference the paired t shows: no TOST estimate (annotate's are for
+            r.update(verdict="undecided", seeds_needed=MAX_SEEDS)  # undecided rows), the seed-blocked t's decides
+        if r["verdict"] == "undecided":
+            estimates = (r["seeds_needed"], r["race_seeds_needed"])
+            r["seeds_needed"] = None if None in estimates else min(estimates)  # None: unknown, open
     return leader, [r for r in field if r["variant"] not in worse], worse
 
 
