@@ -237,8 +237,8 @@ def seeds_to_separate(
     delta: float, se: float, df: float, n: int, n_leader: int, *, alpha: float, power: float = POWER
 ) -> int | None:
     """Seeds per variant at which a race's seed-blocked t (ablate.results.moderated.blocked_t) would tell a variant
-    from the leader with `power`, were its Δ and the variances the truth: below it, the variant is put out; above
-    it (a lead on fewer seeds), the means follow as the leader's seeds come in.
+    from the leader with `power`, were its Δ and the variances the truth: a variant below the leader is then put out;
+    one above it (the leader ahead on fewer seeds) overtakes it as the leader's seeds come in.
 
     The contrast's variance scales as 1/n + 1/n_leader (alike variances, as the moderation assumes; the leader
     keeps its seeds where it has more than n), its df stay as now (the field's, which only grow), two-sided at
