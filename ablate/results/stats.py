@@ -195,6 +195,12 @@ def holm(p_values: list[float | None]) -> list[float | None]:
     return out
 
 
+def holm_open(adjusted: list[float | None], alpha: float) -> int:
+    """The rows Holm has not rejected at α among `adjusted` (at least 1): α over it is Holm's next threshold, the
+    level a seeds estimate aims at."""
+    return max(1, sum(p is not None and p >= alpha for p in adjusted))
+
+
 def verdict(result: dict, p_adjusted: float | None, *, alpha: float = 0.05, direction: str = "maximize") -> str:
     """'equivalent' (TOST p < α), else 'better' / 'worse' (adjusted p < α; sign of Δ, direction), else 'undecided'."""
     _check(alpha, direction)
@@ -320,7 +326,7 @@ def annotate(
         rng_seed=rng_seed,
     )
     adjusted = holm([res["p_value"] for res in results])
-    family = max(1, sum(p is not None and p >= alpha for p in adjusted))  # rows Holm has not rejected
+    family = holm_open(adjusted, alpha)
     for row, res, p_adj in zip(others, results, adjusted):
         decision = verdict(res, p_adj, alpha=alpha, direction=direction)
         row.update(_fields(res, p_adj, decision))

@@ -51,7 +51,7 @@ def eliminate(field: list[dict], leader: dict, *, alpha: float, direction: str, 
     cannot be tested: fewer than 2 seeds), race_p_adjusted (Holm's) and race_seeds_needed (`seeds_to_separate` at
     Holm's next threshold: the seeds at which this t would tell it from the leader; None when unknown)."""
     from ablate.results.moderated import blocked_t
-    from ablate.results.stats import holm, seeds_to_separate
+    from ablate.results.stats import holm, holm_open, seeds_to_separate
 
     seeds = sorted({s for r in field for s in r["seeds"]})
     x = np.array([[r["seeds"].get(s, np.nan) for s in seeds] for r in field], float)
@@ -59,7 +59,7 @@ def eliminate(field: list[dict], leader: dict, *, alpha: float, direction: str, 
     delta, p, df, se = blocked_t(x, at, moderate)
     others = [i for i in range(len(field)) if i != at]
     adjusted = holm([None if np.isnan(p[i]) else float(p[i]) for i in others])
-    family = max(1, sum(q is not None and q >= alpha for q in adjusted))  # rows Holm has not rejected
+    family = holm_open(adjusted, alpha)
     sign = 1 if direction == "maximize" else -1
     worse = []
     for i, p_adjusted in zip(others, adjusted):
