@@ -129,6 +129,29 @@ def add_storage_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help=f"Optuna RDB URL (default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})")
 
 
+def add_metric_arguments(p: argparse.ArgumentParser) -> None:
+    """--metric, --direction and --at: which recorded number a table shows, in which order, at which epoch."""
+    p.add_argument(
+        "--metric",
+        help="default: the study's own metric (val/mIoU, or a LightningCLI sweep's `metric`), each seed's best "
+        "epoch; any other key the runs recorded (every metric the module logged under its own name, "
+        "params/total, gflops, ...): each seed's last epoch, or with --at best its epoch of the best objective",
+    )
+    p.add_argument(
+        "--direction",
+        choices=("maximize", "minimize"),
+        help="order of --metric (default: the study's direction for its own metric; for another, inferred from "
+        "its name: loss, error, mse, mae, rmse, nll, perplexity, latency, time minimize, the rest maximize)",
+    )
+    p.add_argument(
+        "--at",
+        choices=("last", "best"),
+        default="last",
+        help="which epoch of a --metric other than the study's own: the last (default), or the epoch where the "
+        "study's metric was best (what a ModelCheckpoint on it keeps)",
+    )
+
+
 def add_verdict_arguments(p: argparse.ArgumentParser, until_decided: bool = False) -> None:
     """--margin, --alpha and --no-moderation of the verdicts (ablate.results.stats); with `until_decided`,
     --until-decided and --max-seeds too (a sweep's: ablate.study.decide)."""

@@ -1,8 +1,8 @@
 """`python -m ablate.report --study NAME`: one self-contained HTML report of a study (plotly.js inline, no network).
 
-The comparison table (ablate.table's rows), Optuna's optimization history, parameter importances and parallel
-coordinates, mIoU vs parameters and vs GFLOPs with error bars, per-class IoU across variants, receptive
-fields, and example predictions of the best and the baseline variants from the run folders.
+The comparison table (ablate.table's, on --metric in its direction), Optuna's optimization history, parameter
+importances and parallel coordinates, mIoU vs parameters and vs GFLOPs with error bars, per-class IoU across
+variants, receptive fields, and example predictions of the best and the baseline variants from the run folders.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--baseline", help="KEY=VALUE,... picking the baseline row (default: the study's baseline, else the best)"
     )
+    cli.add_metric_arguments(p)
     cli.add_verdict_arguments(p)
     p.add_argument("--out", help="the HTML file to write (default: RUNS/<study>/report.html)")
     args = cli.parse(p, argv)
@@ -31,35 +32,29 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args) -> int:
     from ablate.errors import ConfigError
     from ablate.results.html_report import build
-    from ablate.results.rows import (
-        add_deltas,
-        parse_baseline,
-        rows_of,
-        study_objective,
-        study_verdicts,
-        verdict_options,
-    )
+    from ablate.results.rows import parse_baseline
+    from ablate.results.tables import study_table
     from ablate.study.storage import load_study, make_storage, resolve
 
     if not Path(args.runs).is_dir():
         raise ConfigError(f"--runs {args.runs!r} is not a folder; it should hold {args.study}/t<trial>-s<seed>/")
     study = load_study(args.study, make_storage(resolve(args.storage)))
-    rows = rows_of(study)
-    if not any(r["mean"] is not None for r in rows):
-        raise ConfigError(f"study {args.study!r} has no complete trial yet")
-    stored = {**study_verdicts(study), "direction": study_objective(study)[1]}
-    v = verdict_options(stored, args.margin, args.alpha, False if args.no_moderation else None)
-    base = add_deltas(
-        rows,
-        parse_baseline(args.baseline) or v["baseline"],
-        margin=v["margin"],
-        alpha=v["alpha"],
-        direction=v["direction"],
-        moderate=v["moderate"],
+    table = study_table(
+        [study],
+        Path(args.runs),
+        metric=args.metric,
+        direction=args.direction,
+        at=args.at,
+        baseline=parse_baseline(args.baseline),
+        margin=args.margin,
+        alpha=args.alpha,
+        moderate=False if args.no_moderation else None,
     )
+    if table.base is None:
+        raise ConfigError(f"study {args.study!r} has no complete trial yet")
     out = Path(args.out or Path(args.runs) / args.study / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build(study, rows, base, Path(args.runs), v))
+    out.write_text(build(study, table, Path(args.runs)))
     cli.console.print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline)")
     return 0
 

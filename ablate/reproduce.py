@@ -10,11 +10,12 @@ from rich.text import Text
 
 from ablate import cli
 from ablate.errors import ConfigError
+from ablate.results.directions import infer_direction
 from ablate.study.decide import with_verdict_flags
 from ablate.study.space import StudyConfig, SweepConfig, read_spec, target_fields
 from ablate.study.targets import make_target
 
-KEYS = ("name", "cli", "base", "overrides", "metric", "seeds", "tolerance", "baseline", "margin", "rows")
+KEYS = ("name", "cli", "base", "overrides", "metric", "direction", "seeds", "tolerance", "baseline", "margin", "rows")
 
 
 def load_experiment(path: str | Path, overrides: list[str] = (), flags=None) -> tuple[SweepConfig, object, float]:
@@ -34,7 +35,10 @@ def load_experiment(path: str | Path, overrides: list[str] = (), flags=None) -> 
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
-    study = StudyConfig(name=raw.get("name", path.stem), sampler="grid", pruner="none", margin=raw.get("margin"))
+    direction = raw.get("direction") or infer_direction(target.get("metric", "val/mIoU"))  # a loss: minimize
+    study = StudyConfig(
+        name=raw.get("name", path.stem), direction=direction, sampler="grid", pruner="none", margin=raw.get("margin")
+    )
     sweep = SweepConfig(
         **target,
         space={"row": {"choices": list(rows)}},

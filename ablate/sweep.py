@@ -90,6 +90,11 @@ def _sweep(args, argv: list[str]) -> int:
     quiet()
     path, overrides = cli.split_inputs(args.inputs)
     sweep = _with_flags(load_sweep(path, overrides), args)
+    if sweep.direction_inferred and sweep.metric != "val/mIoU":
+        cli.console.print(
+            f"{sweep.metric}: {sweep.study.direction}d (inferred from its name; set study.direction in the sweep "
+            "file to choose)"
+        )
     target = make_target(sweep)
     workers = auto_workers(sweep, target, args.gpus) if sweep.study.workers == "auto" else sweep.study.workers
     gpus = plan_gpus(workers, args.gpus, sweep)  # a bad --gpus stops here, before anything trains

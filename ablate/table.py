@@ -1,9 +1,9 @@
 """`python -m ablate.table`: comparison tables from Optuna trials, one row per variant, best first.
 
-mean ± sample std (ddof=1) over seeds, n, Δ vs a baseline row in points with its confidence interval, raw and
-Holm-adjusted p (paired t-test over shared seeds, else Welch), a verdict (better / worse / equivalent within
---margin / undecided, with the seeds that would decide), neck and total parameters, GFLOPs, and forward latency
-(ablate's own models measured on this machine; a LightningCLI project's as its runs recorded it).
+mean ± sample std (ddof=1) over seeds, n, Δ vs a baseline row (in points for a fraction such as mIoU, else in the
+metric's own units) with its confidence interval, raw and Holm-adjusted p (paired t-test over shared seeds, else
+Welch), a verdict (better / worse / equivalent within --margin / undecided, with the seeds that would decide), neck
+and total parameters, GFLOPs, and forward latency (as the runs measured it when they ended).
 """
 
 from __future__ import annotations
@@ -27,17 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         help="KEY=VALUE,... picking the row Δ is measured against (default: the study's "
         "baseline, e.g. an experiment's `baseline:`, else the best row)",
     )
-    p.add_argument(
-        "--metric",
-        help="default: the study's own metric (val/mIoU, or a LightningCLI sweep's `metric`), "
-        "each seed's best epoch; another val/ metric: each seed's last epoch",
-    )
+    cli.add_metric_arguments(p)
     cli.add_verdict_arguments(p)
     p.add_argument(
-        "--no-latency",
+        "--measure-latency",
         action="store_true",
-        help="show the latency each variant's runs recorded as they ended (the least over seeds) instead of "
-        "measuring ablate's own models again here; a LightningCLI project's always shows what its runs recorded",
+        help="measure ablate's own models' forward latency again on this machine (batch 1, one thread) instead of "
+        "showing what each variant's runs recorded as they ended (the least over seeds)",
     )
     p.add_argument("--runs", default="runs", help="folder holding <study>/t<trial>-s<seed>/ (default: runs)")
     p.add_argument(
@@ -80,24 +76,20 @@ def _check(args) -> int:
 
 def _table(args) -> int:
     from ablate.errors import ConfigError
-    from ablate.results.formats import render, verdict_note
-    from ablate.results.rows import add_deltas, measure_latencies, parse_baseline, verdict_options, wandb_rows
+    from ablate.results.formats import render
+    from ablate.results.rows import parse_baseline
 
-    if args.from_wandb:
-        metric, stored = args.metric or "val/mIoU", {}
-        rows = wandb_rows(args.from_wandb, metric)
-    else:
-        rows, metric, stored = _storage_rows(args)
-    if not rows:
+    options = {
+        "baseline": parse_baseline(args.baseline),
+        "margin": args.margin,
+        "alpha": args.alpha,
+        "moderate": False if args.no_moderation else None,
+        "measure_latency": args.measure_latency,
+    }
+    table = _wandb_table(args, options) if args.from_wandb else _storage_table(args, options)
+    if not table.rows:
         raise ConfigError(f"no finished trials in {args.from_wandb or ', '.join(args.study or ['this storage'])}")
-    v = verdict_options(stored, args.margin, args.alpha, False if args.no_moderation else None)
-    baseline = parse_baseline(args.baseline) or v["baseline"]  # default: the study's own, else the best row
-    add_deltas(rows, baseline, margin=v["margin"], alpha=v["alpha"], direction=v["direction"], moderate=v["moderate"])
-    if not args.no_latency:
-        measure_latencies(rows)
-    text = render(
-        rows, args.format, metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"])
-    )
+    text = render(table.rows, args.format, table.metric, table.verdicts["alpha"], table.note, table.direction)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
@@ -106,24 +98,25 @@ def _table(args) -> int:
     return 0
 
 
-def _storage_rows(args) -> tuple[list[dict], str, dict]:
-    """The rows of the named studies (default: all), the metric they show, and how the first study decides
-    (ablate.results.rows.study_verdicts, with its direction); merged studies share an objective."""
-    from ablate.errors import ConfigError
-    from ablate.results.rows import latency_from_runs, run_folders, study_objective, study_rows, study_verdicts
+def _storage_table(args, options: dict):
+    """The table of the named studies (default: all) in the storage (ablate.results.tables.study_table)."""
+    from ablate.results.tables import study_table
     from ablate.study.storage import load_study, make_storage, resolve, study_names
 
     storage = make_storage(resolve(args.storage))
     studies = [load_study(name, storage) for name in args.study or study_names(storage)]
-    objectives = {s.study_name: study_objective(s) for s in studies}
-    if len(set(objectives.values())) > 1:
-        raise ConfigError(f"these studies optimize different metrics ({objectives}); give one --study at a time")
-    objective, direction = next(iter(objectives.values()), ("val/mIoU", "maximize"))
-    trials = [t for s in studies for t in s.get_trials(deepcopy=False)]
-    stored = {**(study_verdicts(studies[0]) if studies else {}), "direction": direction}
-    rows = study_rows(trials, args.metric, objective, direction)
-    latency_from_runs(rows, run_folders(Path(args.runs), studies, rows))  # what the runs recorded as they ended
-    return rows, args.metric or objective, stored
+    return study_table(studies, Path(args.runs), metric=args.metric, direction=args.direction, at=args.at, **options)
+
+
+def _wandb_table(args, options: dict):
+    """The table of W&B trial runs: the metric in its own direction (given, else inferred from its name)."""
+    from ablate.results.directions import metric_direction
+    from ablate.results.rows import wandb_rows
+    from ablate.results.tables import finish
+
+    metric = args.metric or "val/mIoU"
+    direction, how = metric_direction(metric, args.direction)
+    return finish(wandb_rows(args.from_wandb, metric, direction), metric, direction, how, {}, **options)
 
 
 if __name__ == "__main__":

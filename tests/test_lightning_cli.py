@@ -141,7 +141,7 @@ def test_table_and_report_read_a_projects_run_folders_as_a_built_in_studys(capsy
     assert len(folders) == 4 and all((f / name).is_file() for f in folders for name in RUN_FILES)  # ablate.callbacks
     runs = {f.name: json.loads((f / "summary.json").read_text()) for f in folders}
     capsys.readouterr()
-    assert table(["--study", STUDY, "--format", "json", "--no-latency"]) == 0
+    assert table(["--study", STUDY, "--format", "json"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     for t in trials():
         mine = [runs[f"t{t.number}-s{s}"] for s in (0, 1)]

@@ -1,6 +1,8 @@
 """The moderated t across rows (ablate.results.moderated) against values worked out here by another route."""
 
 import math
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -26,13 +28,14 @@ def test_trigamma_inverse_agrees_with_bisection(y):
     assert trigamma_inverse(y) == pytest.approx(bisect_trigamma_inverse(y), rel=1e-9)
 
 
-def by_hand_f_fit(var: list[float], df: float) -> tuple[float, float]:
-    """limma's fitFDist written out for one df: moments of e = log s² − ψ(d/2) + log(d/2)."""
+def by_hand_f_fit(var: list[float], df: float, limit: bool = False) -> tuple[float, float]:
+    """limma's fitFDist written out for one df: moments of e = log s² − ψ(d/2) + log(d/2); where d0 = inf, s0² is
+    the mean s² (limma since 2017), or with `limit` exp(mean e) (fit_prior's)."""
     e = [math.log(v) - special.digamma(df / 2) + math.log(df / 2) for v in var]
     mean = sum(e) / len(e)
     spread = sum((x - mean) ** 2 for x in e) / (len(e) - 1) - special.polygamma(1, df / 2)
     if spread <= 0:
-        return math.inf, math.exp(mean)
+        return math.inf, math.exp(mean) if limit else sum(var) / len(var)
     d0 = 2 * bisect_trigamma_inverse(spread)
     return d0, math.exp(mean + special.digamma(d0 / 2) - math.log(d0 / 2))
 
@@ -45,6 +48,8 @@ def test_fit_f_dist_recovers_the_prior_of_many_rows_and_matches_the_hand_fit():
     few = [0.8, 2.5, 1.1, 9.0, 1.7]
     assert np.allclose(fit_f_dist(few, 2), by_hand_f_fit(few, 2), rtol=1e-9)
     assert fit_f_dist([1.0, 1.0, 1.0], 2)[0] == math.inf  # no spread beyond sampling: all the weight on the prior
+    for limit in (False, True):  # d0 = inf: limma's mean variance, or the limit of the finite fit
+        assert np.allclose(fit_f_dist([1.0, 1.1, 1.2], 2, limit=limit), by_hand_f_fit([1.0, 1.1, 1.2], 2, limit))
 
 
 # A study of 5 variants on 4 seeds; the baseline "b" first. Values in mIoU (0-1).
@@ -69,7 +74,7 @@ def test_moderated_t_equals_a_worked_example():
     var = {r: float(np.var(diffs[r], ddof=1)) for r in rows}
     got = compare_rows([as_seeds(SEEDS[r]) for r in rows], as_seeds(SEEDS["b"]), margin=1.0, alpha=0.05)
     for r, res in zip(rows, got):
-        d0, s0 = by_hand_f_fit([var[o] for o in rows if o != r], d)
+        d0, s0 = by_hand_f_fit([var[o] for o in rows if o != r], d, limit=True)
         d0 = min(d0, 3 * d / (1 + 2 * SHARED))  # three other rows: their 9 df, less for sharing the baseline
         s2 = (d0 * s0 + d * var[r]) / (d0 + d)
         mean, se = float(np.mean(diffs[r])), math.sqrt(s2 / n)
@@ -281,3 +286,79 @@ def test_the_seed_blocked_prior_grows_with_the_field_where_a_paired_one_stops_ne
         paired = moderated.moderate_paired(np.var(x[1:] - x[0], -1, ddof=1), 2)[2]
         assert paired.max() < 4
         assert np.nanmin(moderated.blocked_t(x, 0)[2]) > (4 if k == 6 else 16)
+
+
+LIMMA_SCRIPT = """
+if (!suppressPackageStartupMessages(requireNamespace("limma", quietly = TRUE))) quit(status = 77)
+args <- commandArgs(trailingOnly = TRUE)
+rows <- read.csv(args[1])
+fits <- lapply(split(rows, rows$study), function(s) suppressWarnings({
+  fit <- limma::fitFDist(s$var, s$df)
+  sprintf("%d,%.17g,%.17g,%.17g", s$study, fit$df2, fit$scale, limma::squeezeVar(s$var, s$df)$var.post)
+}))
+writeLines(unlist(fits), args[2])
+"""
+
+
+def random_studies(rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(var, df) of 3 to 30 rows on 1 to 6 df (one df for all rows, or one each): variances of pure sampling noise
+    (often d0 = inf), of a prior s0²·F(df, d0) with d0 1 to 8 (finite d0), all equal (d0 = inf), some exactly zero."""
+    studies = []
+    for i in range(40):
+        rows = int(rng.integers(3, 31))
+        df = np.full(rows, float(rng.integers(1, 7))) if i % 2 else rng.integers(1, 7, rows).astype(float)
+        scale = float(rng.uniform(0.1, 10))
+        kind = i % 4
+        if kind == 0:
+            var = scale * rng.chisquare(df) / df
+        elif kind == 3:
+            var = np.full(rows, scale)
+        else:
+            var = scale * rng.f(df, rng.uniform(1, 8))
+        if i % 3 == 0:
+            var[rng.choice(rows, int(rng.integers(1, (rows + 1) // 2)), replace=False)] = 0.0
+        studies.append((var, df))
+    return studies
+
+
+def limma_fits(studies, tmp_path) -> dict[int, tuple[float, float, np.ndarray]]:
+    """{study: (df2, scale, var.post)} from limma's fitFDist and squeezeVar, all studies in one Rscript call."""
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        pytest.skip("Rscript is not installed (Debian: r-base-core r-bioc-limma)")
+    lines = ["study,var,df"] + [f"{i},{v:.17g},{d:g}" for i, (var, df) in enumerate(studies) for v, d in zip(var, df)]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "limma.R").write_text(LIMMA_SCRIPT)
+    args = [rscript, tmp_path / "limma.R", tmp_path / "rows.csv", tmp_path / "fits.csv"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    if done.returncode == 77:
+        pytest.skip("R's limma package is not installed (Debian: r-bioc-limma)")
+    assert done.returncode == 0, done.stderr
+    fits = {}
+    for line in (tmp_path / "fits.csv").read_text().split():
+        study, df2, scale, post = line.split(",")
+        got = fits.setdefault(int(study), (float(df2), float(scale), []))
+        got[2].append(float(post))
+    return {i: (df2, scale, np.array(post)) for i, (df2, scale, post) in fits.items()}
+
+
+def test_fit_f_dist_and_the_moderated_variances_equal_limma(tmp_path):
+    """40 random studies against R's limma itself: fitFDist's (df2, scale), squeezeVar's var.post (s0² itself
+    where d0 = inf), one study at a time and all at once (padded rows outside `mask` hold the study's median, which
+    leaves the zero floor where limma puts it)."""
+    studies = random_studies(np.random.default_rng(31))
+    want = limma_fits(studies, tmp_path)
+    padded = np.array([np.pad(var, (0, 30 - len(var)), constant_values=np.median(var)) for var, _ in studies])
+    dfs = np.array([np.pad(df, (0, 30 - len(df)), constant_values=1.0) for _, df in studies])
+    mask = np.arange(30) < np.array([len(var) for var, _ in studies])[:, None]
+    all_d0, all_s0 = fit_f_dist(padded, dfs, mask)
+    for i, (var, df) in enumerate(studies):
+        df2, scale, post = want[i]
+        d0, s0 = fit_f_dist(var, df)
+        np.testing.assert_allclose(
+            [d0, s0, all_d0[i], all_s0[i]], [df2, scale, df2, scale], rtol=1e-10, err_msg=f"study {i}"
+        )
+        np.testing.assert_allclose(moderated.squeeze(var, df, d0, s0), post, rtol=1e-10, err_msg=f"study {i}")
+    d0s = np.array([want[i][0] for i in range(len(studies))])
+    assert np.isinf(d0s).sum() >= 10 and np.isfinite(d0s).sum() >= 10  # both branches of fitFDist
+    assert sum((var == 0).any() for var, _ in studies) >= 10

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 from scipy.stats import ttest_rel
 
 from ablate.table import main
@@ -38,7 +39,10 @@ def table(capsys, *args):
 
 def test_json_rows_equal_the_hand_computation(study, capsys):
     baseline = CONCAT.replace(" ", ",")  # --baseline KEY=VALUE,KEY=VALUE
-    rows = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--baseline", baseline))}
+    runs = str(Path(WANDB_DIR).parent)  # the study's run folders: the latency they recorded
+    rows = {
+        r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--baseline", baseline, "--runs", runs))
+    }
     base = study[CONCAT].user_attrs["values"]
     for variant, t in study.items():
         values = t.user_attrs["values"]
@@ -48,7 +52,8 @@ def test_json_rows_equal_the_hand_computation(study, capsys):
         assert r["std"] == pytest.approx(statistics.stdev(values))  # ddof=1
         assert r["delta"] == pytest.approx(100 * (statistics.fmean(values) - statistics.fmean(base)))
         assert r["params/neck"] == t.user_attrs["params/neck"] and r["gflops"] == t.user_attrs["gflops"]
-        assert r["latency_ms"] > 0 and all(r[k] == v for k, v in (s.split("=") for s in variant.split()))
+        assert r["latency_ms"] > 0 and isinstance(r["optim.lr"], float)  # settings typed as the space declares them
+        assert all(r[k] == yaml.safe_load(v) for k, v in (s.split("=") for s in variant.split()))
     assert rows[CONCAT]["p_value"] is None and rows[CONCAT]["verdict"] == "baseline"
     others = [v for v in study if v != CONCAT]
     for v in others:  # the same seeds as the baseline: paired t
@@ -64,7 +69,7 @@ def test_json_rows_equal_the_hand_computation(study, capsys):
 
 
 def test_csv_round_trips(study, capsys):
-    rows = list(csv.DictReader(io.StringIO(table(capsys, "--format", "csv", "--no-latency"))))
+    rows = list(csv.DictReader(io.StringIO(table(capsys, "--format", "csv"))))
     by_variant = {r["variant"]: r for r in rows}
     for variant, t in study.items():
         assert float(by_variant[variant]["mean"]) == pytest.approx(statistics.fmean(t.user_attrs["values"]))
@@ -76,10 +81,10 @@ def test_markdown_latex_and_html_show_the_same_numbers(study, capsys):
     for t in study.values():
         v = t.user_attrs["values"]
         cell = f"{statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}"
-        assert cell in table(capsys, "--format", "md", "--no-latency")
-        assert cell.replace("±", r"$\pm$") in table(capsys, "--format", "latex", "--no-latency")
-        assert cell in table(capsys, "--format", "html", "--no-latency")
-    latex = table(capsys, "--format", "latex", "--no-latency").splitlines()
+        assert cell in table(capsys, "--format", "md")
+        assert cell.replace("±", r"$\pm$") in table(capsys, "--format", "latex")
+        assert cell in table(capsys, "--format", "html")
+    latex = table(capsys, "--format", "latex").splitlines()
     assert latex[0].startswith(r"\begin{tabular}{") and latex[1] == r"\toprule" and latex[-1] == r"\end{tabular}"
     columns = len(latex[0].split("{")[2].rstrip("}"))
     body = [line for line in latex if line.endswith(r"\\")]
@@ -92,7 +97,7 @@ def test_markdown_latex_and_html_show_the_same_numbers(study, capsys):
             self.rows += tag == "tr"
 
     parser = Cells()
-    parser.feed(table(capsys, "--format", "html", "--no-latency"))
+    parser.feed(table(capsys, "--format", "html"))
     assert parser.rows == 5
 
 
@@ -104,11 +109,9 @@ def test_bad_baseline_and_unknown_study_are_clear_errors(study, capsys):
 
 
 def test_from_wandb_gives_the_same_rows_as_the_storage(study, capsys):
-    runs = str(Path(WANDB_DIR).parent)  # the study's run folders: --no-latency shows what they recorded
-    from_storage = {
-        r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--no-latency", "--runs", runs))
-    }
-    assert main(["--from-wandb", WANDB_DIR, "--format", "json", "--no-latency"]) == 0
+    runs = str(Path(WANDB_DIR).parent)  # the study's run folders: the latency they recorded
+    from_storage = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--runs", runs))}
+    assert main(["--from-wandb", WANDB_DIR, "--format", "json"]) == 0
     from_wandb = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(from_wandb) == set(study)  # the failed trial added to the storage never reached W&B
     for variant in study:
@@ -124,7 +127,7 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
     import subprocess
 
     doc = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n%s\\end{document}\n"
-    (tmp_path / "t.tex").write_text(doc % table(capsys, "--format", "latex", "--no-latency"))
+    (tmp_path / "t.tex").write_text(doc % table(capsys, "--format", "latex"))
     done = subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
         cwd=tmp_path,
@@ -137,10 +140,7 @@ def test_latex_compiles_with_booktabs(study, capsys, tmp_path):
 
 
 def test_another_metric_uses_each_seeds_last_epoch(study, capsys):
-    rows = {
-        r["variant"]: r
-        for r in json.loads(table(capsys, "--format", "json", "--no-latency", "--metric", "val/pixel_acc"))
-    }
+    rows = {r["variant"]: r for r in json.loads(table(capsys, "--format", "json", "--metric", "val/pixel_acc"))}
     for variant, t in study.items():
         values = [m["val/pixel_acc"] for m in t.user_attrs["seed_metrics"]]
         assert rows[variant]["mean"] == pytest.approx(statistics.fmean(values))

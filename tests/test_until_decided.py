@@ -167,7 +167,7 @@ def test_added_seeds_are_ordinary_runs_counted_apart_and_never_repeated(decided)
 
 def test_the_table_shows_holm_adjusted_p_values_that_match_a_hand_calculation(decided, capsys):
     url = f"sqlite:///{decided['root']}/runs/sim.db"
-    assert table(["--study", "sim", "--storage", url, "--format", "json", "--no-latency"]) == 0
+    assert table(["--study", "sim", "--storage", url, "--format", "json"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     base = rows["a=base"]["seeds"]
     others = [v for v in rows if v != "a=base"]
@@ -192,7 +192,7 @@ def test_the_table_shows_holm_adjusted_p_values_that_match_a_hand_calculation(de
 
 def test_markdown_shows_the_interval_the_verdicts_and_how_they_were_reached(decided, capsys):
     url = f"sqlite:///{decided['root']}/runs/sim.db"
-    assert table(["--study", "sim", "--storage", url, "--no-latency"]) == 0
+    assert table(["--study", "sim", "--storage", url]) == 0
     md = capsys.readouterr().out
     level = f"{100 * (1 - 2 * look_alpha(0.05, 3, 10, ROWS)):.3g} % CI"
     assert f"| Δ (points) [{level}] | p | p (Holm) | test | verdict |" in md
@@ -200,7 +200,7 @@ def test_markdown_shows_the_interval_the_verdicts_and_how_they_were_reached(deci
     assert "α per look of --until-decided, 3 to 10 seeds" in md and "inside ±1 points (TOST)" in md
     r = decided["rows"]["up"]
     assert f"{r['delta']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" in md
-    assert table(["--study", "sim", "--storage", url, "--no-latency", "--alpha", "0.05", "--format", "latex"]) == 0
+    assert table(["--study", "sim", "--storage", url, "--alpha", "0.05", "--format", "latex"]) == 0
     assert r"90 \% CI" in capsys.readouterr().out  # --alpha overrides the study's α per look
 
 
@@ -309,7 +309,7 @@ def test_a_margin_that_is_not_positive_is_refused_before_anything_runs(capsys):
         assert "margin must be a positive number of points" in capsys.readouterr().err
     assert not Path("runs/sim.db").exists() or optuna.get_all_study_names(URL) == []
     assert run_study(sim_sweep(until_decided=False), SimTarget(), URL) == 0
-    assert table(["--study", "sim", "--storage", URL, "--margin", "0", "--no-latency"]) == 2
+    assert table(["--study", "sim", "--storage", URL, "--margin", "0"]) == 2
     assert "--margin: margin must be a positive number" in capsys.readouterr().err
     with pytest.raises(Exception, match="study.margin"):
         sim_sweep(margin=-0.5)
@@ -348,7 +348,7 @@ def test_a_baseline_matching_no_row_or_several_rows_is_a_clear_error(capsys):
     )
     assert run_study(sweep, SimTarget(truth={"x": TRUTH["base"], "y": TRUTH["up"]}), URL) == 0
     for baseline, count in (("a=z", 0), ("a=x", 2)):
-        assert table(["--study", "sim", "--storage", URL, "--no-latency", "--baseline", baseline]) == 2
+        assert table(["--study", "sim", "--storage", URL, "--baseline", baseline]) == 2
         err = capsys.readouterr().err
         assert f"matches {count} rows, not one; rows: " in err and "a=x b=p; " in err
     assert len(trials()) == 4
@@ -356,11 +356,11 @@ def test_a_baseline_matching_no_row_or_several_rows_is_a_clear_error(capsys):
 
 def test_no_moderation_shows_the_plain_t_at_the_plain_alpha_per_look(decided, capsys):
     url = f"sqlite:///{decided['root']}/runs/sim.db"
-    assert table(["--study", "sim", "--storage", url, "--format", "json", "--no-latency", "--no-moderation"]) == 0
+    assert table(["--study", "sim", "--storage", url, "--format", "json", "--no-moderation"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     assert all(r["test"] == "paired" and r["p_value"] == r["p_value_plain"] for r in rows.values() if r["test"])
     assert all(r["prior_df"] == 0 for r in rows.values() if r["test"])
-    assert table(["--study", "sim", "--storage", url, "--no-latency", "--no-moderation"]) == 0
+    assert table(["--study", "sim", "--storage", url, "--no-moderation"]) == 0
     md = capsys.readouterr().out
     assert (
         f"{100 * (1 - 2 * look_alpha(0.05, 3, 10, ROWS, moderated=False)):.3g} % CI" in md

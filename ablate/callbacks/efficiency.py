@@ -1,9 +1,10 @@
-"""What a model costs: parameters (total and of its ablate necks), GFLOPs and batch-1 forward latency at the size of
+"""What a model costs: parameters (total and of its necks), GFLOPs and batch-1 forward latency at the size of
 the first validation image, as the tables of DeepLabv3 (Chen et al. 2017) and its ablations report them."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import lightning as L
 import torch
@@ -62,12 +63,14 @@ def measure_latency_ms(model: nn.Module, shape, repeats: int = 10) -> float:
 
 
 class Efficiency(ConventionCallback):
-    """`params/total`, `params/neck` (the ablate necks found in the model, by type), `gflops` of a batch-1 forward
-    at the first validation image's shape (logged once) and, when fit ends on rank 0, `latency_ms` there."""
+    """`params/total`, `params/neck` (summed over the necks `find_necks` finds: ablate's by type, ASPP-like modules
+    by structure, modules marked `ablate_neck = True`; absent when there is none), `gflops` of a batch-1 forward at
+    the first validation image's shape (logged once) and, when fit ends on rank 0, `latency_ms` there. `necks`:
+    dotted paths of the modules to count instead of those found (as NeckAnalysis's `necks`)."""
 
-    def __init__(self, dirpath: str | None = None, strict: bool = True):
+    def __init__(self, dirpath: str | None = None, strict: bool = True, necks: Sequence[str] | None = None):
         super().__init__(dirpath, strict)
-        self.shape, self.numbers = None, {}
+        self.shape, self.numbers, self.necks = None, {}, list(necks) if necks else None
 
     def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if not self.active or self.shape is not None:
@@ -81,7 +84,7 @@ class Efficiency(ConventionCallback):
             gflops = count_gflops(module, self.shape)
         except Exception as e:  # a forward that cannot run on one image of that shape
             return self.left_out(f"forward on one {tuple(self.shape)} image fails: {type(e).__name__}: {e}")
-        necks = find_necks(module).values()
+        necks = find_necks(module, image, self.necks).values()
         self.numbers = {"params/total": count_params(module), "gflops": gflops}
         if necks:
             self.numbers["params/neck"] = sum(count_params(n) for n in necks)

@@ -7,6 +7,8 @@ import html
 import io
 import json
 
+from ablate.results.directions import delta_unit, is_fraction
+
 FORMATS = ("md", "latex", "csv", "json", "html")
 ROW_FIELDS = (  # what `ablate.results.stats.annotate` sets on each row
     "delta",
@@ -57,14 +59,20 @@ def fmt_mean_std(row: dict, scale: float = 1.0) -> str:
     return f"{row['mean'] * scale:.4f}{std}"
 
 
-def fmt_delta(row: dict) -> str:
-    """'+1.23 [-0.40, +2.86]' (points, with the interval the verdict reads), 'baseline', or '' without a mean."""
+def fmt_delta(row: dict, spec: str = "+.2f") -> str:
+    """'+1.23 [-0.40, +2.86]' (points, with the interval the verdict reads; `spec` "+.4g" for a metric's own units),
+    'baseline', or '' without a mean."""
     if row.get("baseline"):
         return "baseline"
     if row.get("delta") is None:
         return ""
-    ci = "" if row.get("ci_low") is None else f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
-    return f"{row['delta']:+.2f}{ci}"
+    ci = "" if row.get("ci_low") is None else f" [{row['ci_low']:{spec}}, {row['ci_high']:{spec}}]"
+    return f"{row['delta']:{spec}}{ci}"
+
+
+def delta_spec(metric: str) -> str:
+    """How Δ of `metric` is written: points with 2 decimals, a metric's own units with 4 significant digits."""
+    return "+.2f" if is_fraction(metric) else "+.4g"
 
 
 def fmt_verdict(row: dict) -> str:
@@ -75,18 +83,31 @@ def fmt_verdict(row: dict) -> str:
     return MARKS[row["verdict"]] + (f" (~{needed} seeds)" if needed else "")
 
 
-def verdict_note(alpha: float = 0.05, margin: float | None = None, looks: list | None = None, moderate=True) -> str:
-    """One line saying how the verdicts were reached (under a table)."""
+def verdict_note(
+    alpha: float = 0.05, margin: float | None = None, looks: list | None = None, moderate=True, unit: str = "points"
+) -> str:
+    """One line saying how the verdicts were reached (under a table); Δ and the margin in `unit`."""
     level = f"{100 * (1 - 2 * alpha):.3g} %"
     sequential = f" (α per look of --until-decided, {looks[0]} to {looks[1]} seeds)" if looks else ""
-    equivalent = f"; ≈ equivalent: the {level} CI of Δ inside ±{margin:g} points (TOST)" if margin else ""
+    equivalent = f"; ≈ equivalent: the {level} CI of Δ inside ±{margin:g} {units(unit)} (TOST)" if margin else ""
     return (
-        f"Δ vs the baseline in points with its {level} CI; paired t-test when the rows share seeds, else Welch"
+        f"Δ vs the baseline in {units(unit)} with its {level} CI; paired t-test when the rows share seeds, else Welch"
         + (MODERATED_NOTE if moderate else " (plain, not moderated)")
         + "; "
         f"▲ better / ▼ worse: Holm-adjusted p < {alpha:.3g}{sequential}{equivalent}; ? undecided: not yet "
         "(~k: seeds per variant that would decide with 80 % probability at the observed Δ and spread)"
     )
+
+
+def units(unit: str) -> str:
+    """'points', or 'the units of val_loss' for a metric's own."""
+    return unit if unit == "points" else f"the units of {unit}"
+
+
+def order_note(metric: str, direction: str, how: str) -> str:
+    """'Rows best first by val_loss: lower is better (minimize, inferred from its name).'"""
+    better = "higher" if direction == "maximize" else "lower"
+    return f"Rows best first by {metric}: {better} is better ({direction}, {how})."
 
 
 def _opt(value, spec: str) -> str:
@@ -101,7 +122,7 @@ def _cells(r: dict, keys: list[str], metric: str) -> list[str]:
         *(s.get(k, "") for k in keys),
         fmt_mean_std(r),
         str(r["n"]),
-        fmt_delta(r),
+        fmt_delta(r, delta_spec(metric)),
         _opt(r.get("p_value"), ".3g"),
         _opt(r.get("p_adjusted"), ".3g"),
         r.get("test") or "",
@@ -119,7 +140,7 @@ def _header(keys: list[str], metric: str, alpha: float) -> list[str]:
         *keys,
         f"{metric} (mean ± std)",
         "n",
-        f"Δ (points) [{100 * (1 - 2 * alpha):.3g} % CI]",
+        f"Δ ({delta_unit(metric)}) [{100 * (1 - 2 * alpha):.3g} % CI]",
         "p",
         "p (Holm)",
         "test",
@@ -140,12 +161,17 @@ def varied_keys(rows: list[dict]) -> list[str]:
     return list(keys)
 
 
-def render(rows: list[dict], fmt: str, metric: str = "val/mIoU", alpha: float = 0.05, note: str = "") -> str:
+def render(
+    rows: list[dict], fmt: str, metric: str = "val/mIoU", alpha: float = 0.05, note: str = "", direction: str = ""
+) -> str:
     """The table as md, latex (booktabs tabular), csv, json (list of rows) or html; md and html end with `note`
-    (how the verdicts were reached, `verdict_note`); `alpha` names the level of the CI column."""
+    (how the verdicts were reached, `verdict_note`); `alpha` names the level of the CI column. JSON rows carry the
+    varied settings typed as the space declares them, the metric and its `direction`."""
     keys = varied_keys(rows)
     if fmt == "json":
-        return json.dumps([{**{k: r.get(k) for k in COLUMNS}, **settings(r["variant"])} for r in rows], indent=2)
+        shown = {"metric": metric, **({"direction": direction} if direction else {})}
+        typed = [r.get("settings") or settings(r["variant"]) for r in rows]
+        return json.dumps([{**{k: r.get(k) for k in COLUMNS}, **shown, **t} for r, t in zip(rows, typed)], indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
@@ -216,37 +242,18 @@ def short_labels(rows: list[dict]) -> dict[str, str]:
     return {r["variant"]: " ".join(s.removeprefix(prefix) for s in r["variant"].split(" ")) or "base" for r in rows}
 
 
-def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU"):
-    """The table for the terminal: one setting per line, under their shared section."""
+def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU", alpha: float = 0.05):
+    """The table for the terminal, with the columns and values of `render`'s: the settings in one column, one per
+    line, under their shared section."""
     from rich.table import Table
 
-    prefix = common_prefix([r["variant"] for r in rows])
+    prefix, keys = common_prefix([r["variant"] for r in rows]), varied_keys(rows)
     table = Table(title=title, caption=f"settings under {prefix}" if prefix else None)
-    for col in (
-        "variant",
-        f"{metric} mean ± std",
-        "n",
-        "Δ [CI]",
-        "p (Holm)",
-        "verdict",
-        "status",
-        "neck params",
-        "GFLOPs",
-    ):
-        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+    for col in ["variant", *_header(keys, metric, alpha)[len(keys) :]]:
+        table.add_column(col, justify="left" if col in ("variant", "test", "verdict", "status") else "right")
     for r in rows:
         variant = "\n".join(setting.removeprefix(prefix) for setting in r["variant"].split(" "))
-        table.add_row(
-            variant,
-            fmt_mean_std(r),
-            str(r["n"]),
-            fmt_delta(r),
-            _opt(r.get("p_adjusted"), ".3g"),
-            fmt_verdict(r),
-            r["status"],
-            _opt(r.get("params/neck"), ","),
-            _opt(r.get("gflops"), ".2f"),
-        )
+        table.add_row(variant, *_cells(r, keys, metric)[len(keys) :])
     return table
 
 

@@ -19,9 +19,8 @@ from ablate.results.formats import (
     render,
     short_labels,
     varied_keys,
-    verdict_note,
 )
-from ablate.results.rows import latency_from_runs, run_folders, study_objective
+from ablate.results.rows import run_folders
 from ablate.results.verdict_plots import forest_figure, strip_figure
 
 STYLE = (
@@ -194,19 +193,15 @@ def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:
     return parts
 
 
-def build(study: optuna.Study, rows: list[dict], base: dict, runs_root: Path, verdicts: dict | None = None) -> str:
-    """The whole report as one HTML document; plotly.js is embedded once, inline. `verdicts`: the alpha, margin and
-    looks the rows were compared with (ablate.results.rows.verdict_options)."""
+def build(study: optuna.Study, table, runs_root: Path) -> str:
+    """The whole report of `table` (ablate.results.tables.study_table of `study`) as one HTML document; plotly.js
+    is embedded once, inline."""
+    rows, base, metric, v = table.rows, table.base, table.metric, table.verdicts
     runs, labels = run_folders(runs_root, [study], rows), short_labels(rows)
-    metric, _ = study_objective(study)
-    v = {"alpha": 0.05, "margin": None, "looks": None, **(verdicts or {})}
-    latency_from_runs(rows, runs)
     parts = [
         f"<h1>Study {html.escape(study.study_name)}</h1>",
         "<h2>Comparison table</h2>",
-        render(
-            rows, "html", metric, v["alpha"], verdict_note(v["alpha"], v["margin"], v["looks"], v.get("moderate", True))
-        ),
+        render(rows, "html", metric, v["alpha"], table.note, table.direction),
         "<h2>Main effects</h2>",
         effects_table(rows, metric, v["alpha"]),
     ]

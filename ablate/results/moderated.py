@@ -4,16 +4,20 @@ Every row of a study is compared with the same baseline on the same seeds, data 
 kind of noise. Each row's variance s² (of the paired differences, on d = n − 1 degrees of freedom) is shrunk toward
 a prior s0² fitted to all rows, s̃² = (d0·s0² + d·s²) / (d0 + d), and its t uses s̃² on d0 + d degrees of freedom:
 - **The prior** (`fit_f_dist`) is limma's fitFDist: s² ~ s0²·F(d, d0), fitted by moments of log s²; d0 from the
-  inverse of the trigamma function (`trigamma_inverse`, scipy's Newton). Each row's prior is fitted to the other
-  rows (leave one out): with a few rows, a row's own s² in its prior would make its t too large by chance.
+  inverse of the trigamma function (`trigamma_inverse`, scipy's Newton); where d0 = inf, s0² is the mean s² (as
+  limma). Each row's prior is fitted to the other rows (leave one out): with a few rows, a row's own s² in its prior
+  would make its t too large by chance.
 - **Robust** (`fit_prior`): a simpler rule than limma's robust=TRUE (Phipson et al. 2016, winsorized and per-row
   d0): a row whose s² is too large for the prior fitted to the other rows (upper F tail p below OUTLIER_P / rows,
   the largest first, while more than MIN_ROWS rows remain) is an outlier: it keeps its own s² and the plain t
   (d0 = 0), and the prior is fitted without it. An outlier can neither borrow strength nor lend its spread.
 - **Few rows**: limma fits thousands of genes; we fit 3 to 30 rows, so d0 is capped at the information the other
   rows hold: their summed df, less for sharing one baseline (differences of runs with alike noise to one baseline
-  correlate 1/2, their variances 1/4: SHARED). With identical spreads and many rows the moderated t tends to the t
-  of the pooled variance. Fewer than MIN_ROWS rows, or d0 < MIN_PRIOR_DF: no prior, the plain t.
+  correlate 1/2, their variances 1/4: SHARED). Where a row's fit gives d0 = inf (so d0 is the cap), its s0² is the
+  finite fit's limit (`fit_f_dist(limit=True)`), not limma's mean s²: it moves smoothly as d0 crosses to inf, and
+  with the mean s² the capped t rejects up to 7% of nulls at 5% (6 rows on 2 seeds, benchmarks/moderated_null.py;
+  3–5% with the limit). With identical spreads and many rows the moderated t tends to the t of the pooled
+  variance. Fewer than MIN_ROWS rows, or d0 < MIN_PRIOR_DF: no prior, the plain t.
 Arrays are (..., rows): the benchmark fits many studies at once; `mask` says which rows take part.
 """
 
@@ -51,14 +55,16 @@ def trigamma_inverse(y):
     return np.where(y > 1e7, 1 / np.sqrt(y), np.where(y < 1e-6, 1 / y, np.exp(u).reshape(y.shape)))
 
 
-def fit_f_dist(var, df, mask=True) -> tuple[np.ndarray, np.ndarray]:
+def fit_f_dist(var, df, mask=True, *, limit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(d0, s0²) with var ~ s0²·F(df, d0) over the rows in `mask` (last axis), as limma's fitFDist; d0 = inf when
-    the log-variances vary no more than sampling alone would. Zero variances are raised to 1e-5 × the median of
-    all the rows given."""
+    the log-variances vary no more than sampling alone would, and then s0² is the rows' mean variance as limma's
+    (with `limit`, exp(mean e), the finite fit's s0² as d0 → inf). Zero variances are raised to 1e-5 × the median
+    of all the rows given."""
     var, df = np.broadcast_arrays(np.asarray(var, float), np.asarray(df, float))
     median = np.median(var, -1, keepdims=True)
-    e = np.log(np.maximum(var, 1e-5 * np.where(median > 0, median, 1))) - special.digamma(df / 2) + np.log(df / 2)
-    e, trigamma, mask = np.broadcast_arrays(e, special.polygamma(1, df / 2), mask)  # (..., rows)
+    var = np.maximum(var, 1e-5 * np.where(median > 0, median, 1))
+    e = np.log(var) - special.digamma(df / 2) + np.log(df / 2)
+    e, trigamma, var, mask = np.broadcast_arrays(e, special.polygamma(1, df / 2), var, mask)  # (..., rows)
     k = mask.sum(-1)
     mean = np.sum(np.where(mask, e, 0), -1) / k
     spread = np.sum(np.where(mask, (e - mean[..., None]) ** 2, 0), -1) / (k - 1)
@@ -68,8 +74,8 @@ def fit_f_dist(var, df, mask=True) -> tuple[np.ndarray, np.ndarray]:
     d0[ok] = 2 * trigamma_inverse(spread[ok])
     finite = np.isfinite(d0)
     half = np.where(finite, d0 / 2, 1)
-    s0 = np.exp(mean + np.where(finite, special.digamma(half) - np.log(half), 0))
-    return d0, s0
+    s0 = np.exp(mean + np.where(finite, special.digamma(half) - np.log(half), 0))  # the limit where d0 = inf
+    return d0, np.where(finite | limit, s0, np.sum(np.where(mask, var, 0), -1) / k)
 
 
 def upper_tail(var, df, d0, s0) -> np.ndarray:
@@ -117,14 +123,16 @@ def floor_zero(var, mask) -> np.ndarray:
 
 
 def _leave_one_out(var, df, kept) -> tuple[np.ndarray, np.ndarray]:
-    """(d0, s0²) per row (..., rows): `fit_f_dist` of the kept rows other than that row."""
+    """(d0, s0²) per row (..., rows): `fit_f_dist` of the kept rows other than that row, with s0² the limit where
+    d0 = inf (module docstring)."""
     others = kept[..., None, :] & ~np.eye(var.shape[-1], dtype=bool)  # (..., rows, rows)
-    return fit_f_dist(var[..., None, :], df[..., None, :], others)
+    return fit_f_dist(var[..., None, :], df[..., None, :], others, limit=True)
 
 
 def squeeze(var, df, d0, s0) -> np.ndarray:
-    """The moderated variance (d0·s0² + df·var) / (d0 + df); var itself where d0 is 0 (all per row)."""
-    return (d0 * s0 + df * var) / (d0 + df)
+    """The moderated variance per row, (d0·s0² + df·var) / (d0 + df): var itself where d0 is 0, s0² where d0 is inf."""
+    with np.errstate(invalid="ignore"):  # inf / inf where d0 is inf
+        return np.where(np.isinf(d0), s0, (d0 * s0 + df * var) / (d0 + df))
 
 
 def moderate_paired(var, n, mask=True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.errors import ConfigError
+from ablate.results.directions import delta_scale
 from ablate.results.formats import settings
 
 
@@ -19,14 +20,19 @@ def study_objective(study: optuna.Study) -> tuple[str, str]:
     return study.user_attrs.get("sweep", {}).get("metric", "val/mIoU"), study.direction.name.lower()
 
 
-def seed_values(t: optuna.trial.FrozenTrial, metric: str, objective: str = "val/mIoU") -> dict[str, float]:
-    """{seed: value} of a complete trial: the objective is each seed's best epoch, other metrics the last."""
+def seed_values(t: optuna.trial.FrozenTrial, metric: str, objective: str = "val/mIoU", at: str = "last") -> dict:
+    """{seed: value} of a complete trial: the objective is each seed's best epoch; any other number its runs
+    recorded (each metric logged, params, GFLOPs, ...) is its last epoch's, or with `at="best"` its value at the
+    epoch of the best objective."""
     if metric == objective:
         return dict(zip(map(str, t.user_attrs["seeds"]), t.user_attrs["values"]))
-    metrics = t.user_attrs.get("seed_metrics", [])
+    metrics = t.user_attrs.get("seed_metrics_best" if at == "best" else "seed_metrics", [])
     if any(metric not in m for m in metrics) or not metrics:
         known = sorted({k for m in metrics for k in m} | {objective})
-        raise ConfigError(f"--metric {metric!r} was not recorded for trial {t.number}; recorded: {', '.join(known)}")
+        where = " at the best epoch" if at == "best" else ""
+        raise ConfigError(
+            f"--metric {metric!r} was not recorded{where} for trial {t.number}; recorded: {', '.join(known)}"
+        )
     return {str(s): m[metric] for s, m in zip(t.user_attrs["seeds"], metrics)}
 
 
@@ -35,34 +41,46 @@ def study_rows(
     metric: str | None = None,
     objective: str = "val/mIoU",
     direction: str = "maximize",
+    at: str = "last",
 ) -> list[dict]:
-    """Group finished trials by variant, best first (by `direction`); complete seeds are averaged, incomplete
-    variants are marked. `metric` None: the trials' `objective` (each seed's best epoch)."""
+    """Group finished trials by variant, best first (by `direction`, the direction of the metric shown); complete
+    seeds are averaged, incomplete variants are marked. `metric` None: the trials' `objective` (each seed's best
+    epoch); another recorded number: at its last epoch, or at the objective's best epoch with `at="best"`."""
     metric, groups = metric or objective, {}
     for t in trials:
         if "variant" not in t.user_attrs or t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
-        row = groups.setdefault(
-            t.user_attrs["variant"], {"variant": t.user_attrs["variant"], "seeds": {}, "status": set(), "trials": []}
-        )
+        row = groups.setdefault(t.user_attrs["variant"], new_row(t.user_attrs["variant"], t.params))
         row["trials"].append(t.number)
         row["status"].add({TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "failed"))
         if t.state == TrialState.COMPLETE:  # a seed completed twice (never by ablate: ablate.study.check) counts once
-            for seed, value in seed_values(t, metric, objective).items():
+            for seed, value in seed_values(t, metric, objective, at).items():
                 row["seeds"].setdefault(seed, value)
         for key in ("params/neck", "params/total", "gflops", "config", "classes"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
-    rows, sign = [_summarize(row) for row in groups.values()], -1 if direction == "maximize" else 1
+    return best_first([_summarize(row) for row in groups.values()], direction)
+
+
+def new_row(variant: str, params: dict) -> dict:
+    """An empty row of `variant`; `settings` its varied values typed as the space declares them (an int choice
+    stays an int), read from the trial's params where they hold the key, else the label's text."""
+    typed = {k: params.get(k, v) for k, v in settings(variant).items()}
+    return {"variant": variant, "settings": typed, "seeds": {}, "status": set(), "trials": []}
+
+
+def best_first(rows: list[dict], direction: str) -> list[dict]:
+    """`rows` ordered best mean first by `direction`; rows without a mean last."""
+    sign = -1 if direction == "maximize" else 1
     return sorted(rows, key=lambda r: (r["mean"] is None, sign * (r["mean"] or 0)))
 
 
-def rows_of(study: optuna.Study, metric: str | None = None) -> list[dict]:
-    """`study_rows` of one stored study, on its own objective unless `metric` names another."""
-    return study_rows(study.get_trials(deepcopy=False), metric, *study_objective(study))
+def rows_of(study: optuna.Study) -> list[dict]:
+    """`study_rows` of one stored study, on its own objective."""
+    return study_rows(study.get_trials(deepcopy=False), None, *study_objective(study))
 
 
-def wandb_rows(source: str, metric: str = "val/mIoU") -> list[dict]:
+def wandb_rows(source: str, metric: str = "val/mIoU", direction: str = "maximize") -> list[dict]:
     """The same rows from W&B trial runs: a folder of offline runs (runs/wandb), or ENTITY/PROJECT online.
 
     One W&B run is one (trial, seed); its group is the variant. A study's objective (val/mIoU, or a LightningCLI
@@ -72,7 +90,7 @@ def wandb_rows(source: str, metric: str = "val/mIoU") -> list[dict]:
     for run in _wandb_runs(source):
         if run["job_type"] != "trial" or not run["group"]:
             continue
-        row = groups.setdefault(run["group"], {"variant": run["group"], "seeds": {}, "status": set(), "trials": []})
+        row = groups.setdefault(run["group"], new_row(run["group"], {}))
         state, key = run["summary"].get("state"), _best_key(run["summary"], metric)
         done = run.get("exit_code") == 0 and state is None and key in run["summary"]
         row["status"].add("complete" if done else "pruned" if state == "TrialPruned" else "failed")
@@ -82,8 +100,7 @@ def wandb_rows(source: str, metric: str = "val/mIoU") -> list[dict]:
             row.update({k: run["summary"][k] for k in ("params/neck", "params/total", "gflops") if k in run["summary"]})
             if "latency_ms" in run["summary"]:  # the least over the seeds, as from run folders
                 row["latency_ms"] = min(row.get("latency_ms", math.inf), run["summary"]["latency_ms"])
-    rows = [_summarize(row) for row in groups.values()]
-    return sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0)))
+    return best_first([_summarize(row) for row in groups.values()], direction)
 
 
 def _best_key(summary: dict, metric: str) -> str:
@@ -131,10 +148,11 @@ def add_deltas(
     alpha: float = 0.05,
     direction: str = "maximize",
     moderate: bool = True,
+    metric: str = "val/mIoU",
 ) -> dict:
     """Every row compared with the baseline row (default: the best) over seeds, by ablate.results.stats.annotate:
-    Δ (points) with its interval, paired or Welch t (moderated across rows with `moderate`), Holm-adjusted p, TOST
-    with `margin`, verdict, seeds needed."""
+    Δ (points for a fraction such as mIoU, else `metric`'s own units) with its interval, paired or Welch t
+    (moderated across rows with `moderate`), Holm-adjusted p, TOST with `margin`, verdict, seeds needed."""
     from ablate.results.stats import annotate
 
     candidates = [r for r in rows if baseline is None or baseline.items() <= settings(r["variant"]).items()]
@@ -146,7 +164,8 @@ def add_deltas(
     if not candidates or candidates[0]["mean"] is None:
         raise ConfigError("the baseline row has no complete seed")
     base = candidates[0]
-    annotate(rows, base, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
+    scale = delta_scale(metric)
+    annotate(rows, base, margin=margin, alpha=alpha, direction=direction, moderate=moderate, scale=scale)
     for r in rows:
         r["baseline"] = r is base
     return base

@@ -1,6 +1,7 @@
 """Statistics that let a table decide: paired/Welch t, BCa bootstrap (Efron 1987), Holm (1979), TOST (Schuirmann 1987).
 
-Every non-baseline row is compared with the baseline row, Δ in points (100 × difference of means):
+Every non-baseline row is compared with the baseline row, Δ in points (100 × difference of means) for a fraction
+such as mIoU, in the metric's own units otherwise (`scale`, ablate.results.directions.points):
 - **paired** when the two share ≥ 2 seeds (a seed fixes init and data order, so per-seed differences
   remove that noise): t-test of the differences over the shared seeds; Δ = their mean. Otherwise
   **Welch** (unequal variances) on all seeds of each; Δ = difference of the means.
@@ -57,8 +58,11 @@ def _check(alpha: float, direction: str) -> None:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
 
 
-def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: float = 0.05, rng_seed: int = 0) -> dict:
-    """Δ of a row vs the baseline in points: paired over the shared seeds when ≥ 2 are shared, else Welch.
+def compare(
+    row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: float = 0.05, rng_seed: int = 0, scale=100.0
+) -> dict:
+    """Δ of a row vs the baseline in points (values × `scale`: 100 for a fraction, 1 to keep the metric's units):
+    paired over the shared seeds when ≥ 2 are shared, else Welch.
 
     Returns test ("paired" | "welch" | None when a side has < 2 seeds), delta, ci ((1−2α) t interval),
     ci_boot (bootstrap, same level), p_value (two-sided t) and p_value_plain (the same here; `compare_rows` may
@@ -69,7 +73,7 @@ def compare(row_seeds: dict, base_seeds: dict, *, margin: float | None, alpha: f
     margin = check_margin(margin)
     shared = sorted(set(row_seeds) & set(base_seeds))
     paired = len(shared) >= 2
-    x, y = (100 * np.array([s[k] for k in (shared if paired else s)], float) for s in (row_seeds, base_seeds))
+    x, y = (scale * np.array([s[k] for k in (shared if paired else s)], float) for s in (row_seeds, base_seeds))
     if min(len(x), len(y)) < 2:
         delta = float(x.mean() - y.mean()) if len(x) and len(y) else None
         out = dict.fromkeys(("test", "ci", "ci_boot", "p_value", "p_equivalence", "sd", "var", "df"), None)
@@ -152,12 +156,13 @@ def compare_rows(
     alpha: float = 0.05,
     moderate: bool = True,
     rng_seed: int = 0,
+    scale: float = 100.0,
 ) -> list[dict]:
     """`compare` of each row's {seed: value} with the baseline's, then, with `moderate`, the moderated t of every row
     of a kind (paired, Welch) with at least MIN_ROWS rows of it (ablate.results.moderated): its test says
     "paired, moderated", p_value / ci / p_equivalence / df / sd are the moderated t's, prior_df its d0 and
     p_value_plain the plain t's p. Rows an outlier or without a usable prior keep the plain t (prior_df 0)."""
-    results = [compare(s, base_seeds, margin=margin, alpha=alpha, rng_seed=rng_seed) for s in rows_seeds]
+    results = [compare(s, base_seeds, margin=margin, alpha=alpha, rng_seed=rng_seed, scale=scale) for s in rows_seeds]
     for kind in ("paired", "welch") if moderate else ():
         group = [r for r in results if r["test"] == kind]
         if len(group) < MIN_ROWS:
@@ -304,10 +309,12 @@ def annotate(
     rng_seed: int = 0,
     moderate: bool = True,
     difference_needed: bool = True,
+    scale: float = 100.0,
 ) -> None:
     """Compare every row with `baseline_row` (by `seeds`, `compare_rows`) and set on each row the fields of ROW_FIELDS.
 
-    delta (points), ci_low / ci_high ((1−2α) t interval, the one TOST reads), boot_low / boot_high
+    delta (points, or the metric's units: `scale` as for `compare`), ci_low / ci_high ((1−2α) t interval, the one
+    TOST reads), boot_low / boot_high
     (bootstrap, same level, for display), test ("paired" | "welch", ", moderated" when moderated, None),
     p_value (raw: the moderated t's when moderated), p_value_plain (the plain t's), df (the t's), prior_df (d0),
     p_adjusted (Holm over the non-baseline rows with a p), p_equivalence (TOST, None without margin),
@@ -324,6 +331,7 @@ def annotate(
         alpha=alpha,
         moderate=moderate,
         rng_seed=rng_seed,
+        scale=scale,
     )
     adjusted = holm([res["p_value"] for res in results])
     family = holm_open(adjusted, alpha)

@@ -8,8 +8,8 @@ import optuna
 
 from ablate.cli import console, make_console
 from ablate.results.factorial import factorial_effects
-from ablate.results.formats import effects_to_rich, render, settings, short_labels, to_rich, varied_keys, verdict_note
-from ablate.results.rows import add_deltas, rows_of, study_objective, study_verdicts, verdict_options
+from ablate.results.formats import effects_to_rich, render, short_labels, to_rich, varied_keys
+from ablate.results.tables import study_table
 from ablate.study.engine import is_worker, run_study
 from ablate.study.outage import EXIT_CODE as STORAGE_GONE
 from ablate.study.race import race_summary
@@ -18,22 +18,16 @@ from ablate.study.workers import ddp_rank
 
 
 def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: dict | None = None) -> None:
-    """Print the comparison table, write it to `root`/table.md, and say where to look further."""
-    rows, (metric, direction) = rows_of(study), study_objective(study)
-    v = verdict_options({**study_verdicts(study), "direction": direction})
-    if any(r["mean"] is not None for r in rows):  # Δ against the named baseline once it has a result
-        named = baseline and any(
-            r["mean"] is not None and baseline.items() <= settings(r["variant"]).items() for r in rows
-        )
-        options = {"margin": v["margin"], "alpha": v["alpha"], "moderate": v["moderate"]}
-        add_deltas(rows, baseline if named else None, direction=direction, **options)
-    note = verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"])
+    """Print the comparison table, write it to `root`/table.md, and say where to look further: the table
+    `python -m ablate.table` prints for this study (ablate.results.tables), the same columns and values."""
+    table = study_table([study], root.parent, default_baseline=baseline)
+    rows, metric, v = table.rows, table.metric, table.verdicts
     root.mkdir(parents=True, exist_ok=True)
-    (root / "table.md").write_text(render(rows, "md", metric, v["alpha"], note))
+    (root / "table.md").write_text(render(rows, "md", metric, v["alpha"], table.note, table.direction))
     out = make_console(stderr=False)
     title = f"study {study.study_name}: mean ± std over seeds, best first"
-    out.print(to_rich(rows, title, metric))
-    out.print(note)
+    out.print(to_rich(rows, title, metric, v["alpha"]))
+    out.print(table.note)
     effects = factorial_effects(rows, alpha=v["alpha"]) if len(rows) > 2 and len(varied_keys(rows)) > 1 else []
     if effects:  # one swept key: the table already is its effect
         out.print(effects_to_rich(effects, metric, v["alpha"]))

@@ -173,28 +173,31 @@ def pooled_span(side: int, bins: int) -> int:
     return max(int(row.nonzero().max() - row.nonzero().min()) + 1 for row in jacobian != 0)
 
 
-def neck_branches(neck: nn.Module, side: int) -> list[tuple[str, int | None, int, bool]]:
+def neck_branches(neck: nn.Module, side: int, branches=None) -> list[tuple[str, int | None, int, bool]]:
     """(branch, rate, feature positions it spans through the neck, sees the whole map) for each branch of an
-    ablate neck (ASPP, PPM, Identity) on a map whose longer side is `side`; ValueError for any other module."""
+    ablate neck (ASPP, PPM, Identity) on a map whose longer side is `side`, or of any other module from the
+    `branches` its structure shows (`ablate.run.neck_structure.Branches`); ValueError for any other module."""
     from ablate.necks import ASPP, PPM, Identity
     from ablate.necks.aspp import ImagePooling
+    from ablate.run.neck_structure import Branches
 
     if isinstance(neck, Identity):
         return [("1x1", None, 1, False)]
-    if isinstance(neck, ASPP):  # the 1x1 projection after fusion adds nothing
-        rows = [("1x1", None, 1, False)] + [(f"rate{r}", r, 2 * r + 1, False) for r in neck.rates]
-        return rows + ([("image_pool", None, side, True)] if isinstance(neck.convs[-1], ImagePooling) else [])
+    if isinstance(neck, ASPP):
+        return Branches(neck.rates, True, isinstance(neck.convs[-1], ImagePooling)).rows(side)
     if isinstance(neck, PPM):  # the 3x3 bottleneck after the concat adds 2 positions to every branch
         bins = [stage[0].output_size for stage in neck.stages]  # AdaptiveAvgPool2d(b)
         return [("features", None, 3, False)] + [(f"bin{b}", None, pooled_span(side, b) + 2, b == 1) for b in bins]
-    raise ValueError(f"receptive-field analysis knows the necks ASPP, PPM and Identity; not {type(neck).__name__}")
+    if branches is not None:  # an ASPP-like module found by structure
+        return branches.rows(side)
+    raise ValueError(f"receptive-field analysis knows ASPP, PPM, Identity and ASPP-likes; not {type(neck).__name__}")
 
 
-def neck_receptive_fields(neck: nn.Module, encoder_rf: int, stride: int, size) -> list[dict]:
-    """One dict per branch of `neck`: `branch`, `rate` (None if not atrous), `rf_px` (theoretical receptive field
-    in input pixels through that branch to the neck's output, from the `encoder_rf` and `stride` of its input),
-    `global` (pools the whole map) and `taps` (valid_tap_shares on its (H, W) input map `size` for atrous 3x3
-    branches, else None)."""
+def neck_receptive_fields(neck: nn.Module, encoder_rf: int, stride: int, size, branches=None) -> list[dict]:
+    """One dict per branch of `neck` (`branches`: what its structure shows, for a module not of ablate's own):
+    `branch`, `rate` (None if not atrous), `rf_px` (theoretical receptive field in input pixels through that branch
+    to the neck's output, from the `encoder_rf` and `stride` of its input), `global` (pools the whole map) and
+    `taps` (valid_tap_shares on its (H, W) input map `size` for atrous 3x3 branches, else None)."""
     size = _height_width(size)
     return [
         {
@@ -204,7 +207,7 @@ def neck_receptive_fields(neck: nn.Module, encoder_rf: int, stride: int, size) -
             "global": whole,
             "taps": valid_tap_shares(size, rate) if rate else None,
         }
-        for branch, rate, span, whole in neck_branches(neck, max(size))
+        for branch, rate, span, whole in neck_branches(neck, max(size), branches)
     ]
 
 
@@ -221,21 +224,21 @@ def gridding_holes(rates: Iterable[int], kernel: int = 3) -> list[int]:
     return [o for o in range(-half * max(rates), half * max(rates) + 1) if o not in sampled]
 
 
-def neck_summary(neck: nn.Module, encoder_rf: int, stride: int, size) -> dict[str, float]:
+def neck_summary(neck: nn.Module, encoder_rf: int, stride: int, size, branches=None) -> dict[str, float]:
     """Flat numbers for W&B summaries and reports: `rf/encoder` and `rf/<branch>` (px), `feature_px` (the longer
     side of the neck's input map `size`), `taps9/<branch>` (share of positions where an atrous branch sees all 9
-    taps), `gridding_holes` (how many offsets no branch samples); empty for a neck the analysis does not know (a
-    third-party neck), so runs and reports of it go on."""
+    taps), `gridding_holes` (how many offsets no branch samples); `branches` are what the structure of a module
+    not of ablate's own shows. Empty for a neck the analysis does not know, so runs and reports of it go on."""
     try:
-        branches = neck_receptive_fields(neck, encoder_rf, stride, size)
+        rows = neck_receptive_fields(neck, encoder_rf, stride, size, branches)
     except ValueError:
         return {}
     out = {"rf/encoder": float(encoder_rf), "feature_px": float(max(_height_width(size)))}
-    for b in branches:
+    for b in rows:
         out[f"rf/{b['branch']}"] = float(b["rf_px"])
         if b["taps"] is not None:
             out[f"taps9/{b['branch']}"] = b["taps"][9]
-    rates = [b["rate"] for b in branches if b["rate"]]
+    rates = [b["rate"] for b in rows if b["rate"]]
     out["gridding_holes"] = float(len(gridding_holes(rates))) if rates else 0.0
     return out
 

@@ -15,6 +15,7 @@ from ablate.config import RunConfig, to_dict
 from ablate.data import create_datamodule
 from ablate.errors import ConfigError
 from ablate.run.analysis import config_rate_message
+from ablate.run.logged import LoggedMetrics
 from ablate.run.loggers import finish_wandb, make_loggers
 from ablate.run.module import SegmentationModule
 
@@ -67,14 +68,14 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     datamodule = create_datamodule(cfg)  # reads and checks the data before anything trains
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegmentationModule(to_dict(cfg), list(datamodule.classes))
-    timer, loggers = StepTimer(), make_loggers(cfg, output, wandb_run)
+    timer, loggers, logged = StepTimer(), make_loggers(cfg, output, wandb_run), LoggedMetrics("val/mIoU")
     shown = segmentation_callbacks()  # what any project's run shows: metrics, masks, necks, costs
     tty = sys.stdout.isatty()
     progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
     trainer = L.Trainer(
         default_root_dir=output,
         logger=loggers,
-        callbacks=[timer, *shown, *progress, *callbacks],
+        callbacks=[timer, *shown, logged, *progress, *callbacks],
         enable_progress_bar=tty,
         **{"enable_model_summary": False, "num_sanity_val_steps": 1, **cfg.trainer},  # our params line; 1 sanity batch
     )
@@ -83,10 +84,8 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     except BaseException as e:
         finish_wandb(loggers, {"state": type(e).__name__}, failed=type(e).__name__ != "TrialPruned")
         raise
-    last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}  # last epoch
     summary = {
-        **last,
-        "val/mIoU": last.get("val/mIoU"),
+        **logged.summary(trainer),  # every metric logged: last epoch, and at_best (the epoch of the best val/mIoU)
         "val/mIoU_best": module.best_miou,
         "time/train_step_s": timer.median(),
         "epochs": trainer.current_epoch,

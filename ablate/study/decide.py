@@ -292,6 +292,7 @@ class Rounds:
                 alpha=self.alpha,
                 direction=study.direction.name.lower(),
                 moderate=self.sweep.study.moderate,
+                metric=self.sweep.metric,
             )
         except ConfigError as e:
             console.print(f"--until-decided stops: {e}")

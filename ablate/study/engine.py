@@ -113,16 +113,26 @@ class Objective:
             if summary.get(metric) is None or not math.isfinite(summary[metric]):
                 raise FloatingPointError(f"seed {seed}: {metric} is {summary.get(metric)}")
             values.append(summary[f"{metric}_best"])
-            metrics.append({k: v for k, v in summary.items() if k.startswith("val/") and v is not None})
+            metrics.append(recorded(summary))
             record(trial, seeds[: i + 1], values, metrics, summary)
         return sum(values) / len(values)
 
 
+def recorded(summary: dict) -> tuple[dict, dict]:
+    """(last, at_best) of one seed's run: every number its summary holds under its own name (each metric logged,
+    params, GFLOPs, latency, receptive fields, ...), and every metric logged at the epoch of the best objective."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    last = {k: v for k, v in summary.items() if number(v) and k != "seed"}
+    return last, {k: v for k, v in (summary.get("at_best") or {}).items() if number(v)}
+
+
 def record(trial: optuna.Trial, seeds, values: list, metrics: list, summary: dict) -> None:
-    """What tables need, on the trial: seeds, each seed's best metric, each seed's last-epoch val/ metrics."""
+    """What tables need, on the trial: seeds, each seed's best metric, and each seed's numbers (`recorded`): the
+    last epoch's (seed_metrics) and those at its best epoch (seed_metrics_best)."""
     trial.set_user_attr("seeds", list(seeds))
     trial.set_user_attr("values", values)
-    trial.set_user_attr("seed_metrics", metrics)
+    trial.set_user_attr("seed_metrics", [last for last, _ in metrics])
+    trial.set_user_attr("seed_metrics_best", [best for _, best in metrics])
     for key in ("params/neck", "params/total", "gflops", "classes"):
         if key in summary:
             trial.set_user_attr(key, summary[key])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import sys
 import time
 import warnings
@@ -21,15 +20,17 @@ from ablate.callbacks import summary as callbacks_summary
 from ablate.callbacks.efficiency import count_params
 from ablate.config import flatten
 from ablate.errors import ConfigError
+from ablate.run.logged import LoggedMetrics
 from ablate.run.loggers import finish_wandb, wandb_logger, wandb_mode
-from ablate.study.space import SweepConfig
+from ablate.study.cli_values import cli_arguments, coerce, override_pairs, trial_pairs
+from ablate.study.space import SweepConfig, variant_label
 
 PATH_ARGS = ("save_dir", "dirpath")  # logger / callback init_args that name a folder: relative ones go in the run
 ARGS_WARNING = "LightningCLI's args parameter is intended"  # we give `args` while sys.argv holds ablate's own
 
 
-class _Parsed(Exception):
-    """Stops a LightningCLI right after parsing: carries its parser and the parsed namespace."""
+class _ParserReady(Exception):
+    """Stops a LightningCLI once its parser is built, before it parses anything: carries the parser."""
 
 
 def import_cli(name: str, folders=()) -> type:
@@ -50,43 +51,32 @@ def import_cli(name: str, folders=()) -> type:
     return cli_class
 
 
-def parse_only(cli_class: type, args: list[str]):
-    """(parser, namespace) of the user's CLI on `args`: parsed and validated, nothing instantiated or seeded."""
+def cli_parser(cli_class: type):
+    """The parser of the user's CLI (its own arguments, links and defaults), built as the CLI builds it; errors
+    raise (ArgumentError), never exit."""
 
     class ParseOnly(cli_class):
         def init_parser(self, **kwargs):
-            return super().init_parser(**{**kwargs, "exit_on_error": False})  # errors raise, never exit
+            return super().init_parser(**{**kwargs, "exit_on_error": False})
 
         def parse_arguments(self, parser, args) -> None:
-            super().parse_arguments(parser, args)
-            raise _Parsed(parser, self.config)
+            raise _ParserReady(parser)
 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=ARGS_WARNING)
-            ParseOnly(args=args, run=False)
-    except _Parsed as parsed:
-        return parsed.args
+            named_as(ParseOnly, cli_class)(args=[], run=False)
+    except _ParserReady as ready:
+        return ready.args[0]
     raise ConfigError(f"{cli_class.__name__} did not parse its arguments")
 
 
-def cli_value(key: str, value, space: dict) -> str:
-    """A trial value as a command-line value: strings as they are ("6,12,18" of a {rates: K} key as a list)."""
-    if "rates" in space.get(key, {}):
-        return f"[{value}]"
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def arguments(sweep: SweepConfig, params: dict) -> list[str]:
-    """`--config BASE --key=value ...`: the sweep's overrides, then the trial's values (an experiment's `row`: the
-    keys its named row sets)."""
-    overrides = [o if o.startswith("--") else f"--{o}" for o in sweep.overrides]
-    values = [
-        (k, v)
-        for key, value in params.items()
-        for k, v in (sweep.rows[value].items() if key == "row" and sweep.rows else [(key, value)])
-    ]
-    return ["--config", str(sweep.base), *overrides, *(f"--{k}={cli_value(k, v, sweep.space)}" for k, v in values)]
+def named_as(subclass: type, cli_class: type) -> type:
+    """`subclass` under the user's class's names, so that what LightningCLI says of `type(self)`
+    ("`X.configure_optimizers` will be overridden by `MyCLI.configure_optimizers`") names the user's class."""
+    for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
+        setattr(subclass, attr, getattr(cli_class, attr))
+    return subclass
 
 
 class LightningCLITarget:
@@ -96,20 +86,64 @@ class LightningCLITarget:
     def __init__(self, sweep: SweepConfig):
         self.sweep, self.metric = sweep, sweep.metric
         self.cli_class = import_cli(sweep.cli, sweep.folders)
-        self._parser = None
+        self.parser, self._accepted = cli_parser(self.cli_class), {}
+        self.overrides, self.base = self.parse_base()
+
+    def parse_base(self) -> tuple[list[str], dict]:
+        """(the overrides as arguments, the resolved config) of the base config with the sweep's overrides, parsed
+        before any space value: a ConfigError names the base file, or the overrides, and the key the parser names."""
+        base, name = self.sweep.base, self.cli_class.__name__
+        pairs = override_pairs(self.sweep.overrides)
+        try:
+            alone = self.resolve([])
+        except Exception as e:  # jsonargparse's ArgumentError, or an error raised by the user's CLI
+            try:  # a base the overrides complete (a --config among them)
+                args = cli_arguments(pairs, None)
+                return args, self.resolve(args)
+            except Exception:
+                raise ConfigError(f"{base}: {name} refuses it:\n{e}") from None
+        try:
+            args = cli_arguments(coerce(pairs, lambda p: self.accepts(cli_arguments(p, alone)), alone), alone)
+            return args, self.resolve(args)
+        except ConfigError as e:
+            raise ConfigError(f"overrides: {e}") from None
+        except Exception as e:
+            overrides = list(self.sweep.overrides)
+            raise ConfigError(f"{base} with overrides {overrides}: {name} refuses them:\n{e}") from None
+
+    def resolve(self, args: list[str]) -> dict:
+        """The resolved config (plain data) of the base config with `args`."""
+        namespace = self.parser.parse_args(["--config", str(self.sweep.base), *args])
+        return yaml.safe_load(self.parser.dump(namespace, format="yaml", skip_unset=False))
+
+    def accepts(self, args: list[str]) -> bool:
+        """Whether the parser takes the base config with `args` (remembered)."""
+        key = tuple(args)
+        if key not in self._accepted:
+            try:
+                self.resolve(args)
+                self._accepted[key] = True
+            except Exception:
+                self._accepted[key] = False
+        return self._accepted[key]
+
+    def arguments(self, params: dict) -> list[str]:
+        """The sweep's overrides then the trial's values as arguments: sequences as the parser's types take them,
+        list items (trainer.callbacks) by index or class name; a ConfigError names a key that reaches no item."""
+        pairs = trial_pairs(params, self.sweep.rows)
+        try:
+            pairs = coerce(pairs, lambda p: self.accepts([*self.overrides, *cli_arguments(p, self.base)]), self.base)
+            return [*self.overrides, *cli_arguments(pairs, self.base)]
+        except ConfigError as e:
+            raise ConfigError(f"space: {e}") from None
 
     def config(self, params: dict) -> dict:
         """The resolved config of a trial (plain data), parsed and validated by the user's own parser."""
-        args = arguments(self.sweep, params)
+        args = self.arguments(params)
         try:
-            if self._parser is None:
-                self._parser, namespace = parse_only(self.cli_class, args)
-            else:
-                namespace = self._parser.parse_args(args)
-            return yaml.safe_load(self._parser.dump(namespace, format="yaml", skip_unset=False))
+            return self.resolve(args)
         except Exception as e:  # jsonargparse's ArgumentError, or an error raised by the user's CLI
-            keys = " ".join(f"{k}={cli_value(k, v, self.sweep.space)}" for k, v in params.items())
-            where = f"space: {keys}" if params else f"base {self.sweep.base}, overrides {list(self.sweep.overrides)}"
+            where = f"space: {variant_label(params)}" if params else f"base {self.sweep.base}"
             raise ConfigError(f"{where}: {self.cli_class.__name__} refuses it:\n{e}") from None
 
     def check(self) -> None:
@@ -118,7 +152,7 @@ class LightningCLITarget:
 
     def fit(self, config: dict, seed: int, output: Path, *, callbacks: list, wandb_run: dict | None) -> dict:
         """One run of the user's CLI with `seed` in `output`; our callbacks and W&B run added to its own."""
-        best = BestMetric(self.metric, self.sweep.study.direction)
+        best = LoggedMetrics(self.metric, self.sweep.study.direction)
         shown = segmentation_callbacks(strict=False) if self.sweep.callbacks else []  # a misfit: one line each
         loggers = wandb_loggers(wandb_run, config, seed)
         started = time.perf_counter()
@@ -169,51 +203,17 @@ def fit_cli(cli_class: type, config: dict, callbacks: list, loggers: list):
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ARGS_WARNING)
-        return FitCLI(args=config, run=False)
+        return named_as(FitCLI, cli_class)(args=config, run=False)
 
 
-class BestMetric(L.Callback):
-    """Best `metric` over validation epochs (max or min by `direction`); a metric the module never logs, a
-    non-finite one or a non-finite logged loss stops the run at the first validation that shows it."""
-
-    def __init__(self, metric: str, direction: str = "maximize"):
-        self.metric, self.sign, self.best, self.last = metric, 1 if direction == "maximize" else -1, None, None
-
-    def on_sanity_check_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.callback_metrics:  # the sanity check logged something: the metric must be among it
-            self._read(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = self._read(trainer)
-        self.last = value
-        if self.best is None or self.sign * (value - self.best) > 0:
-            self.best = value
-
-    def _read(self, trainer: L.Trainer) -> float:
-        metrics = trainer.callback_metrics
-        if self.metric not in metrics:
-            raise ConfigError(
-                f"metric {self.metric!r} is not logged by the module; it logged: "
-                f"{', '.join(sorted(metrics)) or 'nothing'} (set `metric` in the sweep file)"
-            )
-        for key in (self.metric, *(k for k in metrics if "loss" in k)):
-            if not math.isfinite(float(metrics[key])):
-                raise FloatingPointError(f"{key} is {float(metrics[key])} at epoch {trainer.current_epoch}")
-        return float(metrics[self.metric])
-
-
-def run_summary(trainer: L.Trainer, module, best: BestMetric, seed: int, config: dict) -> dict:
-    """What a run leaves: the last epoch's val/ metrics, what ablate.callbacks measured (params, GFLOPs, latency,
-    IoU at the best epoch, receptive fields, ERF), `metric` (last) and `metric`_best, seed, config."""
-    last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") or k == best.metric}
+def run_summary(trainer: L.Trainer, module, logged: LoggedMetrics, seed: int, config: dict) -> dict:
+    """What a run leaves: every metric logged, last value under its own name and `at_best` (at the best epoch of
+    the study's metric), `metric` (last) and `metric`_best, what ablate.callbacks measured (params, GFLOPs,
+    latency, IoU at the best epoch, receptive fields, ERF), seed, config."""
     return {
-        **last,
+        **logged.summary(trainer),
         "params/total": count_params(module),
         **callbacks_summary(trainer),
-        best.metric: best.last,
-        f"{best.metric}_best": best.best,
         "epochs": trainer.current_epoch,
         "seed": seed,
         "config": config,

@@ -28,20 +28,25 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
+from ablate.results.directions import delta_scale
 from ablate.study.decide import ROUND, Rounds, choose_seeds, plan_round, race_alpha, seeds_in_use, variant_params
 
 RACE = "race"  # study user attr: {variant: the look that eliminated it}
 
 
-def versus_leader(rows: list[dict], *, margin: float | None, alpha: float, direction: str, moderate: bool) -> dict:
+def versus_leader(
+    rows: list[dict], *, margin: float | None, alpha: float, direction: str, moderate: bool, scale: float = 100.0
+) -> dict:
     """The leader (the best of `rows` by mean, in `direction`); every other row gets its verdict against it
     (ablate.results.stats.annotate: paired on shared seeds, moderated across `rows` with `moderate`, Holm over
-    `rows`; seeds_needed TOST's alone, as `eliminate` estimates the differences). Rows need a mean."""
+    `rows`; seeds_needed TOST's alone, as `eliminate` estimates the differences; Δ and margin in points, `scale` as
+    annotate's). Rows need a mean."""
     from ablate.results.stats import annotate
 
     sign = 1 if direction == "maximize" else -1
     leader = max(rows, key=lambda r: sign * r["mean"])
-    annotate(rows, leader, margin=margin, alpha=alpha, direction=direction, moderate=moderate, difference_needed=False)
+    options = {"margin": margin, "alpha": alpha, "direction": direction, "moderate": moderate, "scale": scale}
+    annotate(rows, leader, difference_needed=False, **options)
     return leader
 
 
@@ -74,9 +79,9 @@ def eliminate(field: list[dict], leader: dict, *, alpha: float, direction: str, 
     return worse
 
 
-def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction: str, moderate: bool):
+def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction: str, moderate: bool, scale=100.0):
     """One look of the race: (leader, the field, newly eliminated variants); `alpha` the race's α per look
-    (`race_alpha`).
+    (`race_alpha`), `scale` as annotate's (100: points of a fraction).
 
     The field: rows with a mean whose variant is not in `out` (eliminated at an earlier look), each compared with
     the leader (`versus_leader`); those `eliminate` decides worse leave the field here, with verdict "worse". A row
@@ -89,7 +94,7 @@ def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction
     field = [r for r in rows if r["mean"] is not None and r["variant"] not in out]
     if not field:
         return None, [], []
-    leader = versus_leader(field, margin=margin, alpha=alpha, direction=direction, moderate=moderate)
+    leader = versus_leader(field, margin=margin, alpha=alpha, direction=direction, moderate=moderate, scale=scale)
     worse = eliminate(field, leader, alpha=alpha, direction=direction, moderate=moderate)
     for r in field:
         if r["variant"] in worse:
@@ -160,6 +165,7 @@ class Race(Rounds):
             alpha=self.alpha,  # race_alpha
             direction=study.direction.name.lower(),
             moderate=s.moderate,
+            scale=delta_scale(self.sweep.metric),
         )
         if leader is None:
             return {}, {}
@@ -194,7 +200,8 @@ def race_summary(study: optuna.Study) -> str | None:
         return None
     rows, v, out = rows_of(study), study_verdicts(study), eliminated(study)
     options = {"margin": v["margin"], "alpha": v["race_alpha"], "moderate": v["moderate"]}  # as the sweep raced
-    leader, field, _ = look(rows, out, direction=study_objective(study)[1], **options)
+    metric, direction = study_objective(study)
+    leader, field, _ = look(rows, out, direction=direction, scale=delta_scale(metric), **options)
     if leader is None:
         return "race: no variant has a complete seed yet"
     label, runs = short_labels(rows), runs_of(study.get_trials(deepcopy=False))

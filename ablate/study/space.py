@@ -12,6 +12,8 @@ import yaml
 
 from ablate.config import RunConfig, apply_overrides, with_defaults
 from ablate.errors import ConfigError, check_choice, check_path_name, did_you_mean, read_yaml
+from ablate.results.directions import infer_direction
+from ablate.study.cli_values import encode_lists
 
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"  # ships with the package
 
@@ -55,6 +57,7 @@ class SweepConfig:
     metric: str = "val/mIoU"  # the logged metric a trial optimizes (its best over validation epochs)
     folders: tuple = ()  # with `cli`: put on sys.path to import it (the sweep file's folder, the base config's)
     callbacks: bool = True  # with `cli`: add ablate.callbacks to each run (metrics, predictions, necks, costs)
+    direction_inferred: bool = False  # the sweep file gave no study.direction: inferred from the metric's name
 
     def space_json(self) -> str:
         """The space, named rows and direction, canonical: what a stored study is compared against."""
@@ -71,10 +74,14 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     target = target_fields(path, raw, [*(raw.get("overrides") or []), *overrides])
     study = raw.get("study") or {}
     check_keys(study, [f.name for f in dataclasses.fields(StudyConfig)], f"{path}: study.")
+    inferred = "direction" not in study  # a loss is minimized without saying so (ablate.results.directions)
+    if inferred:
+        study = {**study, "direction": infer_direction(target.get("metric", "val/mIoU"))}
     seeds = raw.get("seeds", [0])
     sweep = SweepConfig(
-        space=raw.get("space") or {},
+        space=encode_lists(raw.get("space") or {}, bool(target.get("cli"))),
         study=StudyConfig(**study),
+        direction_inferred=inferred,
         n_trials=raw.get("n_trials", 8),
         seeds=tuple(seeds) if isinstance(seeds, list) else seeds,
         **target,

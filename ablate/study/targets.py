@@ -19,7 +19,8 @@ from ablate.study.space import SweepConfig, probes, validate_sweep
 
 
 def make_target(sweep: SweepConfig):
-    """The target of `sweep`, with the sweep and every value its space can produce checked."""
+    """The target of `sweep`, with the sweep, its base config (the target's own construction parses it: an error
+    names the base, not a space value) and then every value its space can produce checked."""
     validate_sweep(sweep)
     if sweep.cli:
         from ablate.study.lightning_cli import LightningCLITarget

@@ -1,0 +1,93 @@
+"""The comparison table of stored studies, built once for `ablate.table`, the end of a sweep (console and
+runs/<study>/table.md) and the report: the same rows, columns and values wherever it is shown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from ablate.errors import ConfigError
+from ablate.results.directions import delta_unit, metric_direction
+from ablate.results.formats import order_note, settings, verdict_note
+from ablate.results.rows import (
+    add_deltas,
+    latency_from_runs,
+    measure_latencies,
+    run_folders,
+    study_objective,
+    study_rows,
+    study_verdicts,
+    verdict_options,
+)
+
+
+@dataclass
+class Table:
+    rows: list[dict]  # best first, each with its verdict against `base`
+    metric: str  # the metric shown
+    direction: str  # its direction: "maximize" | "minimize"
+    verdicts: dict  # margin, alpha, looks, moderate, ... (ablate.results.rows.verdict_options)
+    base: dict | None  # the baseline row (None when no row has a result yet)
+    note: str  # how the rows are ordered and how the verdicts were reached
+
+
+def shown_direction(metric: str, objective: str, study_direction: str, given: str | None) -> tuple[str, str]:
+    """(direction, how it was chosen) of the metric a table shows: `given` (--direction), else the study's own for
+    its objective, else inferred from the metric's name (ablate.results.directions)."""
+    if given is None and metric == objective:
+        return study_direction, "the study's direction"
+    return metric_direction(metric, given)
+
+
+def study_table(studies: list[optuna.Study], runs_root: Path, *, metric=None, direction=None, at="last", **options):
+    """The table of `studies` (merged; they must share an objective) on `metric` (default: their objective) in its
+    own direction (`shown_direction`), at the `at` epoch of a metric other than the objective ("last" | "best"),
+    latency from the runs' summary.json. `options`: those of `finish`."""
+    objectives = {s.study_name: study_objective(s) for s in studies}
+    if len(set(objectives.values())) > 1:
+        raise ConfigError(f"these studies optimize different metrics ({objectives}); give one --study at a time")
+    objective, study_direction = next(iter(objectives.values()), ("val/mIoU", "maximize"))
+    metric = metric or objective
+    direction, how = shown_direction(metric, objective, study_direction, direction)
+    rows = study_rows([t for s in studies for t in s.get_trials(deepcopy=False)], metric, objective, direction, at)
+    latency_from_runs(rows, run_folders(runs_root, studies, rows))  # what the runs recorded as they ended
+    stored = study_verdicts(studies[0]) if studies else {}
+    return finish(rows, metric, direction, how, stored, **options)
+
+
+def finish(
+    rows: list[dict],
+    metric: str,
+    direction: str,
+    how: str,
+    stored: dict,
+    *,
+    baseline: dict | None = None,
+    default_baseline: dict | None = None,
+    margin=None,
+    alpha=None,
+    moderate=None,
+    measure_latency: bool = False,
+) -> Table:
+    """Verdicts of `rows` against the baseline (`baseline`, which must match one row; else `default_baseline` or the
+    study's own once it has a result, else the best row), latency measured again on this machine with
+    `measure_latency`, and the note under the table."""
+    v = verdict_options({**stored, "direction": direction}, margin, alpha, moderate)
+    chosen = baseline or default_baseline or v["baseline"]
+    if baseline is None and chosen and not any(has_settings(r, chosen) and r["mean"] is not None for r in rows):
+        chosen = None  # the study's named baseline has no result yet: against the best row meanwhile
+    base = None
+    if any(r["mean"] is not None for r in rows):
+        options = {"margin": v["margin"], "alpha": v["alpha"], "moderate": v["moderate"]}
+        base = add_deltas(rows, chosen, direction=direction, metric=metric, **options)
+    if measure_latency:
+        measure_latencies(rows)
+    note = verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"], unit=delta_unit(metric))
+    return Table(rows, metric, direction, v, base, f"{order_note(metric, direction, how)} {note}")
+
+
+def has_settings(row: dict, chosen: dict) -> bool:
+    """True when `row`'s variant sets every KEY=VALUE of `chosen`."""
+    return chosen.items() <= settings(row["variant"]).items()
