@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("sweep", "table", "report", "dashboard", "reproduce", "train", "analyze")
+COMMANDS = ("sweep", "table", "report", "dashboard", "reproduce", "train", "analyze", "status")
 
 
 def main(argv: list[str] | None = None) -> int:

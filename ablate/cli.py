@@ -43,7 +43,10 @@ def warn(message: object) -> None:
 
 
 # Warnings from dependencies that a user of ablate cannot act on: kept in the run's log, never on the console.
-NOISE = re.compile(r"`isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's _pytree on torch >= 2.9
+NOISE = re.compile(
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated"  # Lightning's _pytree on torch >= 2.9
+    r"|The `srun` command is available on your system but is not used"  # a --slurm task: ablate forks, no srun
+)
 RUN_LOG = "run.log"  # in each run folder: Lightning's messages and every warning of the run
 _LIGHTNING = ("lightning.pytorch", "lightning.fabric")
 _run_logs: list[logging.Handler] = []  # the open run's log file (a stack: runs do not nest, but stay safe)
@@ -97,9 +100,42 @@ def run_log(folder: str | Path):
         file.close()
 
 
+_labels: list[str | None] = []  # the fit this process runs, named in its progress lines (a stack, as _run_logs)
+
+
+@contextlib.contextmanager
+def labelled(label: str | None):
+    """Progress lines printed inside (`progress_line`) begin with `label`, e.g. 't3 s1' when several workers print
+    to one console (ablate.study.progress); None: as they are."""
+    _labels.append(label)
+    try:
+        yield
+    finally:
+        _labels.pop()
+
+
+def progress_label() -> str | None:
+    """The label of the fit this process runs (`labelled`), or None."""
+    return _labels[-1] if _labels else None
+
+
+def progress_line(text: str) -> str:
+    """`text` after the label of the fit it belongs to, when one is set: 't3 s1 epoch 4/8 ...'."""
+    label = progress_label()
+    return f"{label} {text}" if label else text
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line (`error: argument --n-trials: invalid int value: 'x'; ...`), exit 2."""
+
+    def error(self, message: str):
+        error(f"{message}; {self.prog} --help lists the options")
+        sys.exit(2)
+
+
 def parser(prog: str, doc: str | None, inputs: str | None = None) -> argparse.ArgumentParser:
     """An ArgumentParser for `python -m ablate.PROG`; `inputs` describes its positional FILE and key=value items."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=f"python -m ablate.{prog}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     if inputs:
@@ -126,7 +162,12 @@ def add_storage_argument(p: argparse.ArgumentParser) -> None:
     """--storage URL; without it $ABLATE_STORAGE, else the default SQLite file (ablate.study.storage.resolve)."""
     from ablate.study.storage import DEFAULT_STORAGE
 
-    p.add_argument("--storage", help=f"Optuna RDB URL (default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: an RDB URL (sqlite:///PATH, postgresql+psycopg2://...) or a journal file on a shared "
+        "file system (journal:///PATH.log, or a path ending in .log) "
+        f"(default: $ABLATE_STORAGE, else {DEFAULT_STORAGE})",
+    )
 
 
 def add_metric_arguments(p: argparse.ArgumentParser) -> None:
@@ -188,9 +229,39 @@ def add_verdict_arguments(p: argparse.ArgumentParser, until_decided: bool = Fals
         )
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT (128 + 2)
+
+
+class _NoInterruptLine(logging.Filter):
+    """Lightning's 'Detected KeyboardInterrupt, attempting graceful shutdown ...': `guarded` says it in its line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected KeyboardInterrupt" not in record.getMessage()
+
+
+_NO_INTERRUPT_LINE = _NoInterruptLine()
+
+
+def interruption(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt `e` is, or the one Lightning's Trainer turned into `sys.exit(1)`; None otherwise."""
+    if isinstance(e, KeyboardInterrupt):
+        return e
+    if isinstance(e, SystemExit) and isinstance(e.__context__, KeyboardInterrupt):
+        return e.__context__
+    return None
+
+
 def guarded(body: Callable[[], int]) -> int:
-    """Run a command's body; a ConfigError ends it with 'error: ...' and exit code 2."""
+    """Run a command's body; a ConfigError ends it with 'error: ...' and exit code 2, Ctrl-C with one line,
+    'interrupted' and what the KeyboardInterrupt says (what is kept), and exit code 130, never a traceback."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NO_INTERRUPT_LINE)  # once: a filter is added at most once
     try:
         return body()
     except ConfigError as e:
         return error(e)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if (stop := interruption(e)) is None:
+            raise
+        console.print(Text.assemble(("interrupted", "yellow"), f": {stop}" if str(stop) else " (Ctrl-C)"))
+        return INTERRUPTED

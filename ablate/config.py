@@ -143,8 +143,26 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. model.neck.norm=none)")
-        set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
+        try:
+            set_dotted(raw, key, parse_value(key, text))
+        except ConfigError as e:
+            raise ConfigError(e if item in str(e) else f"override {item!r}: {e}") from None
     return raw
+
+
+def parse_value(key: str, text: str):
+    """An override's value parsed as YAML (empty: null); a YAML error names the override and where it fails."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at column {where.column + 1}" if where is not None else ""
+        raise ConfigError(
+            f"override {key}={text}: the value is not YAML{at} ({getattr(e, 'problem', None) or e}); quote a string "
+            "that holds ': ' or starts with [ { & * ! | > % @"
+        ) from None
 
 
 def set_dotted(raw: dict, key: str, value) -> None:
@@ -247,6 +265,10 @@ def _validate_data(data: DataConfig) -> None:
             f"data.on_device is for the built-in synthetic data (data.name=shapes), not {data.name!r}; "
             "data read from files goes through a DataLoader (data.num_workers)"
         )
+    if data.name == "shapes":
+        from ablate.data.shapes import check_image_size
+
+        check_image_size(data.image_size, data.shape_kinds)  # smaller images cannot hold the scene's dots
     if data.classes is not None and data.name != "folder":
         raise ConfigError(f"data.classes is for data.name='folder'; {data.name!r} names its own classes")
     if data.classes is not None and (not data.classes or len(set(map(str, data.classes))) < len(data.classes)):
@@ -310,6 +332,8 @@ def _validate_neck(cfg: RunConfig) -> None:
 def _validate_trainer(trainer: dict) -> None:
     from lightning import Trainer
 
+    _validate_length(trainer)
+
     valid = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
     for key in trainer:
         if key in SET_BY_ABLATE:
@@ -319,3 +343,19 @@ def _validate_trainer(trainer: dict) -> None:
                 f"unknown Trainer argument trainer.{key}{did_you_mean(key, valid, 'trainer.')}; "
                 "see lightning.Trainer for valid ones"
             )
+
+
+def _validate_length(trainer: dict) -> None:
+    """A run trains and validates at least once, and ends: its result is the validation metric."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if type(steps) is not int or (steps < 1 and steps != -1):
+        raise ConfigError(f"trainer.max_steps must be an integer >= 1, or -1 for no step limit; got {steps!r}")
+    ends = steps != -1 or trainer.get("max_time") is not None  # null max_epochs: Lightning's 1000
+    if epochs is not None and (type(epochs) is not int or epochs < 1) and not (epochs == -1 and ends):
+        raise ConfigError(
+            f"trainer.max_epochs must be an integer >= 1 (or -1, no epoch limit, together with trainer.max_steps "
+            f"or trainer.max_time); got {epochs!r}"
+        )
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if trainer.get(key) == 0:
+            raise ConfigError(f"trainer.{key}=0 leaves the run without a result; give a share in (0, 1] or >= 1 batch")

@@ -24,19 +24,16 @@ def main(argv: list[str] | None = None) -> int:
 def _dashboard(args) -> int:
     from ablate.errors import ConfigError
     from ablate.results.workspace import build_workspace, save, study_facts, workspace_spec
-    from ablate.study.storage import load_study, make_storage, redact, resolve
+    from ablate.study.storage import load_study, read_storage, redact, resolve
 
     url = resolve(args.storage)
-    try:
-        facts = study_facts(load_study(args.study, make_storage(url)))
-        entity, project = args.entity or facts["entity"], args.project or facts["project"]
-        if not entity or not project:
-            raise ConfigError(
-                f"the W&B {'entity' if not entity else 'project'} is not known: give --entity E "
-                "--project P (the study's config has wandb.entity/project unset)"
-            )
-    except ConfigError as e:
-        raise ConfigError(f"{e} (storage {redact(url)})") from None
+    facts = study_facts(load_study(args.study, read_storage(url)))  # an error names the storage
+    entity, project = args.entity or facts["entity"], args.project or facts["project"]
+    if not entity or not project:
+        raise ConfigError(
+            f"the W&B {'entity' if not entity else 'project'} is not known: give --entity E "
+            f"--project P (the study's config has wandb.entity/project unset; storage {redact(url)})"
+        )
     workspace = build_workspace(facts, entity, project, args.name)
     if args.dry_run:
         print(json.dumps(workspace_spec(workspace), indent=1))

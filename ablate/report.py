@@ -34,11 +34,11 @@ def _report(args) -> int:
     from ablate.results.html_report import build
     from ablate.results.rows import parse_baseline
     from ablate.results.tables import study_table
-    from ablate.study.storage import load_study, make_storage, resolve
+    from ablate.study.storage import load_study, read_storage, resolve
 
+    study = load_study(args.study, read_storage(resolve(args.storage)))  # only the report itself is written
     if not Path(args.runs).is_dir():
         raise ConfigError(f"--runs {args.runs!r} is not a folder; it should hold {args.study}/t<trial>-s<seed>/")
-    study = load_study(args.study, make_storage(resolve(args.storage)))
     table = study_table(
         [study],
         Path(args.runs),
@@ -52,11 +52,30 @@ def _report(args) -> int:
     )
     if table.base is None:
         raise ConfigError(f"study {args.study!r} has no complete trial yet")
+    check_run_folders(study, table.rows, Path(args.runs))
     out = Path(args.out or Path(args.runs) / args.study / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build(study, table, Path(args.runs)))
     cli.console.print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline)")
     return 0
+
+
+def check_run_folders(study, rows: list[dict], runs: Path) -> None:
+    """The report reads per-class IoU, receptive fields, ERF and predictions from the run folders: one warning line
+    naming the variants that have none, and where they were looked for (the table rows still show)."""
+    from ablate.results.formats import short_labels
+    from ablate.results.rows import run_folders
+
+    found = run_folders(runs, [study], [r for r in rows if r["mean"] is not None])
+    missing = [v for v, folders in found.items() if not folders]
+    if missing:
+        labels, where = short_labels(rows), runs / study.study_name
+        which = "any variant" if len(missing) == len(found) else ", ".join(labels[v] for v in missing)
+        cli.warn(
+            f"no run folder under {where}/ (t<trial>-s<seed>/summary.json) for {which}: the report shows the table "
+            "but not their per-class IoU, receptive fields, ERF or predictions (run it from the folder the sweep "
+            "ran in, or give --runs)"
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from ablate import cli
 from ablate.errors import ConfigError
 from ablate.results.directions import infer_direction
 from ablate.study.decide import with_verdict_flags
-from ablate.study.space import StudyConfig, SweepConfig, read_spec, target_fields
+from ablate.study.space import StudyConfig, SweepConfig, file_overrides, read_spec, target_fields
 from ablate.study.targets import make_target
 
 KEYS = ("name", "cli", "base", "overrides", "metric", "direction", "seeds", "tolerance", "baseline", "margin", "rows")
@@ -31,7 +31,7 @@ def load_experiment(path: str | Path, overrides: list[str] = (), flags=None) -> 
     bad = [name for name in rows if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name))]
     if bad:
         raise ConfigError(f"{path}: row names {bad} may only use letters, digits and _ . + - (they become columns)")
-    target = target_fields(path, raw, [*(raw.get("overrides") or []), *overrides], default_base="base.yaml")
+    target = target_fields(path, raw, [*file_overrides(path, raw), *overrides], default_base="base.yaml")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in rows:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a row; rows: {', '.join(rows)}")
@@ -117,9 +117,9 @@ def _reproduce(args) -> int:
     expected = reference_means(reference) if reference.is_file() else None  # read before hours of training
     try:
         status = run_and_show(sweep, target, resolve(args.storage))
-    except KeyboardInterrupt as e:
-        cli.warn(f"interrupted: {e}; run the same command to finish")
-        return 130
+    except KeyboardInterrupt as e:  # cli.guarded prints it: what stopped, and what is kept
+        kept = "the study keeps its finished runs: run the same command to go on"
+        raise KeyboardInterrupt(f"{e or 'Ctrl-C'}; {kept}") from None
     produced = reference_means(Path("runs") / sweep.study.name / "table.md")
     if expected is None:
         cli.warn(

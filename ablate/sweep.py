@@ -59,9 +59,74 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the space, resolve every grid point, print a sample trial's config; train nothing",
     )
+    add_slurm_arguments(p)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse(p, argv)
-    return cli.guarded(lambda: _sweep(args, argv))
+    slurm = args.slurm or args.slurm_option or args.slurm_script or args.wait
+    return cli.guarded(lambda: _submit(args, argv) if slurm else _sweep(args, argv))
+
+
+def add_slurm_arguments(p) -> None:
+    """--slurm N and what goes with it: --slurm-option, --slurm-script, --wait (ablate.study.slurm)."""
+    p.add_argument(
+        "--slurm",
+        type=_tasks,
+        metavar="N",
+        help="submit the study as a SLURM job array of N tasks, each this command (without --storage: the URL "
+        "reaches them as $ABLATE_STORAGE) as a pool of --workers (default auto: the task's CPUs and GPUs), on a "
+        "storage the nodes share (PostgreSQL, or journal:///PATH.log); sbatch settings from the sweep file's "
+        "slurm: mapping; prints the job id, the logs and how to watch and cancel it, then exits",
+    )
+    p.add_argument(
+        "--slurm-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an sbatch setting over the sweep file's slurm: mapping (repeatable): partition, time, cpus_per_task, "
+        "gpus_per_task, mem, account, setup (a shell line run first; adds one), extra (any sbatch flag; adds one)",
+    )
+    p.add_argument("--slurm-script", action="store_true", help="with --slurm: print the sbatch script, submit nothing")
+    p.add_argument(
+        "--wait", action="store_true", help="with --slurm: wait until every task has left the queue, print the table"
+    )
+
+
+def _tasks(text: str) -> int:
+    """--slurm: a count of 1 or more tasks."""
+    import argparse
+
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more tasks")
+
+
+def _submit(args, argv: list[str]) -> int:
+    """--slurm N: the storage (one the nodes share), the sweep and the sbatch settings checked, then the array
+    submitted (or, with --slurm-script, its script printed); with --wait, its table once every task has ended."""
+    from ablate.errors import ConfigError
+    from ablate.study import slurm
+    from ablate.study.slurm_jobs import create_study, submit_study, wait_and_show
+    from ablate.study.space import load_sweep
+    from ablate.study.storage import check_kind, resolve
+    from ablate.study.targets import make_target
+
+    if not args.slurm:
+        raise ConfigError("--slurm-option, --slurm-script and --wait go with --slurm N (a SLURM job array)")
+    if args.dry_run:
+        raise ConfigError("--slurm with --dry-run: use --slurm N --slurm-script to see what would be submitted")
+    url = resolve(args.storage)
+    check_kind(url)
+    slurm.check_shared(url)  # a SQLite file stops here: nothing written, nothing submitted
+    path, overrides = cli.split_inputs(args.inputs)
+    sweep = _with_flags(load_sweep(path, overrides), args)
+    make_target(sweep)  # every value of the space resolved here, not in a task that waited in the queue
+    found = slurm.settings(path, args.slurm_option)
+    text = slurm.script(sweep.study.name, args.slurm, found, slurm.task_argv(argv), url, args.workers or "auto")
+    if args.slurm_script:
+        print(text, end="")
+        return 0
+    create_study(sweep, url)
+    job = submit_study(text, sweep.study.name, args.slurm, url)
+    return wait_and_show(job, sweep, url) if args.wait else 0
 
 
 def _workers(text: str) -> int | str:
@@ -81,14 +146,15 @@ def _sweep(args, argv: list[str]) -> int:
     from ablate.study.gpus import plan_gpus
     from ablate.study.outage import EXIT_CODE, StorageUnavailable
     from ablate.study.pool import before_fork
-    from ablate.study.space import load_sweep
-    from ablate.study.storage import resolve
+    from ablate.study.space import load_sweep, space_notes
+    from ablate.study.storage import check_kind, resolve
     from ablate.study.targets import make_target
 
     threads = before_fork()  # the sweep file may ask for workers (study.workers)
     Interrupt.install()  # Ctrl-C and SIGTERM fail the running trial (and queue it again), never orphan it
     quiet()
     path, overrides = cli.split_inputs(args.inputs)
+    check_kind(resolve(args.storage))  # a storage that cannot be one stops here, before any data is made
     sweep = _with_flags(load_sweep(path, overrides), args)
     if sweep.direction_inferred and sweep.metric != "val/mIoU":
         cli.console.print(
@@ -96,6 +162,8 @@ def _sweep(args, argv: list[str]) -> int:
             "file to choose)"
         )
     target = make_target(sweep)
+    for note in space_notes(sweep):
+        cli.console.print(f"note: {note}", markup=False)
     workers = auto_workers(sweep, target, args.gpus) if sweep.study.workers == "auto" else sweep.study.workers
     gpus = plan_gpus(workers, args.gpus, sweep)  # a bad --gpus stops here, before anything trains
     if workers == 1 and not gpus:
@@ -106,12 +174,9 @@ def _sweep(args, argv: list[str]) -> int:
         return run_and_show(sweep, target, resolve(args.storage), workers, _worker_argv(argv), gpus=gpus)
     except StorageUnavailable as e:
         return cli.error(e, EXIT_CODE)
-    except KeyboardInterrupt as e:
-        cli.warn(
-            f"interrupted: {e or 'by the user'}; the running trial is marked FAIL and queued again: run the "
-            "same command to finish the study"
-        )
-        return 130
+    except KeyboardInterrupt as e:  # cli.guarded prints it: what stopped, and what is kept
+        kept = "the study keeps its finished trials: run the same command to go on"
+        raise KeyboardInterrupt(f"{e or 'Ctrl-C'}; {kept}") from None
 
 
 def auto_workers(sweep, target, chosen: str | None) -> int:

@@ -57,13 +57,13 @@ def _check(args) -> int:
     from pathlib import Path
 
     from ablate.study.check import REPAIR, check_study
-    from ablate.study.storage import load_study, make_storage, resolve, study_names
+    from ablate.study.storage import load_study, read_storage, resolve, study_names
 
-    storage = make_storage(resolve(args.storage))
+    storage = read_storage(resolve(args.storage))
     failed = 0
     for name in args.study or study_names(storage):
         study = load_study(name, storage)
-        problems = check_study(study, Path("runs"))
+        problems = check_study(study, Path(args.runs))
         for problem in problems:
             cli.console.print(f"study {name}: {problem}")
         n = len(study.get_trials(deepcopy=False))
@@ -79,6 +79,10 @@ def _table(args) -> int:
     from ablate.results.formats import render
     from ablate.results.rows import parse_baseline
 
+    if Path(args.runs).exists() and not Path(args.runs).is_dir():
+        raise ConfigError(f"--runs {args.runs!r} is not a folder; it should hold <study>/t<trial>-s<seed>/")
+    from ablate.study.storage import redact, resolve
+
     options = {
         "baseline": parse_baseline(args.baseline),
         "margin": args.margin,
@@ -88,7 +92,8 @@ def _table(args) -> int:
     }
     table = _wandb_table(args, options) if args.from_wandb else _storage_table(args, options)
     if not table.rows:
-        raise ConfigError(f"no finished trials in {args.from_wandb or ', '.join(args.study or ['this storage'])}")
+        where = args.from_wandb or ", ".join(args.study or [redact(resolve(args.storage))])
+        raise ConfigError(f"no finished trials in {where}")
     text = render(table.rows, args.format, table.metric, table.verdicts["alpha"], table.note, table.direction)
     if args.out:
         with open(args.out, "w") as f:
@@ -101,9 +106,9 @@ def _table(args) -> int:
 def _storage_table(args, options: dict):
     """The table of the named studies (default: all) in the storage (ablate.results.tables.study_table)."""
     from ablate.results.tables import study_table
-    from ablate.study.storage import load_study, make_storage, resolve, study_names
+    from ablate.study.storage import load_study, read_storage, resolve, study_names
 
-    storage = make_storage(resolve(args.storage))
+    storage = read_storage(resolve(args.storage))
     studies = [load_study(name, storage) for name in args.study or study_names(storage)]
     return study_table(studies, Path(args.runs), metric=args.metric, direction=args.direction, at=args.at, **options)
 

@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(*cli.split_inputs(args.inputs))
         output = Path(args.output or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
-        summary = run(cfg, output)
+        try:
+            summary = run(cfg, output)
+        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C: cli.guarded says so in one line
+            if cli.interruption(e) is None or not output.exists():
+                raise
+            raise KeyboardInterrupt(f"{output} keeps what the run wrote before it stopped (no summary.json)") from e
         cli.console.print(
             f"val/mIoU {summary['val/mIoU']:.4f}  best {summary['val/mIoU_best']:.4f}  "
             f"neck params {summary['params/neck']:,}  GFLOPs {summary['gflops']:.2f}\n"

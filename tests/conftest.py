@@ -53,6 +53,22 @@ def postgres_url(postgres):
     return postgres.url
 
 
+@pytest.fixture(scope="session")
+def slurm():
+    """A private one-node SLURM cluster for this test session: munged, slurmctld and slurmd as root on localhost from a
+    generated slurm.conf (tests/slurm_cluster.py); its `.conf` is what $SLURM_CONF must name for sbatch and squeue.
+
+    `.ci/run` installs Debian's slurm-wlm and munge; without them these tests fail, they never skip.
+    """
+    from slurm_cluster import SlurmCluster
+
+    cluster = SlurmCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 SPACE = {"model.neck.fusion": {"choices": ["concat", "sum"]}, "optim.lr": {"choices": [0.001, 0.002]}}
 SEEDS = (0, 1)
 

@@ -84,3 +84,59 @@ def test_a_study_name_that_would_leave_runs_is_refused_from_a_shared_storage(tmp
     assert "study '../../etc' becomes a folder name" in one_error(capsys)
     assert written() == before and not (tmp_path.parent.parent / "etc").exists()
     os.remove(url.removeprefix("sqlite:///"))
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"choices": []}, "space.model.neck.fusion: choices must be a non-empty list"),
+        ({"choices": "sum"}, "choices must be a non-empty list of values (two or more to compare); got 'sum'"),
+        ({"choices": ["sum", "sum"]}, "choices repeat a value"),
+        ({"low": "a", "high": 2}, "low must be a finite number; got 'a'"),
+        ({"low": 0.0, "high": 1.0, "log": True}, "a log range needs low > 0"),
+        ({"choices": ["sum"], "low": 1}, "choices take no other keys; got ['low']"),
+        ({"choices": ["sum"], "step": 1, "lo": 1}, "unknown key 'lo' (did you mean low?)"),
+    ],
+)
+def test_a_bad_space_entry_is_one_line_before_the_study_is_created(spec, words, dry_run, capsys):
+    path = write_sweep(space={"model.neck.fusion": spec})
+    assert sweep([path, "--storage", "sqlite:///s.db", *(["--dry-run"] if dry_run else [])]) == 2
+    assert words in one_error(capsys)
+    assert written() == []
+
+
+@pytest.mark.parametrize("seeds", ["-1", "0,0", "4294967296", "1.5"])
+def test_seeds_out_of_range_or_repeated_are_named_before_anything_trains(seeds, capsys):
+    assert sweep([write_sweep(), "--storage", "sqlite:///s.db", f"--seeds={seeds}"]) == 2
+    line = one_error(capsys)
+    assert "--seeds" in line and seeds.split(",")[0] in line, line
+    assert written() == []
+
+
+def test_a_key_with_one_choice_and_a_grid_smaller_than_n_trials_are_said_once_not_warned_by_optuna(capsys):
+    path = write_sweep(space={"model.neck.fusion": {"choices": ["sum"]}}, n_trials=2)
+    assert sweep([path, "--storage", "sqlite:///s.db", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "note: space.model.neck.fusion has one choice (sum): nothing varies along it" in err
+    assert "note: the grid has 1 point(s) and n_trials is 2: points run again" in err
+    assert written() == []
+
+
+def test_a_report_with_no_run_folder_of_its_study_says_where_it_looked_and_what_is_lost(shared_study, capsys):
+    Path("runs").mkdir()
+    assert report(["--study", "t", "--storage", shared_study.url, "--runs", "runs"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(lines) == 1 and "no run folder under runs/t/" in lines[0] and "for any variant" in lines[0], lines
+    assert "per-class IoU, receptive fields, ERF or predictions" in lines[0] and "give --runs" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["sweep", "table", "report"])
+def test_a_storage_file_that_is_not_a_database_is_named_as_such_and_nothing_is_left_beside_it(command, capsys):
+    Path("notes.txt").write_text("not a database\n")
+    url = "sqlite:///notes.txt"
+    argv = {"sweep": [write_sweep()], "table": [], "report": ["--study", "t"]}[command]
+    assert {"sweep": sweep, "table": table, "report": report}[command]([*argv, "--storage", url]) == 2
+    line = one_error(capsys)
+    assert "notes.txt" in line and "not a SQLite database" in line or "not a database" in line, line
+    assert written() == ["notes.txt"]

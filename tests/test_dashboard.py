@@ -93,6 +93,6 @@ def test_clear_errors_for_an_unknown_study_and_an_unknown_entity(study, capsys, 
     folder, _ = study
     monkeypatch.chdir(folder)
     assert dashboard(["--study", "nope", "--storage", STORAGE, "--dry-run"]) == 2
-    assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
+    assert f"no study 'nope' in {STORAGE}; studies there: t" in capsys.readouterr().err
     assert dashboard(["--study", "t", "--storage", STORAGE, "--dry-run"]) == 2  # wandb.entity is null
     assert "--entity" in capsys.readouterr().err

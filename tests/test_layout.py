@@ -13,7 +13,7 @@ import pytest
 import ablate
 
 PACKAGE = Path(ablate.__file__).parent
-COMMANDS = {f"ablate.{c}" for c in ("train", "sweep", "table", "report", "dashboard", "reproduce", "analyze")}
+COMMANDS = {f"ablate.{c}" for c in ("train", "sweep", "table", "report", "dashboard", "reproduce", "analyze", "status")}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -110,7 +110,7 @@ def test_no_import_circle_and_the_library_never_imports_a_command():
     assert wrong == {}, f"library modules importing commands: {wrong}"
 
 
-@pytest.mark.parametrize("command", ["table", "report", "dashboard"])
+@pytest.mark.parametrize("command", ["table", "report", "dashboard", "status"])
 def test_help_of_a_command_that_trains_nothing_loads_no_torch(command):
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", f"ablate.{command}", "--help"],

@@ -111,3 +111,23 @@ def test_a_server_away_while_a_trial_picks_its_seeds_is_waited_out_not_a_failed_
         back.join()
     assert seeds == [0, 1]
     assert optuna.load_study(study_name="o", storage=storage).trials[0].user_attrs[PLAN] == [0, 1]
+
+
+def test_a_lost_race_to_create_the_tables_of_a_new_database_is_retried_not_an_error():
+    """Machines that start together on a new PostgreSQL database race to create Optuna's tables; the loser gets
+    IntegrityError (duplicate pg_type row) and, once the winner has made them, connects as usual."""
+    from sqlalchemy.exc import IntegrityError
+
+    from ablate.study.storage import connect
+
+    attempts = []
+
+    def make():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise IntegrityError(
+                "CREATE TABLE studies", {}, Exception("duplicate key value violates unique constraint")
+            )
+        return "storage"
+
+    assert connect(make, "postgresql+psycopg2://u:p@h/db") == "storage" and len(attempts) == 3

@@ -355,7 +355,7 @@ def test_a_study_too_small_to_plot_gets_notes_and_still_renders(tmp_path):
 def test_bad_input_is_a_clear_error_before_anything_is_written(study, capsys):
     url = f"sqlite:///{study}/runs/test.db"
     assert main(["--study", "nope", "--storage", url, "--runs", str(study / "runs")]) == 2
-    assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
+    assert f"no study 'nope' in {url}; studies there: t" in capsys.readouterr().err
     assert main(["--study", "t", "--storage", url, "--runs", "missing"]) == 2
     assert "--runs 'missing' is not a folder" in capsys.readouterr().err
     assert (

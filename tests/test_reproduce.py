@@ -1,6 +1,7 @@
 """`python -m ablate.reproduce`: a tiny experiment reproduces its own reference and fails on an edited one."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,9 @@ def test_reproduces_its_reference_and_fails_loudly_when_a_row_is_edited(capsys):
     assert "baseline" in table
     Path("experiments/tiny.md").write_text(table)  # check in the reference
     capsys.readouterr()
+    assert main([path, "--storage", "sqlite:///runs/b.db"]) == 2  # runs/tiny/ holds a.db's study: kept
+    assert "runs/tiny/ holds the runs of study 'tiny'" in capsys.readouterr().err
+    shutil.rmtree("runs/tiny")  # as on a fresh clone
     assert main([path, "--storage", "sqlite:///runs/b.db"]) == 0  # a fresh study reproduces it exactly
     assert capsys.readouterr().err.count("reproduces") == 3
     means = reference_means(Path("experiments/tiny.md"))

@@ -105,7 +105,7 @@ def test_bad_baseline_and_unknown_study_are_clear_errors(study, capsys):
     assert main(["--study", "t", "--storage", URL, "--baseline", "model.neck.fusion=mean"]) == 2
     assert "matches 0 rows" in capsys.readouterr().err
     assert main(["--study", "nope", "--storage", URL]) == 2
-    assert "no study 'nope' in this storage; studies: t" in capsys.readouterr().err
+    assert f"no study 'nope' in {URL}; studies there: t" in capsys.readouterr().err
 
 
 def test_from_wandb_gives_the_same_rows_as_the_storage(study, capsys):

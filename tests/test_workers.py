@@ -40,7 +40,9 @@ def sweep(*args, **kwargs) -> subprocess.Popen:
 
 
 def study_trials(storage):
-    return optuna.load_study(study_name="w", storage=storage).get_trials()
+    from ablate.study.storage import read_storage
+
+    return optuna.load_study(study_name="w", storage=read_storage(storage)).get_trials()
 
 
 def fresh(storage: str) -> str:
@@ -100,12 +102,14 @@ def _claim_until_full(storage, path, barrier):
         study.tell(trial, 0.5)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "journal"])
 def test_workers_racing_for_slots_take_exactly_the_total(backend, request):
     """Six processes claim at the same moment, trials take no time: the lock alone keeps the total exact."""
     import multiprocessing
 
-    storage = "sqlite:///runs/w.db" if backend == "sqlite" else fresh(request.getfixturevalue("postgres_url"))
+    storages = {"sqlite": "sqlite:///runs/w.db", "journal": "journal:///runs/w.log"}
+    storage = storages.get(backend) or fresh(request.getfixturevalue("postgres_url"))
     path = write_sweep(n_trials=24, widths=list(range(8, 48)))
     from ablate.study.space import load_sweep
     from ablate.study.storage import open_study
@@ -122,6 +126,7 @@ def test_workers_racing_for_slots_take_exactly_the_total(backend, request):
     trials = study_trials(storage)
     assert len(trials) == 24 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.params["model.neck.out_channels"] for t in trials}) == 24  # no grid point twice
+    assert not list(Path("runs").glob("*.log.*.lock"))  # a journal's slot locks all given back
 
 
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]

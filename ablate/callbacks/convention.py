@@ -31,7 +31,8 @@ def describe(value) -> str:
 
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image (B, C, H, W), mask (B, H, W)) of a validation batch; Misfit naming what the batch is otherwise."""
+    """(image (B, C, H, W), mask (B, H, W)) of a validation batch (a mask (B, 1, H, W) loses its channel); Misfit
+    naming what the batch is otherwise."""
     if isinstance(batch, Mapping) and {"image", "mask"} <= batch.keys():
         image, mask = batch["image"], batch["mask"]
     elif isinstance(batch, (tuple, list)) and len(batch) == 2:
@@ -39,6 +40,8 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         raise Misfit(f"validation batches are {describe(batch)}, not (image, mask) nor a mapping with image and mask")
     ok = isinstance(image, torch.Tensor) and isinstance(mask, torch.Tensor)
+    if ok and mask.ndim == 4 and mask.shape[1] == 1:  # (B, 1, H, W), as torchvision's v2 Mask batches come
+        mask = mask[:, 0]
     if not ok or image.ndim != 4 or mask.ndim != 3 or image.shape[0] != mask.shape[0] or mask.is_floating_point():
         raise Misfit(
             f"validation batches hold image {describe(image)} and mask {describe(mask)}, "

@@ -3,9 +3,13 @@ differences are shown in (points, 1/100, for fractions such as mIoU; else the me
 
 from __future__ import annotations
 
+import math
 import re
 
-MINIMIZED = ("loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "latency", "time", "wer", "cer")
+MINIMIZED = (  # words of a metric's name that say lower is better
+    *("loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "latency", "time", "wer", "cer"),
+    *("ece", "aece", "brier", "aurc"),  # calibration errors and the area under the risk-coverage curve
+)
 FRACTIONS = (  # metrics in [0, 1]: a difference of 0.01 is one point
     "miou",
     "iou",
@@ -47,17 +51,24 @@ def metric_direction(metric: str, given: str | None = None) -> tuple[str, str]:
     return infer_direction(metric), "inferred from its name"
 
 
-def is_fraction(metric: str) -> bool:
-    """True for a metric in [0, 1] by its name (IoU, accuracy, F1, Dice, ...) that is not a loss or an error."""
+def is_fraction(metric: str, values=()) -> bool:
+    """True for a metric in [0, 1] by its name (IoU, accuracy, F1, Dice, ...) that is not a loss or an error, and by
+    its `values` when given: one outside [0, 1] (an mIoU in percent) makes it a metric in its own units."""
     words = name_words(metric)
-    return any(w in FRACTIONS for w in words) and not any(w in MINIMIZED for w in words)
+    named = any(w in FRACTIONS for w in words) and not any(w in MINIMIZED for w in words)
+    return named and all(0 <= v <= 1 for v in values if isinstance(v, (int, float)) and math.isfinite(v))
 
 
-def delta_scale(metric: str) -> float:
+def delta_scale(metric: str, values=()) -> float:
     """What a difference of `metric` is multiplied by to show it: 100 (points) for fractions, else 1."""
-    return 100.0 if is_fraction(metric) else 1.0
+    return 100.0 if is_fraction(metric, values) else 1.0
 
 
-def delta_unit(metric: str) -> str:
+def delta_unit(metric: str, values=()) -> str:
     """What a difference of `metric` is shown in: 'points' for fractions, else the metric itself (its own units)."""
-    return "points" if is_fraction(metric) else metric
+    return "points" if is_fraction(metric, values) else metric
+
+
+def values_of(rows: list[dict]) -> list[float]:
+    """Every seed's value of a table's rows (what tells a fraction from a metric in its own units)."""
+    return [v for r in rows for v in r.get("seeds", {}).values()]

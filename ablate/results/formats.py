@@ -7,7 +7,7 @@ import html
 import io
 import json
 
-from ablate.results.directions import delta_unit, is_fraction
+from ablate.results.directions import delta_unit, values_of
 
 FORMATS = ("md", "latex", "csv", "json", "html")
 ROW_FIELDS = (  # what `ablate.results.stats.annotate` sets on each row
@@ -70,9 +70,9 @@ def fmt_delta(row: dict, spec: str = "+.2f") -> str:
     return f"{row['delta']:{spec}}{ci}"
 
 
-def delta_spec(metric: str) -> str:
-    """How Δ of `metric` is written: points with 2 decimals, a metric's own units with 4 significant digits."""
-    return "+.2f" if is_fraction(metric) else "+.4g"
+def delta_spec(unit: str) -> str:
+    """How Δ is written: points with 2 decimals, a metric's own units with 4 significant digits."""
+    return "+.2f" if unit == "points" else "+.4g"
 
 
 def fmt_verdict(row: dict) -> str:
@@ -115,14 +115,14 @@ def _opt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def _cells(r: dict, keys: list[str], metric: str) -> list[str]:
+def _cells(r: dict, keys: list[str], unit: str) -> list[str]:
     s = settings(r["variant"])
     lat = "" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f}"
     return [
         *(s.get(k, "") for k in keys),
         fmt_mean_std(r),
         str(r["n"]),
-        fmt_delta(r, delta_spec(metric)),
+        fmt_delta(r, delta_spec(unit)),
         _opt(r.get("p_value"), ".3g"),
         _opt(r.get("p_adjusted"), ".3g"),
         r.get("test") or "",
@@ -135,12 +135,12 @@ def _cells(r: dict, keys: list[str], metric: str) -> list[str]:
     ]
 
 
-def _header(keys: list[str], metric: str, alpha: float) -> list[str]:
+def _header(keys: list[str], metric: str, alpha: float, unit: str) -> list[str]:
     return [
         *keys,
         f"{metric} (mean ± std)",
         "n",
-        f"Δ ({delta_unit(metric)}) [{100 * (1 - 2 * alpha):.3g} % CI]",
+        f"Δ ({unit}) [{100 * (1 - 2 * alpha):.3g} % CI]",
         "p",
         "p (Holm)",
         "test",
@@ -185,7 +185,8 @@ def render(
                 ]
             )
         return out.getvalue()
-    header, body = _header(keys, metric, alpha), [_cells(r, keys, metric) for r in rows]
+    unit = delta_unit(metric, values_of(rows))
+    header, body = _header(keys, metric, alpha, unit), [_cells(r, keys, unit) for r in rows]
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body]) + "\n" + (f"\n{note}\n" if note else "")
@@ -247,13 +248,17 @@ def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU", alpha: float
     line, under their shared section."""
     from rich.table import Table
 
-    prefix, keys = common_prefix([r["variant"] for r in rows]), varied_keys(rows)
+    prefix, keys, unit = (
+        common_prefix([r["variant"] for r in rows]),
+        varied_keys(rows),
+        delta_unit(metric, values_of(rows)),
+    )
     table = Table(title=title, caption=f"settings under {prefix}" if prefix else None)
-    for col in ["variant", *_header(keys, metric, alpha)[len(keys) :]]:
+    for col in ["variant", *_header(keys, metric, alpha, unit)[len(keys) :]]:
         table.add_column(col, justify="left" if col in ("variant", "test", "verdict", "status") else "right")
     for r in rows:
         variant = "\n".join(setting.removeprefix(prefix) for setting in r["variant"].split(" "))
-        table.add_row(variant, *_cells(r, keys, metric)[len(keys) :])
+        table.add_row(variant, *_cells(r, keys, unit)[len(keys) :])
     return table
 
 

@@ -11,8 +11,9 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.errors import ConfigError
-from ablate.results.directions import delta_scale
+from ablate.results.directions import delta_scale, values_of
 from ablate.results.formats import settings
+from ablate.study.folders import readable
 
 
 def study_objective(study: optuna.Study) -> tuple[str, str]:
@@ -132,11 +133,18 @@ def _wandb_runs(source: str) -> list[dict]:
 
 
 def _summarize(row: dict) -> dict:
+    """n, mean, std (ddof=1) and status of a row from its seeds; a seed whose value is not a finite number (a metric
+    a run logged as NaN) is left out of them and dropped from the row, and the status says how many."""
+    bad = [s for s, v in row["seeds"].items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
+    for s in bad:
+        del row["seeds"][s]
     values = list(row["seeds"].values())
     row["n"] = len(values)
     row["mean"] = statistics.fmean(values) if values else None
     row["std"] = statistics.stdev(values) if len(values) > 1 else None
     row["status"] = "complete" if row["status"] == {"complete"} else "+".join(sorted(row["status"]))
+    if bad:
+        row["status"] += f", {len(bad)} seed(s) not finite"
     return row
 
 
@@ -164,7 +172,7 @@ def add_deltas(
     if not candidates or candidates[0]["mean"] is None:
         raise ConfigError("the baseline row has no complete seed")
     base = candidates[0]
-    scale = delta_scale(metric)
+    scale = delta_scale(metric, values_of(rows))
     annotate(rows, base, margin=margin, alpha=alpha, direction=direction, moderate=moderate, scale=scale)
     for r in rows:
         r["baseline"] = r is base
@@ -179,9 +187,12 @@ def is_run_config(config) -> bool:
 def run_folders(runs_root: Path, studies: list[optuna.Study], rows: list[dict]) -> dict[str, list[dict]]:
     """Each row's run folders (`runs_root/<study>/t<trial>-s<seed>/`, of any of `studies`) that hold a
     summary.json, lowest seed first: {variant: [{name, folder, summary}]}. Everything a run left (per-class IoU,
-    receptive fields, latency, images) is read from here, whichever target ran it."""
+    receptive fields, latency, images) is read from here, whichever target ran it; a folder whose study.json names
+    another study of the same name is left out, with one warning (ablate.study.folders)."""
     out: dict[str, list[dict]] = {r["variant"]: [] for r in rows}
     for study in studies:
+        if not readable(runs_root / study.study_name, study):  # another study's of the same name: left out
+            continue
         for t in study.get_trials(deepcopy=False):
             if t.user_attrs.get("variant") not in out:
                 continue

@@ -13,7 +13,7 @@ from ablate.results.tables import study_table
 from ablate.study.engine import is_worker, run_study
 from ablate.study.outage import EXIT_CODE as STORAGE_GONE
 from ablate.study.race import race_summary
-from ablate.study.storage import DEFAULT_STORAGE, load_study, make_storage, redact
+from ablate.study.storage import DEFAULT_STORAGE, dashboard_storage, load_study, make_storage, redact
 from ablate.study.workers import ddp_rank
 
 
@@ -39,7 +39,7 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
     )
     console.print(
         f"table: {root / 'table.md'}\nlook further:\n"
-        f"  pip install optuna-dashboard && optuna-dashboard {redact(storage_url)}\n"
+        f"  pip install optuna-dashboard && optuna-dashboard {dashboard_storage(storage_url)}\n"
         f"  python -m ablate.table {where} --format md|latex|csv|json|html\n"
         f"  python -m ablate.report {where}   # one HTML file with the plots\n"
         f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 
 from ablate.errors import ConfigError
-from ablate.results.directions import delta_unit, metric_direction
+from ablate.results.directions import delta_unit, metric_direction, values_of
 from ablate.results.formats import order_note, settings, verdict_note
 from ablate.results.rows import (
     add_deltas,
@@ -84,7 +84,7 @@ def finish(
         base = add_deltas(rows, chosen, direction=direction, metric=metric, **options)
     if measure_latency:
         measure_latencies(rows)
-    note = verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"], unit=delta_unit(metric))
+    note = verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"], unit=delta_unit(metric, values_of(rows)))
     return Table(rows, metric, direction, v, base, f"{order_note(metric, direction, how)} {note}")
 
 

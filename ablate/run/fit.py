@@ -11,6 +11,7 @@ import lightning as L
 
 from ablate.callbacks import segmentation_callbacks
 from ablate.callbacks import summary as callbacks_summary
+from ablate.cli import progress_label, progress_line
 from ablate.config import RunConfig, to_dict
 from ablate.data import create_datamodule
 from ablate.errors import ConfigError
@@ -46,17 +47,20 @@ class StepTimer(L.Callback):
 
 
 class PlainProgress(L.Callback):
-    """One line per validation epoch, for logs that are not a terminal."""
+    """One line per validation epoch, for logs that are not a terminal and for workers that share one console (each
+    line then begins with its run's label, `t3 s1 epoch 4/8 ...`: ablate.cli.labelled)."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-            f"  train/loss {m.get('train/loss', float('nan')):.4f}"
-            f"  val/loss {m.get('val/loss', float('nan')):.4f}  val/mIoU {m.get('val/mIoU', 0):.4f}"
-            f"  best {m.get('val/mIoU_best', 0):.4f}",
+            progress_line(
+                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+                f"  train/loss {m.get('train/loss', float('nan')):.4f}"
+                f"  val/loss {m.get('val/loss', float('nan')):.4f}  val/mIoU {m.get('val/mIoU', 0):.4f}"
+                f"  best {m.get('val/mIoU_best', 0):.4f}"
+            ),
             flush=True,
         )
 
@@ -70,7 +74,7 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     module = SegmentationModule(to_dict(cfg), list(datamodule.classes))
     timer, loggers, logged = StepTimer(), make_loggers(cfg, output, wandb_run), LoggedMetrics("val/mIoU")
     shown = segmentation_callbacks()  # what any project's run shows: metrics, masks, necks, costs
-    tty = sys.stdout.isatty()
+    tty = sys.stdout.isatty() and progress_label() is None  # workers sharing a terminal: lines naming their run
     progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
     trainer = L.Trainer(
         default_root_dir=output,

@@ -1,14 +1,19 @@
 """A study's invariants, checked after the fact as Jepsen checks a database's history after its faults: no trial
 RUNNING without a live heartbeat, no (variant, seed) completed twice, every COMPLETE trial with its per-seed values
-and run folders, and its W&B runs (offline folders under runs/wandb) where the trial logged to W&B."""
+and run folders (this study's, not another's of its name: runs/<study>/study.json), and its W&B runs (offline
+folders under runs/wandb) where the trial logged to W&B."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+
+from ablate.study.folders import foreign
+from ablate.study.journal import JournalStudyStorage, silence
 
 REPAIR = (
     "repair: run the same `python -m ablate.sweep` command again: it fails silent RUNNING trials after the grace "
@@ -23,6 +28,10 @@ def check_study(study: optuna.Study, runs: Path = Path("runs"), wandb_dir: Path 
     problems = [f"trial {n} is RUNNING but silent for {age:.0f} s (no live heartbeat)" for n, age in silent(study)]
     pairs = Counter((t.user_attrs.get("variant"), int(s)) for t in complete for s in t.user_attrs.get("seeds", []))
     problems += [f"{variant} seed {seed} completed {n} times" for (variant, seed), n in pairs.items() if n > 1]
+    if why := foreign(runs / study.study_name, study):
+        problems.append(
+            f"{why}: move it aside and run this study's sweep again, or give --runs the folder with its runs"
+        )
     wandb = wandb_names(wandb_dir or runs / "wandb", study.study_name)
     for t in complete:
         problems += trial_problems(t, runs / study.study_name, wandb)
@@ -64,12 +73,20 @@ def wandb_names(folder: Path, study_name: str) -> set[str]:
 def silent(study: optuna.Study) -> list[tuple[int, float]]:
     """(number, seconds since its last heartbeat, or since it started if it never beat) of each RUNNING trial
     silent for longer than the study's grace period (its stored sweep's `study.grace_period`)."""
+    grace = study.user_attrs.get("sweep", {}).get("study", {}).get("grace_period", 120)
+    if isinstance(study._storage, JournalStudyStorage):  # the heartbeat is a trial attr, on the workers' clocks
+        now, running = time.time(), study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [(t.number, age) for t in running if (age := silence(t, now)) > grace]
+    return rdb_silent(study, grace)
+
+
+def rdb_silent(study: optuna.Study, grace: float) -> list[tuple[int, float]]:
+    """`silent` of a study in an RDB storage: heartbeats on the database's clock."""
     import datetime
 
     import sqlalchemy
     from optuna.storages._rdb import models
 
-    grace = study.user_attrs.get("sweep", {}).get("study", {}).get("grace_period", 120)
     backend = getattr(study._storage, "_backend", study._storage)  # Optuna's cache wraps the RDB storage
     out = []
     with backend.scoped_session() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,8 +20,10 @@ from ablate.config import flatten
 from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
 from ablate.study.faults import fail_reason, naming, release_memory, tell
+from ablate.study.folders import claim, refuse_another
 from ablate.study.outage import StorageUnavailable
 from ablate.study.pool import start_workers
+from ablate.study.progress import record_plan, record_where, running
 from ablate.study.race import Race, check_in_race
 from ablate.study.space import SweepConfig, suggest, to_plain, variant_label
 from ablate.study.storage import close_connections, load_study, make_storage, open_study
@@ -53,10 +56,7 @@ class Objective:
         trial.set_user_attr("variant", variant)
         trial.set_user_attr("config", config)
         check_in_race(trial, variant)  # a variant out of the race (--race) trains no seed again
-        if WORKER_ENV in os.environ:  # which worker ran it, and the GPUs it saw (ablate.study.gpus)
-            trial.set_user_attr("worker", int(os.environ[WORKER_ENV]))
-        if "CUDA_VISIBLE_DEVICES" in os.environ:
-            trial.set_user_attr("worker_gpus", os.environ["CUDA_VISIBLE_DEVICES"])
+        record_where(trial)  # host, pid, worker, GPUs: for ablate.status
         try:
             return self._seeds(trial, config, variant, seeds_for(trial, variant, self.sweep.seeds, self.locked))
         except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C / SIGTERM into SystemExit
@@ -100,12 +100,12 @@ class Objective:
                     "prune": bool(prune),
                 }
             )  # DDP ranks train the same
-            with naming(output), run_log(output):  # a full disk often says so without the file: the run folder then
+            with naming(output), run_log(output), running(trial, seed) as epochs:  # naming: a full disk names output
                 summary = self.target.fit(
                     config,
                     seed,
                     output,
-                    callbacks=[*prune, Interrupt()],
+                    callbacks=[*prune, Interrupt(), epochs],
                     wandb_run=self.wandb_run(trial, seed, variant, config),
                 )
             for callback in prune:
@@ -139,12 +139,14 @@ def record(trial: optuna.Trial, seeds, values: list, metrics: list, summary: dic
 
 
 class Interrupt(L.Callback):
-    """SIGINT/SIGTERM become a KeyboardInterrupt at the next batch boundary (a second signal: at once).
+    """SIGINT/SIGTERM become a KeyboardInterrupt: at once outside a fit (data generation, study creation, between
+    trials), at the next batch boundary inside one (a second signal: at once).
 
-    Raising straight from the signal handler can land inside a finalizer, where Python swallows it.
+    Raising straight from the signal handler inside a fit can land inside a finalizer, where Python swallows it.
     """
 
     signum: int | None = None
+    fitting = False  # between on_fit_start and the fit's end
 
     @classmethod
     def install(cls) -> None:
@@ -154,14 +156,24 @@ class Interrupt(L.Callback):
     @classmethod
     def _handle(cls, signum, frame) -> None:
         first, cls.signum = cls.signum is None, signum
-        if not first:
+        if not first or not cls.fitting:
             cls.check()
-        console.print(f"\n{signal.Signals(signum).name}: stopping at the next step (again to stop at once)")
+        if sys.stderr.isatty():  # a log gets the one line the command ends with
+            console.print(f"\n{signal.Signals(signum).name}: stopping at the next step (again to stop at once)")
 
     @classmethod
     def check(cls) -> None:
         if cls.signum is not None:
-            raise KeyboardInterrupt(f"signal {signal.Signals(cls.signum).name}")
+            raise KeyboardInterrupt(signal.Signals(cls.signum).name)
+
+    def on_fit_start(self, *args) -> None:
+        Interrupt.fitting = True
+
+    def on_fit_end(self, *args) -> None:
+        Interrupt.fitting = False
+
+    def on_exception(self, *args) -> None:
+        Interrupt.fitting = False
 
     def on_train_batch_end(self, *args) -> None:
         self.check()
@@ -208,10 +220,12 @@ def run_study(
     if ddp_rank() != 0:  # a rank Lightning started for a DDP trial: it trains what rank 0 hands over
         storage = make_storage(storage_url, (s.heartbeat_interval, s.grace_period), s.storage_timeout)
         return follow(load_study(s.name, storage, sampler=optuna.samplers.RandomSampler()), target)
+    root = Path("runs") / s.name
+    refuse_another(root, storage_url, s.name)  # another study's runs there: stop before this one is created
     study = open_study(sweep, storage_url)
     rounds = until_decided(sweep, study)
-    root = Path("runs") / s.name
-    root.mkdir(parents=True, exist_ok=True)
+    record_plan(study, sweep, rounds)  # for ablate.status
+    claim(root, study, storage_url)  # runs/<study>/study.json: the folder is this study's
     (root / "sweep.yaml").write_text(yaml.safe_dump(to_plain(sweep), sort_keys=False))
     remaining, stopper = sweep.n_trials - len(done_trials(study)), StopOnRepeatedFailure()
     if remaining <= 0 and not (rounds and rounds.pending(study)):
@@ -292,9 +306,10 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hear
             frozen = tell(study, trial, objective(trial))
         except optuna.TrialPruned:
             frozen = tell(study, trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if failed := tell(study, trial, state=TrialState.FAIL):
                 requeue(study, failed)
+                raise KeyboardInterrupt(f"trial {trial.number} was marked FAIL and queued again") from e
             raise
         except StorageUnavailable:
             raise
@@ -326,4 +341,5 @@ def quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, stale trials
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings("ignore", message="GridSampler is re-evaluating a configuration")  # space_notes says it
     quiet_dependencies()

@@ -120,14 +120,18 @@ def gpu_free_bytes(gpus: list[str]) -> dict[str, int]:
 
 
 def available_bytes() -> int | None:
-    """Memory the system can give without swapping (MemAvailable of /proc/meminfo); None where unknown."""
+    """Memory the system can give without swapping (MemAvailable of /proc/meminfo), and in a SLURM task no more
+    than its allocation (--mem); None where unknown."""
+    from ablate.study.slurm import allocated_bytes
+
+    free, limit = None, allocated_bytes()
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    return min(free, limit) if free and limit else free or limit
 
 
 def auto_workers(sweep, trial_bytes: int | None, chosen: str | None, cores: int) -> tuple[int, str]:

@@ -107,6 +107,24 @@ class Patience:
 
 PATIENCE = Patience()
 
+
+def wait_for(taken, what: str, timeout: float, notice: float = 10) -> None:
+    """Call taken() every 0.2 s until it is true (a lock another worker holds): one line after `notice` s saying what
+    it waits for, and StorageUnavailable past `timeout` s, as a storage that stopped answering (a holder that froze)."""
+    start, said = time.monotonic(), False
+    while not taken():
+        waited = time.monotonic() - start
+        if waited > timeout:
+            raise StorageUnavailable(
+                f"waited {timeout:g} s for {what}; this worker stopped: run the same command again (a longer "
+                "wait: --storage-timeout SECONDS)"
+            )
+        if waited > notice and not said:
+            say(f"  waiting for {what} (up to {timeout:g} s in all)")
+            said = True
+        time.sleep(0.2)
+
+
 # RDBStorage's methods that open a session: each is one transaction, retried whole
 CALLS = (
     "create_new_study delete_study set_study_user_attr set_study_system_attr get_study_id_from_name "

@@ -23,8 +23,12 @@ from ablate.study.workers import WORKER_ENV
 
 
 def cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """CPU cores this process may run on: its affinity, and in a SLURM task no more than its allocation (which
+    a cluster without CPU binding does not show in the affinity)."""
+    from ablate.study.slurm import allocated_cpus
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(n, allocated_cpus() or n)
 
 
 def before_fork() -> int:

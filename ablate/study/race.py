@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
-from ablate.results.directions import delta_scale
+from ablate.results.directions import delta_scale, values_of
 from ablate.study.decide import ROUND, Rounds, choose_seeds, plan_round, race_alpha, seeds_in_use, variant_params
 
 RACE = "race"  # study user attr: {variant: the look that eliminated it}
@@ -165,7 +165,7 @@ class Race(Rounds):
             alpha=self.alpha,  # race_alpha
             direction=study.direction.name.lower(),
             moderate=s.moderate,
-            scale=delta_scale(self.sweep.metric),
+            scale=delta_scale(self.sweep.metric, values_of(rows)),
         )
         if leader is None:
             return {}, {}
@@ -201,7 +201,7 @@ def race_summary(study: optuna.Study) -> str | None:
     rows, v, out = rows_of(study), study_verdicts(study), eliminated(study)
     options = {"margin": v["margin"], "alpha": v["race_alpha"], "moderate": v["moderate"]}  # as the sweep raced
     metric, direction = study_objective(study)
-    leader, field, _ = look(rows, out, direction=direction, scale=delta_scale(metric), **options)
+    leader, field, _ = look(rows, out, direction=direction, scale=delta_scale(metric, values_of(rows)), **options)
     if leader is None:
         return "race: no variant has a complete seed yet"
     label, runs = short_labels(rows), runs_of(study.get_trials(deepcopy=False))

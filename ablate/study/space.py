@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +15,14 @@ from ablate.config import RunConfig, apply_overrides, with_defaults
 from ablate.errors import ConfigError, check_choice, check_path_name, did_you_mean, read_yaml
 from ablate.results.directions import infer_direction
 from ablate.study.cli_values import encode_lists
+from ablate.study.slurm import check_section as check_slurm
 
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"  # ships with the package
 
 SAMPLERS = ("tpe", "grid", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 SCALARS = (str, int, float, bool, type(None))
-SWEEP_KEYS = ("cli", "base", "overrides", "metric", "callbacks", "study", "n_trials", "seeds", "space")
+SWEEP_KEYS = ("cli", "base", "overrides", "metric", "callbacks", "study", "n_trials", "seeds", "space", "slurm")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     """Read a sweep file (None = the packaged default sweep); `overrides` apply to the base run config."""
     path = Path(path) if path else DEFAULT_SWEEP
     raw = read_spec(path, SWEEP_KEYS, "sweep file")
-    target = target_fields(path, raw, [*(raw.get("overrides") or []), *overrides])
+    check_slurm(f"{path}: ", raw.get("slurm"))  # read by `--slurm N` (ablate.study.slurm), checked on every load
+    target = target_fields(path, raw, [*file_overrides(path, raw), *overrides])
     study = raw.get("study") or {}
     check_keys(study, [f.name for f in dataclasses.fields(StudyConfig)], f"{path}: study.")
     inferred = "direction" not in study  # a loss is minimized without saying so (ablate.results.directions)
@@ -88,6 +91,16 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     )
     validate_sweep(sweep)
     return sweep
+
+
+def file_overrides(path: Path, raw: dict) -> list[str]:
+    """The file's `overrides`: a list of `key=value` strings."""
+    items = raw.get("overrides") or []
+    if not isinstance(items, list) or not all(isinstance(o, str) for o in items):
+        raise ConfigError(
+            f"{path}: overrides must be a list of key=value strings, e.g. [trainer.max_epochs=2]; got {items!r}"
+        )
+    return items
 
 
 def check_callbacks(path: Path, value) -> bool:
@@ -172,7 +185,11 @@ def load_base(path: Path, base, overrides: list[str]) -> dict:
         if not base_path.is_file():
             raise ConfigError(f"{path}: base config {base!r} does not exist (paths are relative to {path.name})")
         base = read_yaml(base_path) or {}
-    if isinstance(base, dict) and (signs := lightning_cli_signs(base)):
+    if not isinstance(base, dict):
+        raise ConfigError(
+            f"{path}: base must be a run config file (relative to {path.name}) or a mapping; got {base!r}"
+        )
+    if signs := lightning_cli_signs(base):
         raise ConfigError(
             f"{path}: its base looks like a LightningCLI config ({', '.join(signs)}), not ablate's run config: "
             f"add `cli: lightning.pytorch.cli.LightningCLI` (or the import path of your LightningCLI subclass) to "
@@ -220,22 +237,26 @@ def validate_sweep(sweep: SweepConfig) -> None:
         )
     if not isinstance(sweep.n_trials, int) or isinstance(sweep.n_trials, bool) or sweep.n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer; got {sweep.n_trials!r}")
-    seeds = sweep.seeds
-    if (
-        not isinstance(seeds, tuple)
-        or not seeds
-        or any(type(x) is not int for x in seeds)
-        or len(set(seeds)) < len(seeds)
-    ):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]; got {seeds!r}")
+    check_seeds(sweep.seeds)
     if not isinstance(sweep.space, dict) or not sweep.space:
         raise ConfigError(
-            "space must map dotted config keys to {choices: [...]}, {low: .., high: ..} or {rates: K, ..}"
+            "space must map dotted config keys to {choices: [...]}, {low: .., high: ..} or {rates: K, ..}; "
+            f"got {sweep.space!r}"
         )
     for key, spec in sweep.space.items():
         _check_spec(key, spec)
     if s.sampler == "grid" and any("choices" not in spec for spec in sweep.space.values()):
         raise ConfigError("study.sampler=grid needs {choices: [...]} for every key of the space")
+
+
+def check_seeds(seeds) -> None:
+    """seeds (--seeds): a non-empty list of distinct integers in [0, 2**32) (what numpy's and torch's seeding take)."""
+    ok = isinstance(seeds, tuple) and seeds and all(type(x) is int for x in seeds)
+    if not ok or len(set(seeds)) < len(seeds) or any(not 0 <= x < 2**32 for x in seeds):
+        shown = list(seeds) if isinstance(seeds, tuple) else seeds
+        raise ConfigError(
+            f"seeds (--seeds) must be distinct integers from 0 to 4294967295, e.g. [0, 1, 2]; got {shown!r}"
+        )
 
 
 def check_verdict_settings(s: StudyConfig) -> None:
@@ -262,24 +283,72 @@ def check_verdict_settings(s: StudyConfig) -> None:
         )
 
 
+SPEC_KEYS = ("choices", "low", "high", "log", "step", "rates")
+
+
 def _check_spec(key: str, spec) -> None:
+    """One space entry: {choices: [scalars]}, {low, high, log?, step?} of numbers, or {rates: K, low, high} of ints."""
     if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
         raise ConfigError(
             f"space.{key} must be {{choices: [...]}}, {{low: .., high: .., log: false}} "
             f"or {{rates: K, low: .., high: ..}}; got {spec!r}"
         )
-    for choice in spec.get("choices", []):
-        if not isinstance(choice, SCALARS):
+    check_keys(spec, SPEC_KEYS, f"space.{key}: ")
+    if "choices" in spec:
+        return _check_choices(key, spec)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    for name in ("low", "high", *(("step",) if "step" in spec else ())):
+        if not number(spec[name]):
+            raise ConfigError(f"space.{key}: {name} must be a finite number; got {spec[name]!r}")
+    if "log" in spec and not isinstance(spec["log"], bool):
+        raise ConfigError(f"space.{key}: log must be true or false; got {spec['log']!r}")
+    if spec["low"] >= spec["high"]:
+        raise ConfigError(f"space.{key}: low={spec['low']} must be below high={spec['high']}")
+    if spec.get("log") and spec["low"] <= 0:
+        raise ConfigError(f"space.{key}: a log range needs low > 0; got low={spec['low']}")
+    if "step" in spec and spec["step"] <= 0:
+        raise ConfigError(f"space.{key}: step must be positive; got {spec['step']!r}")
+    if "rates" in spec:
+        k, low, high = spec["rates"], spec["low"], spec["high"]
+        if not all(type(v) is int for v in (k, low, high)) or not (1 <= k <= high - low + 1 and low >= 1):
+            raise ConfigError(f"space.{key}: cannot draw {k!r} distinct positive integer rates from [{low}, {high}]")
+
+
+def _check_choices(key: str, spec: dict) -> None:
+    """{choices: [...]}: a non-empty list of scalars and nothing else."""
+    choices = spec["choices"]
+    if len(spec) > 1:
+        raise ConfigError(f"space.{key}: choices take no other keys; got {sorted(set(spec) - {'choices'})}")
+    if not isinstance(choices, list) or not choices:
+        raise ConfigError(
+            f"space.{key}: choices must be a non-empty list of values (two or more to compare); got {choices!r}"
+        )
+    for choice in choices:
+        if not isinstance(choice, SCALARS) or (isinstance(choice, float) and not math.isfinite(choice)):
             raise ConfigError(
                 f"space.{key}: choice {choice!r} is not a scalar; encode lists as strings, "
                 f'e.g. "6,12,18" (Optuna stores categorical choices as scalars)'
             )
-    if "rates" in spec:
-        k, low, high = spec["rates"], spec["low"], spec["high"]
-        if not (isinstance(k, int) and 1 <= k <= high - low + 1 and low >= 1):
-            raise ConfigError(f"space.{key}: cannot draw {k!r} distinct rates from [{low}, {high}]")
-    elif "choices" not in spec and spec["low"] >= spec["high"]:
-        raise ConfigError(f"space.{key}: low={spec['low']} must be below high={spec['high']}")
+    if len(set(map(repr, choices))) < len(choices):
+        raise ConfigError(f"space.{key}: choices repeat a value; got {choices!r}")
+
+
+def space_notes(sweep: SweepConfig) -> list[str]:
+    """Lines worth saying before a study starts: a key with one choice varies nothing; a grid smaller than n_trials
+    runs its points again (each time on seeds its variant has not used)."""
+    notes = [
+        f"space.{key} has one choice ({_text(spec['choices'][0])}): nothing varies along it"
+        for key, spec in sweep.space.items()
+        if len(spec.get("choices", ())) == 1
+    ]
+    if sweep.study.sampler == "grid":
+        points = math.prod(len(spec["choices"]) for spec in sweep.space.values())
+        if sweep.n_trials > points:
+            notes.append(
+                f"the grid has {points} point(s) and n_trials is {sweep.n_trials}: points run again, each time on "
+                "seeds their variant has not used"
+            )
+    return notes
 
 
 def probes(space: dict) -> list[dict]:

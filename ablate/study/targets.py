@@ -15,6 +15,7 @@ ablate's own model is `ablate.study.builtin.BuiltinTarget`; a user's LightningCL
 
 from __future__ import annotations
 
+from ablate.errors import ConfigError
 from ablate.study.space import SweepConfig, probes, validate_sweep
 
 
@@ -31,5 +32,9 @@ def make_target(sweep: SweepConfig):
 
         target = BuiltinTarget(sweep)
     for params in probes(sweep.space):
-        target.config(params)  # raises ConfigError naming the key and the value
+        try:
+            target.config(params)
+        except ConfigError as e:  # named by the space key and value that made it, unless it says so itself
+            ((key, value),) = params.items()
+            raise ConfigError(e if key in str(e) else f"space: {key}={value!r}: {e}") from None
     return target

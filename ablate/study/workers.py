@@ -1,8 +1,9 @@
 """Many workers on one study, and Lightning DDP inside a trial.
 
 - Exact totals: a worker takes a trial slot (counts the study's trials and asks for one) under a lock held in
-  the storage (a PostgreSQL advisory lock; a file lock beside a SQLite file), so N workers never overshoot
-  `n_trials`, and the grid sampler, which picks its point while asking, never hands one point out twice.
+  the storage (a PostgreSQL advisory lock; a file lock beside a SQLite file; an O_EXCL lock file beside a journal,
+  ablate.study.journal.FileLock), so N workers never overshoot `n_trials`, and the grid sampler, which picks its
+  point while asking, never hands one point out twice.
 - Dead workers: each running trial records a heartbeat; a trial whose worker stopped beating for
   `grace_period` seconds is failed by the next worker that looks, and re-queued with the same parameters
   (Optuna's RetryHeartbeatStaleTrialCallback). Re-run trials do not count towards the total.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -24,7 +26,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
-from ablate.study.outage import PATIENCE, StorageUnavailable
+from ablate.study.journal import LockLost, is_journal, study_lock
+from ablate.study.outage import PATIENCE, StorageUnavailable, say, wait_for
 from ablate.study.storage import sqlite_lock
 
 JOB_ENV = "ABLATE_DDP_JOB"  # the first run's job, for the ranks Lightning starts
@@ -44,14 +47,22 @@ class Slots:
     def __init__(self, storage_url: str, study_name: str, total: int, extend=None):
         self.url, self.name, self.total = storage_url, study_name, total
         self.extend = extend  # once every slot is taken: extend(study, trials) may enqueue more (a round of seeds)
-        self._engine, self._conn = None, None
+        self._engine, self._conn, self._file = None, None, None
 
     @contextlib.contextmanager
     def lock(self):
-        """Held by one worker at a time, across machines where the storage is a server."""
+        """Held by one worker at a time, across machines where the storage is a server or a shared journal file."""
         if self.url.startswith("sqlite:///"):
             with sqlite_lock(self.url):
                 yield
+            return
+        if is_journal(self.url):
+            with study_lock(self.url, self.name).held(f"study {self.name!r}'s trial-slot lock") as held:
+                self._file = held
+                try:
+                    yield
+                finally:
+                    self._file = None
             return
         import sqlalchemy as sa
 
@@ -59,7 +70,9 @@ class Slots:
             self._engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
         key = int.from_bytes(hashlib.sha256(f"ablate/{self.name}".encode()).digest()[:8], "big", signed=True)
         with self._engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            take = sa.text("SELECT pg_try_advisory_lock(:key)")
+            what = f"study {self.name!r}'s trial-slot lock, which another worker holds"
+            wait_for(lambda: conn.execute(take, {"key": key}).scalar(), what, PATIENCE.timeout)
             self._conn = conn
             try:
                 yield
@@ -70,7 +83,10 @@ class Slots:
                     conn.commit()
 
     def check_held(self) -> None:
-        """Raise (an outage error) when the server dropped the connection holding the lock, and so the lock."""
+        """Raise (an outage error) when the server dropped the connection holding the lock, and so the lock; LockLost
+        when a journal's lock file was broken (this worker froze past its staleness)."""
+        if self._file is not None and not self._file.held_still():
+            raise LockLost(f"study {self.name!r}'s trial-slot lock {self._file.path} was broken while held")
         if self._conn is not None:
             import sqlalchemy as sa
 
@@ -83,8 +99,12 @@ class Slots:
         return PATIENCE.call(self._locked, fn)
 
     def _locked(self, fn):
-        with self.lock():
-            return fn(self.check_held)
+        while True:
+            try:
+                with self.lock():
+                    return fn(self.check_held)
+            except LockLost as e:
+                say(f"  {e}: taking it again")
 
     def claim(self, study: optuna.Study) -> optuna.Trial | None:
         """A trial to run (a queued one first), or None when every slot is taken and nothing more is queued."""
@@ -92,12 +112,40 @@ class Slots:
 
     def _claim(self, study: optuna.Study, check) -> optuna.Trial | None:
         optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, and queued again
+        fail_never_beaten(study)  # and those whose worker died before their first heartbeat
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if not waiting and len(counted(trials)) >= self.total and not (self.extend and self.extend(study, trials)):
             return None
         check()
         return study.ask()  # pops a waiting trial first; the sampler picks its grid point in here
+
+
+def fail_never_beaten(study: optuna.Study) -> None:
+    """FAIL, and queue again as Optuna's `fail_stale_trials` does, each RUNNING trial that never recorded a heartbeat
+    and started more than the grace period ago: its worker died between taking it and its first beat. Optuna never
+    calls such a trial stale, so once every slot is taken the other workers would wait for it forever."""
+    import datetime
+
+    from optuna.storages._rdb import models
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna's cache wraps the RDB storage
+    interval = getattr(backend, "heartbeat_interval", None)
+    if interval is None or not isinstance(backend, optuna.storages.RDBStorage):
+        return  # a journal's stale trials include those that never beat (ablate.study.journal)
+    grace = datetime.timedelta(seconds=backend.grace_period or 2 * interval)
+    now = datetime.datetime.now()  # Optuna stamps a trial's start with its worker's clock
+    with backend.scoped_session() as session:
+        running = session.query(models.TrialModel).filter(
+            models.TrialModel.study_id == study._study_id, models.TrialModel.state == TrialState.RUNNING
+        )
+        silent = [t.trial_id for t in running if not t.heartbeats and now - t.datetime_start > grace]
+    for trial_id in silent:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker was first
+            retry = storage.get_heartbeat_stale_trial_callback()
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL) and retry is not None:
+                retry(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 class Heartbeat:

@@ -1,0 +1,74 @@
+"""What a running study tells those who watch it (`python -m ablate.status`, from any machine that reaches the storage):
+where each trial runs, which seed and epoch it is at, and what the study plans; and, when several workers share one
+console, the label that tells their progress lines apart (`t3 s1 epoch 4/8 ...`).
+
+Cheap by design: a few user attrs once per trial, one write when a seed starts and one at each epoch's end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+
+import lightning as L
+import optuna
+
+from ablate.cli import labelled
+from ablate.study.snapshot import AT, GPUS, HOST, JOB, PID, PLAN, WORKER
+from ablate.study.workers import WORKER_ENV
+
+
+def record_where(trial: optuna.Trial) -> None:
+    """The trial's host and pid, its worker of a pool and the GPUs it sees (CUDA_VISIBLE_DEVICES, ablate.study.gpus),
+    and its SLURM array task, as user attrs."""
+    trial.set_user_attr(HOST, socket.gethostname())
+    trial.set_user_attr(PID, os.getpid())
+    if WORKER_ENV in os.environ:
+        trial.set_user_attr(WORKER, int(os.environ[WORKER_ENV]))
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        trial.set_user_attr(GPUS, os.environ["CUDA_VISIBLE_DEVICES"])
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        trial.set_user_attr(JOB, f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')}")
+
+
+def record_plan(study: optuna.Study, sweep, rounds) -> None:
+    """What the command running the study plans, as the study's user attr `plan`: its total of trials (which a
+    later command may raise), the seeds a trial trains, and the rounds of added seeds that follow, if any."""
+    plan = {
+        "n_trials": sweep.n_trials,
+        "seeds": len(sweep.seeds),
+        "rounds": None if rounds is None else rounds.name,
+        "max_seeds": sweep.study.max_seeds if rounds is not None else None,
+    }
+    if study.user_attrs.get(PLAN) != plan:
+        study.set_user_attr(PLAN, plan)
+
+
+def run_label(trial: optuna.Trial, seed: int) -> str | None:
+    """`t3 s1` in a worker of a pool (its lines share a console with the others'), None in a process alone."""
+    return f"t{trial.number} s{seed}" if WORKER_ENV in os.environ else None
+
+
+@contextlib.contextmanager
+def running(trial: optuna.Trial, seed: int):
+    """Around one seed's fit: records that the seed started, labels its progress lines in a worker of a pool, and
+    gives the callback that records each epoch."""
+    trial.set_user_attr(AT, {"seed": seed, "epoch": 0, "since": time.time()})
+    with labelled(run_label(trial, seed)):
+        yield EpochProgress(trial, seed)
+
+
+class EpochProgress(L.Callback):
+    """Records the trial's `progress` user attr at each training epoch's end (rank 0): its seed, the epochs done of
+    how many, when the seed started and its device."""
+
+    def __init__(self, trial: optuna.Trial, seed: int):
+        self.trial, self.seed, self.since = trial, seed, time.time()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+            device = str(trainer.strategy.root_device)
+            progress = {"seed": self.seed, "epoch": trainer.current_epoch + 1, "epochs": epochs}
+            self.trial.set_user_attr(AT, {**progress, "since": self.since, "device": device})
