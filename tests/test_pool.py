@@ -29,9 +29,10 @@ def by_variant(storage: str) -> dict:
     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * len(trials)  # nothing left RUNNING or failed
     measured = ("time/", "latency_ms")  # wall-clock figures differ run to run; what was learned must not
-    metrics = lambda t: [
-        {k: v for k, v in m.items() if not k.startswith(measured)} for m in t.user_attrs["seed_metrics"]
-    ]  # noqa: E731
+
+    def metrics(t) -> list[dict]:
+        return [{k: v for k, v in m.items() if not k.startswith(measured)} for m in t.user_attrs["seed_metrics"]]
+
     return {t.user_attrs["variant"]: (t.user_attrs["seeds"], t.values, metrics(t)) for t in trials}
 
 
