@@ -126,6 +126,33 @@ def test_status_of_a_finished_study_names_its_failed_trials_and_writes_nothing(p
     assert "time left: none" in text, text
 
 
+def test_status_shows_the_rounds_of_added_seeds_and_the_runs_they_leave(pool_study, tmp_path):
+    shutil.copy(pool_study["root"] / "runs/s.db", tmp_path / "s.db")
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/s.db")
+    assert study.user_attrs["plan"] == {"n_trials": 3, "seeds": 2, "rounds": None, "max_seeds": None}  # as it ran
+    study.set_user_attr("plan", {**study.user_attrs["plan"], "rounds": "seeds until decided", "max_seeds": 4})
+    done = study.trials[0]
+    for number, state in ((1, TrialState.COMPLETE), (2, TrialState.WAITING)):  # what decide.Rounds enqueues
+        attrs = {"round": number, "seed_plan": [2 + number], "variant": done.user_attrs["variant"]}
+        if state == TrialState.WAITING:
+            study.enqueue_trial(done.params, user_attrs=attrs)
+        else:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=state,
+                    params=done.params,
+                    distributions=done.distributions,
+                    value=0.5,
+                    user_attrs={**attrs, "seeds": [3]},
+                )
+            )
+    text = status(f"sqlite:///{tmp_path}/s.db").stdout
+    assert "3 of 3 trials done (3 complete), 0 running, 1 waiting" in text, text  # rounds never count towards 3
+    assert "then seeds until decided, at most 4 seeds a variant: round 1: 1 of 1 runs done; round 2: 0 of 1" in text
+    assert "time left: nothing runs now; about " in text and "(an estimate: 1 run(s) left at " in text, text
+    assert "rounds not planned yet are not counted" in text, text
+
+
 def test_status_reads_a_journal_and_lists_the_studies_of_a_storage(pool_study, tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -172,3 +199,47 @@ def test_status_refuses_a_storage_without_studies_naming_it(tmp_path):
     done = status(f"sqlite:///{tmp_path}/none.db")
     assert done.returncode == 2 and done.stderr.startswith("error: storage sqlite:///"), done.stderr
     assert "no study has been run there" in done.stderr and not (tmp_path / "none.db").exists()
+
+
+def on_a_terminal(cmd: list[str], cwd: Path, columns: int = 200) -> tuple[int, str]:
+    """Run `cmd` with a pseudo-terminal as its stdin, stdout and stderr; its exit code and all it wrote, the
+    terminal's control sequences taken out."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "LINES": "50"}
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env)
+    os.close(slave)
+    out = b""
+    while True:  # read all along: a full terminal buffer would stop the command
+        if select.select([master], [], [], 1)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the command and its workers closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
+    return proc.wait(timeout=60), text
+
+
+def test_on_a_terminal_each_worker_has_one_live_line_and_other_lines_print_above(tmp_path):
+    path = write_sweep(space=WIDTHS, n_trials=2, seeds=(0,), overrides=["trainer.max_epochs=4"])
+    cmd = [sys.executable, "-m", "ablate.sweep", path, "--storage", "sqlite:///runs/s.db", "--workers", "2"]
+    code, text = on_a_terminal(cmd, tmp_path)
+    assert code == 0, text
+    live = set(re.findall(r"worker ([01]): t\d s0 epoch [1-4]/4  train/loss", text))
+    assert live == {"0", "1"}, text  # each worker's epochs on its own live line
+    shown = re.split(r"[\r\n]+", text)  # what each line, and each redraw of a live line, begins with
+    assert not [s for s in shown if re.match(r"t\d s\d epoch", s)], text  # never an epoch line of its own
+    assert {"  trial 0 seed 0", "  trial 1 seed 0"} <= {s[:16] for s in shown}, text  # printed above them
+    assert "study t: mean ± std over seeds" in text and "worker 0: ended" in text, text

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 
 from ablate.cli import console, error
+from ablate.study.live import LiveWorkers
 from ablate.study.outage import EXIT_CODE as STORAGE_GONE
 from ablate.study.outage import StorageUnavailable
 from ablate.study.workers import WORKER_ENV
@@ -72,8 +73,9 @@ def start_workers(n: int, run: Callable[[], int], argv: list[str], gpus: list[st
     check_fork_safe()
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores() // n))  # no oversubscription
     ctx = multiprocessing.get_context("fork")
+    live = LiveWorkers(n) if sys.stdout.isatty() and sys.stderr.isatty() else None  # one live line a worker
     procs = [
-        ctx.Process(target=_worker, args=(i, run, argv, threads, gpus[i] if gpus else None), name=f"worker {i}")
+        ctx.Process(target=_worker, args=(i, run, argv, threads, gpus[i] if gpus else None, live), name=f"worker {i}")
         for i in range(n)
     ]
     for p in procs:
@@ -83,16 +85,19 @@ def start_workers(n: int, run: Callable[[], int], argv: list[str], gpus: list[st
         console.print(
             "GPUs (CUDA_VISIBLE_DEVICES) of each worker: " + ", ".join(f"worker {i}: {g}" for i, g in enumerate(gpus))
         )
-    with forwarding_signals(procs):
+    with forwarding_signals(procs), live or contextlib.nullcontext():
         for p in procs:
             p.join()
     return max(c if c >= 0 else 128 - c for c in (p.exitcode for p in procs))
 
 
-def _worker(i: int, run: Callable[[], int], argv: list[str], threads: int, gpus: str | None) -> None:
-    """One forked worker: its own process group (signals come from the command), environment and threads."""
+def _worker(i: int, run: Callable[[], int], argv: list[str], threads: int, gpus: str | None, live) -> None:
+    """One forked worker: its own process group (signals come from the command), environment and threads, and on a
+    terminal its output through the command (`live`: ablate.study.live)."""
     import torch
 
+    if live is not None:
+        live.attach(i)
     os.setpgid(0, 0)  # Ctrl-C reaches the command alone, which passes it on once to each worker
     os.environ.update({WORKER_ENV: str(i), "OMP_NUM_THREADS": str(threads)})
     if gpus is not None:

@@ -2,7 +2,8 @@
 where each trial runs, which seed and epoch it is at, and what the study plans; and, when several workers share one
 console, the label that tells their progress lines apart (`t3 s1 epoch 4/8 ...`).
 
-Cheap by design: a few user attrs once per trial, one write when a seed starts and one at each epoch's end."""
+Cheap by design: a few user attrs once per trial, two writes as a seed starts (before its data, at its fit's start)
+and one at each epoch's end."""
 
 from __future__ import annotations
 
@@ -21,15 +22,25 @@ from ablate.study.workers import WORKER_ENV
 
 def record_where(trial: optuna.Trial) -> None:
     """The trial's host and pid, its worker of a pool and the GPUs it sees (CUDA_VISIBLE_DEVICES, ablate.study.gpus),
-    and its SLURM array task, as user attrs."""
-    trial.set_user_attr(HOST, socket.gethostname())
-    trial.set_user_attr(PID, os.getpid())
-    if WORKER_ENV in os.environ:
-        trial.set_user_attr(WORKER, int(os.environ[WORKER_ENV]))
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        trial.set_user_attr(GPUS, os.environ["CUDA_VISIBLE_DEVICES"])
-    if "SLURM_ARRAY_JOB_ID" in os.environ:
-        trial.set_user_attr(JOB, f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')}")
+    and its SLURM array task, as user attrs (a failed trial's copy, run again: what its first run said goes)."""
+    env = os.environ
+    where = {
+        HOST: socket.gethostname(),
+        PID: os.getpid(),
+        WORKER: int(env[WORKER_ENV]) if WORKER_ENV in env else None,
+        GPUS: env.get("CUDA_VISIBLE_DEVICES"),
+        JOB: slurm_task(),
+    }
+    for key, value in where.items():
+        if value is not None or key in trial.user_attrs:
+            trial.set_user_attr(key, value)
+
+
+def slurm_task() -> str | None:
+    """'JOB_TASK' of the SLURM array task this process runs in (`--slurm N`), or None."""
+    if "SLURM_ARRAY_JOB_ID" not in os.environ:
+        return None
+    return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')}"
 
 
 def record_plan(study: optuna.Study, sweep, rounds) -> None:
@@ -60,15 +71,20 @@ def running(trial: optuna.Trial, seed: int):
 
 
 class EpochProgress(L.Callback):
-    """Records the trial's `progress` user attr at each training epoch's end (rank 0): its seed, the epochs done of
-    how many, when the seed started and its device."""
+    """Records the trial's `progress` user attr as the seed's fit starts and at each training epoch's end (rank 0):
+    its seed, the epochs done of how many, when the seed started and its device."""
 
     def __init__(self, trial: optuna.Trial, seed: int):
         self.trial, self.seed, self.since = trial, seed, time.time()
 
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer, 0)
+
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer, trainer.current_epoch + 1)
+
+    def _record(self, trainer: L.Trainer, epoch: int) -> None:
         if trainer.is_global_zero:
             epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-            device = str(trainer.strategy.root_device)
-            progress = {"seed": self.seed, "epoch": trainer.current_epoch + 1, "epochs": epochs}
-            self.trial.set_user_attr(AT, {**progress, "since": self.since, "device": device})
+            progress = {"seed": self.seed, "epoch": epoch, "epochs": epochs, "since": self.since}
+            self.trial.set_user_attr(AT, {**progress, "device": str(trainer.strategy.root_device)})

@@ -99,8 +99,9 @@ def running_line(t: optuna.trial.FrozenTrial, plan: dict, now: float) -> str:
     elapsed = f"for {duration(now - started(t))}{since}" if started(t) else "not started"
     device = at.get("device")
     gpu = a.get(GPUS) or (device if device and device != "cpu" else "none" if device else "?")
-    where = f"host {a.get(HOST, '?')}  worker {a.get(WORKER, '-')}  pid {a.get(PID, '?')}  GPU {gpu}"
-    job = f"  SLURM task {a[JOB]}" if JOB in a else ""
+    worker = "-" if a.get(WORKER) is None else a[WORKER]  # "-": not a worker of a pool
+    where = f"host {a.get(HOST, '?')}  worker {worker}  pid {a.get(PID, '?')}  GPU {gpu}"
+    job = f"  SLURM task {a[JOB]}" if a.get(JOB) else ""
     label = f"t{t.number} s{seed if seed is not None else '?'}{which}"
     return f"{label}  {epoch}  {elapsed}  {where}{job}  {a.get('variant', '')}".rstrip()
 
@@ -123,15 +124,7 @@ def time_left(trials: list, plan: dict, now: float) -> str:
         for t in trials
         if t.state == TrialState.COMPLETE and t.datetime_complete and started(t) and t.user_attrs.get("seeds")
     ]
-    seeds = plan["seeds"] or 1
-    new = max((plan["n_trials"] or 0) - len(counted(trials)), 0)  # trials not created yet
-    left = new * seeds + sum(
-        len(t.user_attrs.get(SEED_PLAN) or ()) or seeds for t in trials if t.state == TrialState.WAITING
-    )
-    running = [t for t in trials if t.state == TrialState.RUNNING]
-    for t in running:
-        left += max(len(t.user_attrs.get(SEED_PLAN) or ()) or seeds, len(t.user_attrs.get("seeds") or ()) + 1)
-        left -= len(t.user_attrs.get("seeds") or ())
+    left, running = runs_left(trials, plan), [t for t in trials if t.state == TrialState.RUNNING]
     later = "; rounds not planned yet are not counted" if plan["rounds"] else ""
     if not left:
         return f"time left: none{later}"
@@ -144,6 +137,17 @@ def time_left(trials: list, plan: dict, now: float) -> str:
         return f"time left: nothing runs now; about {duration(left * run)} for one worker (an estimate: {how}){later}"
     eta = max(left * run - done, 0) / len(running)
     return f"time left: about {duration(eta)} (an estimate: {how}, shared by {len(running)} running worker(s)){later}"
+
+
+def runs_left(trials: list, plan: dict) -> int:
+    """Runs (a trial's seeds) not done: those of the trials not created yet, of the waiting ones, and of the running
+    ones, their current seed included."""
+    seeds = plan["seeds"] or 1
+    planned = lambda t: len(t.user_attrs.get(SEED_PLAN) or ()) or seeds  # noqa: E731
+    left = max((plan["n_trials"] or 0) - len(counted(trials)), 0) * seeds
+    left += sum(planned(t) for t in trials if t.state == TrialState.WAITING)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    return left + sum(max(planned(t) - len(t.user_attrs.get("seeds") or ()), 1) for t in running)
 
 
 def elapsed_line(trials: list, now: float) -> str | None:
