@@ -239,7 +239,11 @@ def test_block(block, sandbox, monkeypatch, capsys):
             builtin_necks()
             monkeypatch.syspath_prepend(str(path.parent))
             sys.modules.pop(path.stem, None)
-            importlib.import_module(path.stem)
+            try:
+                importlib.import_module(path.stem)
+            finally:  # the tests after this one in the same process see neither the module nor its necks
+                sys.modules.pop(path.stem, None)
+                builtin_necks()
         else:
             exec(compile(block.text, f"{block.path}:{block.line}", "exec"), {"__name__": "__docs__"})
 

@@ -181,8 +181,8 @@ def bad_sweep(**changes) -> str:
             ["model.init_args.dropout_rate=0.1", "'dropout_rate' is not accepted"],
         ),
         (
-            {"space": {"model.init_args.neck.class_path": {"choices": ["ablate.necks.ASPP", "my_necks.Missing"]}}},
-            ["model.init_args.neck.class_path=my_necks.Missing", "No module named 'my_necks'"],
+            {"space": {"model.init_args.neck.class_path": {"choices": ["ablate.necks.ASPP", "absent_necks.Missing"]}}},
+            ["model.init_args.neck.class_path=absent_necks.Missing", "No module named 'absent_necks'"],
         ),
         (
             {"space": {"model.init_args.dropout": {"choices": [0.1, "high"]}}},
