@@ -52,25 +52,24 @@ def _report(args) -> int:
     )
     if table.base is None:
         raise ConfigError(f"study {args.study!r} has no complete trial yet")
-    check_run_folders(study, table.rows, Path(args.runs))
+    check_run_folders(study, table, Path(args.runs))
     out = Path(args.out or Path(args.runs) / args.study / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build(study, table, Path(args.runs)))
+    out.write_text(build(study, table))
     cli.console.print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline)")
     return 0
 
 
-def check_run_folders(study, rows: list[dict], runs: Path) -> None:
-    """The report reads per-class IoU, receptive fields, ERF and predictions from the run folders: one warning line
-    naming the variants that have none, and where they were looked for (the table rows still show)."""
+def check_run_folders(study, table, runs: Path) -> None:
+    """The report reads per-class IoU, receptive fields, ERF and predictions from the run folders (`table.runs`):
+    one warning line naming the variants with a result that have none, and where they were looked for."""
     from ablate.results.formats import short_labels
-    from ablate.results.rows import run_folders
 
-    found = run_folders(runs, [study], [r for r in rows if r["mean"] is not None])
-    missing = [v for v, folders in found.items() if not folders]
+    done = [r["variant"] for r in table.rows if r["mean"] is not None]
+    missing = [v for v in done if not table.runs.get(v)]
     if missing:
-        labels, where = short_labels(rows), runs / study.study_name
-        which = "any variant" if len(missing) == len(found) else ", ".join(labels[v] for v in missing)
+        labels, where = short_labels(table.rows), runs / study.study_name
+        which = "any variant" if len(missing) == len(done) else ", ".join(labels[v] for v in missing)
         cli.warn(
             f"no run folder under {where}/ (t<trial>-s<seed>/summary.json) for {which}: the report shows the table "
             "but not their per-class IoU, receptive fields, ERF or predictions (run it from the folder the sweep "

@@ -7,7 +7,6 @@ import base64
 import html
 import statistics
 import warnings
-from pathlib import Path
 
 import optuna
 
@@ -20,7 +19,6 @@ from ablate.results.formats import (
     short_labels,
     varied_keys,
 )
-from ablate.results.rows import run_folders
 from ablate.results.verdict_plots import forest_figure, strip_figure
 
 STYLE = (
@@ -193,11 +191,11 @@ def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:
     return parts
 
 
-def build(study: optuna.Study, table, runs_root: Path) -> str:
+def build(study: optuna.Study, table) -> str:
     """The whole report of `table` (ablate.results.tables.study_table of `study`) as one HTML document; plotly.js
     is embedded once, inline."""
     rows, base, metric, v = table.rows, table.base, table.metric, table.verdicts
-    runs, labels = run_folders(runs_root, [study], rows), short_labels(rows)
+    runs, labels = table.runs, short_labels(rows)
     parts = [
         f"<h1>Study {html.escape(study.study_name)}</h1>",
         "<h2>Comparison table</h2>",

@@ -3,7 +3,7 @@ runs/<study>/table.md) and the report: the same rows, columns and values whereve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -31,6 +31,7 @@ class Table:
     verdicts: dict  # margin, alpha, looks, moderate, ... (ablate.results.rows.verdict_options)
     base: dict | None  # the baseline row (None when no row has a result yet)
     note: str  # how the rows are ordered and how the verdicts were reached
+    runs: dict = field(default_factory=dict)  # {variant: its run folders} (ablate.results.rows.run_folders), read once
 
 
 def shown_direction(metric: str, objective: str, study_direction: str, given: str | None) -> tuple[str, str]:
@@ -44,7 +45,7 @@ def shown_direction(metric: str, objective: str, study_direction: str, given: st
 def study_table(studies: list[optuna.Study], runs_root: Path, *, metric=None, direction=None, at="last", **options):
     """The table of `studies` (merged; they must share an objective) on `metric` (default: their objective) in its
     own direction (`shown_direction`), at the `at` epoch of a metric other than the objective ("last" | "best"),
-    latency from the runs' summary.json. `options`: those of `finish`."""
+    latency from the runs' summary.json, their folders kept as `runs`. `options`: those of `finish`."""
     objectives = {s.study_name: study_objective(s) for s in studies}
     if len(set(objectives.values())) > 1:
         raise ConfigError(f"these studies optimize different metrics ({objectives}); give one --study at a time")
@@ -52,9 +53,12 @@ def study_table(studies: list[optuna.Study], runs_root: Path, *, metric=None, di
     metric = metric or objective
     direction, how = shown_direction(metric, objective, study_direction, direction)
     rows = study_rows([t for s in studies for t in s.get_trials(deepcopy=False)], metric, objective, direction, at)
-    latency_from_runs(rows, run_folders(runs_root, studies, rows))  # what the runs recorded as they ended
+    runs = run_folders(runs_root, studies, rows)
+    latency_from_runs(rows, runs)  # what the runs recorded as they ended
     stored = study_verdicts(studies[0]) if studies else {}
-    return finish(rows, metric, direction, how, stored, **options)
+    table = finish(rows, metric, direction, how, stored, **options)
+    table.runs = runs
+    return table
 
 
 def finish(
