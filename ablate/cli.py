@@ -17,6 +17,8 @@ from rich.text import Text
 
 from ablate.errors import ConfigError
 
+DEFAULT_STORAGE = "sqlite:///runs/ablate.db"  # --storage of every command (ablate.study.storage.resolve)
+
 
 def make_console(stderr: bool = True) -> Console:
     """A rich console that never parses markup in what it prints and never wraps a line.
@@ -160,8 +162,6 @@ def split_inputs(items: list[str]) -> tuple[str | None, list[str]]:
 
 def add_storage_argument(p: argparse.ArgumentParser) -> None:
     """--storage URL; without it $ABLATE_STORAGE, else the default SQLite file (ablate.study.storage.resolve)."""
-    from ablate.study.storage import DEFAULT_STORAGE
-
     p.add_argument(
         "--storage",
         help="Optuna storage: an RDB URL (sqlite:///PATH, postgresql+psycopg2://...) or a journal file on a shared "
@@ -194,7 +194,7 @@ def add_metric_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_verdict_arguments(p: argparse.ArgumentParser, until_decided: bool = False) -> None:
-    """--margin, --alpha and --no-moderation of the verdicts (ablate.results.stats); with `until_decided`,
+    """--margin, --alpha and --no-moderation of the verdicts (ablate.stats.verdicts); with `until_decided`,
     --until-decided and --max-seeds too (a sweep's: ablate.study.decide)."""
     p.add_argument(
         "--margin",

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args) -> int:
     from ablate.errors import ConfigError
     from ablate.results.html_report import build
-    from ablate.results.rows import parse_baseline
     from ablate.results.tables import study_table
     from ablate.study.storage import load_study, read_storage, resolve
+    from ablate.study.variants import parse_baseline
 
     study = load_study(args.study, read_storage(resolve(args.storage)))  # only the report itself is written
     if not Path(args.runs).is_dir():
@@ -63,7 +63,7 @@ def _report(args) -> int:
 def check_run_folders(study, table, runs: Path) -> None:
     """The report reads per-class IoU, receptive fields, ERF and predictions from the run folders (`table.runs`):
     one warning line naming the variants with a result that have none, and where they were looked for."""
-    from ablate.results.formats import short_labels
+    from ablate.study.variants import short_labels
 
     done = [r["variant"] for r in table.rows if r["mean"] is not None]
     missing = [v for v in done if not table.runs.get(v)]

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from ablate import cli
 from ablate.errors import ConfigError
-from ablate.results.directions import infer_direction
+from ablate.stats.directions import infer_direction
 from ablate.study.decide import with_verdict_flags
 from ablate.study.space import StudyConfig, SweepConfig, file_overrides, read_spec, target_fields
 from ablate.study.targets import make_target
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reproduce(args) -> int:
-    from ablate.results.summary import run_and_show
-    from ablate.study.engine import Interrupt, quiet
+    from ablate.results.summary import show_study
+    from ablate.study.engine import Interrupt, prints_the_end, quiet, run_study
     from ablate.study.storage import resolve
 
     Interrupt.install()
@@ -116,7 +116,9 @@ def _reproduce(args) -> int:
     reference = Path(args.reference or Path(path).with_suffix(".md"))
     expected = reference_means(reference) if reference.is_file() else None  # read before hours of training
     try:
-        status = run_and_show(sweep, target, resolve(args.storage))
+        status = run_study(sweep, target, resolve(args.storage))
+        if prints_the_end(status):
+            show_study(sweep, resolve(args.storage))
     except KeyboardInterrupt as e:  # cli.guarded prints it: what stopped, and what is kept
         kept = "the study keeps its finished runs: run the same command to go on"
         raise KeyboardInterrupt(f"{e or 'Ctrl-C'}; {kept}") from None

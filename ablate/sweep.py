@@ -103,8 +103,9 @@ def _submit(args, argv: list[str]) -> int:
     """--slurm N: the storage (one the nodes share), the sweep and the sbatch settings checked, then the array
     submitted (or, with --slurm-script, its script printed); with --wait, its table once every task has ended."""
     from ablate.errors import ConfigError
+    from ablate.results.summary import show_study
     from ablate.study import slurm
-    from ablate.study.slurm_jobs import create_study, submit_study, wait_and_show
+    from ablate.study.slurm_jobs import create_study, job_end, submit_study, wait_for
     from ablate.study.space import load_sweep
     from ablate.study.storage import check_kind, resolve
     from ablate.study.targets import make_target
@@ -126,7 +127,10 @@ def _submit(args, argv: list[str]) -> int:
         return 0
     create_study(sweep, url)
     job = submit_study(text, sweep.study.name, args.slurm, url)
-    return wait_and_show(job, sweep, url) if args.wait else 0
+    if not args.wait:
+        return 0
+    wait_for(job)
+    return job_end(job, sweep, show_study(sweep, url))
 
 
 def _workers(text: str) -> int | str:
@@ -141,8 +145,8 @@ def _workers(text: str) -> int | str:
 def _sweep(args, argv: list[str]) -> int:
     import torch
 
-    from ablate.results.summary import run_and_show
-    from ablate.study.engine import Interrupt, quiet
+    from ablate.results.summary import show_study
+    from ablate.study.engine import Interrupt, prints_the_end, quiet, run_study
     from ablate.study.gpus import plan_gpus
     from ablate.study.outage import EXIT_CODE, StorageUnavailable
     from ablate.study.pool import before_fork
@@ -171,7 +175,10 @@ def _sweep(args, argv: list[str]) -> int:
     if args.dry_run:
         return dry_run(sweep, target)
     try:
-        return run_and_show(sweep, target, resolve(args.storage), workers, _worker_argv(argv), gpus=gpus)
+        code = run_study(sweep, target, resolve(args.storage), workers, _worker_argv(argv), gpus=gpus)
+        if prints_the_end(code):
+            show_study(sweep, resolve(args.storage))
+        return code
     except StorageUnavailable as e:
         return cli.error(e, EXIT_CODE)
     except KeyboardInterrupt as e:  # cli.guarded prints it: what stopped, and what is kept

@@ -77,7 +77,7 @@ def _check(args) -> int:
 def _table(args) -> int:
     from ablate.errors import ConfigError
     from ablate.results.formats import render
-    from ablate.results.rows import parse_baseline
+    from ablate.study.variants import parse_baseline
 
     if Path(args.runs).exists() and not Path(args.runs).is_dir():
         raise ConfigError(f"--runs {args.runs!r} is not a folder; it should hold <study>/t<trial>-s<seed>/")
@@ -115,9 +115,9 @@ def _storage_table(args, options: dict):
 
 def _wandb_table(args, options: dict):
     """The table of W&B trial runs: the metric in its own direction (given, else inferred from its name)."""
-    from ablate.results.directions import metric_direction
-    from ablate.results.rows import wandb_rows
+    from ablate.results.runs import wandb_rows
     from ablate.results.tables import finish
+    from ablate.stats.directions import metric_direction
 
     metric = args.metric or "val/mIoU"
     direction, how = metric_direction(metric, args.direction)

@@ -1,5 +1,5 @@
 """How often the main-effects-and-interactions table calls a term significant when no setting matters, and how
-often it finds one real main effect: the table's own function (`ablate.results.factorial.factorial_effects`)
+often it finds one real main effect: the table's own function (`ablate.stats.factorial.factorial_effects`)
 against the rule it replaced.
 
     python benchmarks/factorial_null.py [--reps 400] [--power-reps 100] [--jobs 1] [--permutations 999]
@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablate.results.factorial import factorial_effects  # noqa: E402
+from ablate.stats.factorial import factorial_effects  # noqa: E402
 
 SHAPES = {"normal": ("normal", 0.70, 0.03), "bimodal": ("bimodal", 0.6), "rare_failure": ("bimodal", 0.9)}
 HIGH, LOW, MODE_SD = 0.75, 0.40, 0.02
@@ -71,7 +71,7 @@ def draw(shape: str, seeds: int, rng: np.random.Generator, effect: float = 0.0) 
 
 def old_rule(rows: list[dict]) -> set[str]:
     """The terms the table called before this change: pairwise interactions whenever they leave ≥ 1 residual df,
-    type-II ANOVA, p < 0.05 each, uncorrected (the removed ablate.results.factorial._fit, re-implemented)."""
+    type-II ANOVA, p < 0.05 each, uncorrected (ablate.results.factorial._fit as of 2026-12-04)."""
     import pandas as pd
     import statsmodels.formula.api as smf
     from statsmodels.stats.anova import anova_lm

@@ -1,4 +1,4 @@
-"""False verdicts and power of the moderated t (ablate.results.moderated) against the plain paired t, one look.
+"""False verdicts and power of the moderated t (ablate.stats.moderated) against the plain paired t, one look.
 
     python benchmarks/moderated_null.py [--studies 20000]
 
@@ -17,7 +17,7 @@ from scipy import special
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablate.results.moderated import moderate_paired  # noqa: E402
+from ablate.stats.moderated import moderate_paired  # noqa: E402
 
 
 def rejected(rng: np.random.Generator, studies: int, rows: int, seeds: int, delta: float) -> tuple[float, float]:

@@ -16,7 +16,7 @@ noise); the ratio is the adaptive design's mean runs over that design's runs.
 Any design that first runs the planned seeds spends at least seeds × variants runs, so its ratio is at least
 that over the matched design's runs ("the planned seeds alone"): a ratio of 0.5 needs a matched fixed design of
 twice the planned seeds or more, reached with almost no added runs.
-The verdicts are computed here on arrays (paired t, Holm, TOST), the same as `ablate.results.stats.annotate`; the
+The verdicts are computed here on arrays (paired t, Holm, TOST), the same as `ablate.stats.verdicts.annotate`; the
 first `--check` repetitions of every scenario are also decided by `annotate` itself and must agree exactly.
 """
 
@@ -35,8 +35,8 @@ from scipy import special
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablate.results.moderated import moderate_paired  # noqa: E402
-from ablate.results.stats import annotate  # noqa: E402
+from ablate.stats.moderated import moderate_paired  # noqa: E402
+from ablate.stats.verdicts import annotate  # noqa: E402
 from ablate.study.decide import first_look, look_alpha, plan_round  # noqa: E402
 
 ALPHA = 0.05
@@ -199,7 +199,7 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 def spread(d: np.ndarray, n: np.ndarray, in_family: np.ndarray) -> tuple:
     """(mean, sd, df, d0) per row of paired differences `d` (..., rows, seeds), NaN past each row's `n` seeds: the
-    moderated sd and df across the rows in the family (ablate.results.moderated) unless MODERATE is off."""
+    moderated sd and df across the rows in the family (ablate.stats.moderated) unless MODERATE is off."""
     mean = np.nanmean(d, -1)
     var = np.nansum((d - mean[..., None]) ** 2, -1) / np.maximum(n - 1, 1)
     if not MODERATE:
@@ -210,7 +210,7 @@ def spread(d: np.ndarray, n: np.ndarray, in_family: np.ndarray) -> tuple:
 
 def verdicts(d: np.ndarray, n: np.ndarray, in_family: np.ndarray, margin, alpha: float, with_p: bool = False):
     """Verdict codes (index into VERDICTS) of paired differences in points: `d` (..., rows, seeds) with NaN past
-    each row's `n` seeds; `in_family` masks the baseline out. Mirrors ablate.results.stats (maximize)."""
+    each row's `n` seeds; `in_family` masks the baseline out. Mirrors ablate.stats.verdicts (maximize)."""
     mean, sd, df, _ = spread(d, n, in_family)
     exact = sd == 0
     se = np.where(exact, 1, sd / np.sqrt(n))
@@ -228,7 +228,7 @@ def verdicts(d: np.ndarray, n: np.ndarray, in_family: np.ndarray, margin, alpha:
 def decidable(
     d: np.ndarray, n: np.ndarray, p_adj: np.ndarray, margin, alpha: float, max_seeds: int, difference: bool = True
 ) -> np.ndarray:
-    """Rows whose seeds-needed estimate (ablate.results.stats.seeds_needed) is unknown or at most max_seeds: power
+    """Rows whose seeds-needed estimate (ablate.stats.verdicts.seeds_needed) is unknown or at most max_seeds: power
     >= 0.8 at some n <= max_seeds, at the observed Δ and sd, of the t-test at α / (rows Holm has not rejected) or
     of TOST at α (the same power functions as the library, a moderated row keeping its prior df). `difference`
     False: TOST's alone (a race's rows, ablate.study.race.versus_leader)."""
@@ -426,7 +426,7 @@ def line(s: Scenario, name: str, a: dict, fixed_rows: list) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=1000)
-    p.add_argument("--check", type=int, default=5, help="repetitions also decided by ablate.results.stats.annotate")
+    p.add_argument("--check", type=int, default=5, help="repetitions also decided by ablate.stats.verdicts.annotate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seeds", type=int, help="every scenario's max_seeds (default: each its own)")
     p.add_argument("--out", help="write the results as JSON here")

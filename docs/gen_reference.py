@@ -536,7 +536,7 @@ def region_startup() -> str:
     ]
     for key, shown in (
         ("all top-level imports", "`-X importtime`, one trial: all top-level imports"),
-        ("ablate.results.stats", "... `ablate.results.stats` (statsmodels) before the first step"),
+        ("ablate.results.stats", "... `ablate.results.stats` (statsmodels, at those commits) before the first step"),
     ):
         t = d["importtime"][key]
         rows.append([shown, f"{t['old_us'] / 1e6:.2f} s", f"{t['new_us'] / 1e6:.2f} s", ""])

@@ -49,7 +49,7 @@ def trials(name: str = "t", storage: str = STORAGE) -> list[optuna.trial.FrozenT
 
 def finished_run_info(run_dir, timeout: float = 30.0) -> dict:
     """`run_info` once W&B's service has written the run's exit record (it writes asynchronously)."""
-    from ablate.results.wandb_files import run_info
+    from ablate.study.wandb_files import run_info
 
     deadline = time.time() + timeout
     while True:

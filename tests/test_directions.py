@@ -8,8 +8,8 @@ import torch
 from optuna.distributions import CategoricalDistribution
 
 from ablate.callbacks.convention import split_batch
-from ablate.results.directions import delta_unit, infer_direction, is_fraction, metric_direction
-from ablate.results.rows import study_rows
+from ablate.stats.directions import delta_unit, infer_direction, is_fraction, metric_direction
+from ablate.study.variants import study_rows
 
 
 @pytest.mark.parametrize(

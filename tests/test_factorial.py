@@ -1,4 +1,4 @@
-"""ablate.results.factorial: permutation p-values worked out by hand, Holm over the terms, interactions only with
+"""ablate.stats.factorial: permutation p-values worked out by hand, Holm over the terms, interactions only with
 residual df to test them, and the table that prints which test each term used."""
 
 import itertools
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from statsmodels.stats.anova import anova_lm
 
-from ablate.results import factorial
-from ablate.results.factorial import MIN_RESIDUAL_DF, factorial_effects
 from ablate.results.formats import decidable_note
-from ablate.results.stats import holm
+from ablate.stats import factorial
+from ablate.stats.factorial import MIN_RESIDUAL_DF, factorial_effects
+from ablate.stats.verdicts import holm
 
 
 def factorial_rows(rng, effect, seeds=4, noise=0.015):
@@ -163,10 +163,15 @@ def test_factorial_without_room_for_interactions_keeps_the_main_effects():
 
 def test_the_type_ii_f_is_statsmodels_anova():
     rows = factorial_rows(np.random.default_rng(12), lambda s: 0.7 + 0.02 * (s["pooling"] == "true"), seeds=3)
-    data, names = factorial._observations(rows)
-    fit, _ = factorial._fit(data, len(names))
-    anova = anova_lm(fit, typ=2)
-    for t in called_terms(factorial_effects(rows)).values():
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    data, names = factorial._observations(rows)  # statsmodels' own OLS and type-II ANOVA of the same model
+    fit = smf.ols("y ~ C(x0) + C(x1) + C(x2) + C(seed) + C(x0):C(x1) + C(x0):C(x2) + C(x1):C(x2)", pd.DataFrame(data))
+    anova = anova_lm(fit.fit(), typ=2)
+    terms = called_terms(factorial_effects(rows)).values()
+    assert len(terms) == 6
+    for t in terms:
         term = ":".join(f"C(x{names.index(f)})" for f in t["factors"])
         assert t["F"] == pytest.approx(anova.loc[term, "F"]) and t["p_anova"] == pytest.approx(
             anova.loc[term, "PR(>F)"]

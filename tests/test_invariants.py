@@ -11,9 +11,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from ablate.results.rows import study_rows
 from ablate.study.faults import tell
 from ablate.study.storage import make_storage
+from ablate.study.variants import study_rows
 from ablate.table import main as table
 
 DIST = {"model.neck.fusion": CategoricalDistribution(["concat", "sum"])}

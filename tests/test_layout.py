@@ -71,7 +71,7 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path):
     src = tmp_path / "m.py"
     src.write_text(
         "import ablate.cli\nfrom ablate.study import engine\nfrom ablate.errors import ConfigError\n"
-        "def f():\n    from .results.rows import rows_of\n    from . import table\n"
+        "def f():\n    from .results.runs import run_folders\n    from . import table\n"
     )
     known = {
         "ablate",
@@ -80,14 +80,14 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path):
         "ablate.study.engine",
         "ablate.errors",
         "ablate.results",
-        "ablate.results.rows",
+        "ablate.results.runs",
         "ablate.table",
     }
     assert imports("ablate.m", src, known) == {
         "ablate.cli",
         "ablate.study.engine",
         "ablate.errors",
-        "ablate.results.rows",
+        "ablate.results.runs",
         "ablate.table",
     }
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
@@ -137,3 +137,51 @@ def test_the_callbacks_never_read_ablate_s_run_config():
             reached.add(m)
             todo += edges[m]
     assert "ablate.config" not in reached, sorted(reached)
+
+
+FLOORS = (  # top-down, as docs/explanation/design.md draws them: a module imports its own floor or floors below
+    ("commands", lambda m: m in COMMANDS or m == "ablate.__main__"),
+    ("results", lambda m: m.startswith("ablate.results")),
+    ("study", lambda m: m.startswith("ablate.study")),
+    ("one run", lambda m: m.split(".")[1] in ("run", "callbacks", "data", "necks", "config")),
+    ("stats", lambda m: m.startswith("ablate.stats")),
+    ("plumbing", lambda m: m in ("ablate", "ablate.cli", "ablate.errors")),
+)
+
+
+def floor(module: str) -> int:
+    return next(i for i, (_, holds) in enumerate(FLOORS) if holds(module))
+
+
+def test_every_import_points_down_a_floor_or_stays_on_it():
+    edges = graph()
+    up = sorted(
+        f"{m} ({FLOORS[floor(m)][0]}) imports {n} ({FLOORS[floor(n)][0]})"
+        for m in edges
+        for n in edges[m]
+        if floor(n) < floor(m)
+    )
+    assert up == [], "\n".join(up)
+
+
+def test_the_statistics_need_numpy_and_scipy_only():
+    """ablate.stats imports (at the top or in a function) only the standard library, numpy, scipy and itself, and
+    running its verdicts and factorial effects loads neither torch, Optuna, pandas nor statsmodels."""
+    allowed = {"numpy", "scipy", "ablate", *sys.stdlib_module_names}
+    for name, path in modules().items():
+        if name.startswith("ablate.stats"):
+            tree = ast.parse(path.read_text())
+            roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+            assert roots <= allowed, f"{name} imports {sorted(roots - allowed)}"
+    code = (
+        "import sys, numpy as np\n"
+        "from ablate.stats.verdicts import annotate\nfrom ablate.stats.factorial import factorial_effects\n"
+        "rng = np.random.default_rng(0)\n"
+        "rows = [{'variant': f'a={a} b={b}', 'seeds': {str(s): float(rng.normal(0.5, 0.02)) for s in range(3)}}\n"
+        "        for a in (1, 2) for b in ('x', 'y')]\n"
+        "annotate(rows, rows[0], margin=1.0)\nassert factorial_effects(rows)\n"
+        "print(sorted(m for m in ('torch', 'optuna', 'pandas', 'statsmodels', 'lightning') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-3000:]

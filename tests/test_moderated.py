@@ -1,4 +1,4 @@
-"""The moderated t across rows (ablate.results.moderated) against values worked out here by another route."""
+"""The moderated t across rows (ablate.stats.moderated) against values worked out here by another route."""
 
 import math
 import shutil
@@ -9,9 +9,9 @@ import pytest
 from scipy import special
 from scipy import stats as scipy_stats
 
-from ablate.results import moderated
-from ablate.results.moderated import SHARED, fit_f_dist, fit_prior, trigamma_inverse
-from ablate.results.stats import annotate, compare_rows, holm
+from ablate.stats import moderated
+from ablate.stats.moderated import SHARED, fit_f_dist, fit_prior, trigamma_inverse
+from ablate.stats.verdicts import annotate, compare_rows, holm
 
 
 def bisect_trigamma_inverse(y: float) -> float:

@@ -9,11 +9,11 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 from test_until_decided import SimTarget, sim_sweep
 
-from ablate.results.rows import study_rows
 from ablate.results.summary import show_results
 from ablate.study.decide import PLAN, ROUND, first_look, look_alpha, plan_round
 from ablate.study.engine import run_study
 from ablate.study.race import eliminate, eliminated, look, plan_race, race_summary, runs_of
+from ablate.study.variants import study_rows
 from ablate.sweep import main as sweep
 
 URL = "sqlite:///runs/race.db"
@@ -282,7 +282,7 @@ def test_a_row_the_seed_blocked_t_cannot_tell_from_the_leader_within_max_seeds_g
     paired t's estimate would give the first row 3 points below a seed (5 seeds would decide it); the t that
     eliminates needs 18, beyond max_seeds 8, and TOST cannot show it equivalent: it stays open without a seed, and
     the race goes on with the leader's own seeds only."""
-    from ablate.results.stats import annotate
+    from ablate.stats.verdicts import annotate
 
     rng = np.random.default_rng(0)
     truth = np.array([0.73, 0.73, 0.70, 0.70, 0.54, 0.54, 0.54, 0.54])

@@ -194,7 +194,7 @@ def test_cost_plot_keys_of_the_default_study_neither_overlap_nor_leave_the_plot(
     import plotly.graph_objects as go
 
     from ablate.results.cost_plot import cost_figure
-    from ablate.results.formats import short_labels
+    from ablate.study.variants import short_labels
 
     rows = default_study_rows()
     labels = short_labels(rows)
@@ -260,9 +260,9 @@ def test_table_cost_plot_and_heat_map_hold_the_studys_numbers(study):
 
 
 def test_main_effects_and_the_verdict_plots_hold_the_studys_numbers(study):
-    from ablate.results.factorial import factorial_effects
     from ablate.results.formats import effects_cells
-    from ablate.results.rows import add_deltas, rows_of
+    from ablate.stats.factorial import factorial_effects
+    from ablate.study.variants import add_deltas, rows_of
 
     text = (study / "runs/t/report.html").read_text()
     s = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db")

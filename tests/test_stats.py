@@ -1,4 +1,4 @@
-"""ablate.results.stats on simulated truth: normal runs with a known Δ and bimodal runs like the built-in data."""
+"""ablate.stats.verdicts on simulated truth: normal runs with a known Δ and bimodal runs like the built-in data."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from ablate.results.stats import (
+from ablate.stats.verdicts import (
     MAX_SEEDS,
     ROW_FIELDS,
     annotate,
@@ -58,7 +58,9 @@ def test_holm_matches_a_hand_step_down():
 
 
 @pytest.mark.parametrize(
-    "row_seeds, test", [(range(5), "paired"), (range(2), "paired"), (range(4, 9), "welch"), (range(10, 15), "welch")]
+    "row_seeds, test",
+    [(range(5), "paired"), (range(2), "paired"), (range(4, 9), "welch"), (range(10, 15), "welch")]
+    + [(range(4, 7), "welch")],
 )
 def test_paired_exactly_when_two_seeds_are_shared(row_seeds, test):
     rng = np.random.default_rng(0)
@@ -74,6 +76,9 @@ def test_paired_exactly_when_two_seeds_are_shared(row_seeds, test):
         assert result["delta"] == pytest.approx(np.mean(diffs)) and result["n_pairs"] == len(shared)
     else:
         assert result["p_value"] == pytest.approx(scipy_stats.ttest_ind(x, y, equal_var=False).pvalue, rel=1e-12)
+        from statsmodels.stats.weightstats import CompareMeans, DescrStatsW  # the reference for Welch's df
+
+        assert result["df"] == pytest.approx(CompareMeans(DescrStatsW(x), DescrStatsW(y)).dof_satt(), rel=1e-12)
         assert result["delta"] == pytest.approx(x.mean() - y.mean()) and result["n_pairs"] == 0
 
 
@@ -186,7 +191,7 @@ def test_the_seeds_estimate_scales_the_seed_blocked_se_as_the_t_does():
     """The estimate assumes the contrast's variance goes as 1/n + 1/n_leader: measured on blocked_t itself, over
     many fields of 6 alike variants sharing seed shifts, a variant on 2 seeds against a leader on 8, then on 8; not
     smaller than it is (that would stop seeding a variant the t could still put out)."""
-    from ablate.results.moderated import blocked_t
+    from ablate.stats.moderated import blocked_t
 
     rng = np.random.default_rng(8)
 

@@ -126,7 +126,7 @@ def test_wandb_mode_comes_from_the_config_else_the_environment(monkeypatch):
 def test_a_w_and_b_file_read_while_it_is_written_gives_its_complete_records_and_damage_an_error(tiny, tmp_path):
     """W&B's service writes a run's file as the run goes (a sweep's table may read it then): a file cut anywhere
     gives the records written whole before the cut; a changed byte inside it is an error naming the file."""
-    from ablate.results.wandb_files import records
+    from ablate.study.wandb_files import records
 
     cfg = load_config(None, [t for t in tiny if not t.startswith("wandb")] + ["wandb.mode=offline"])
     run(cfg, "out", wandb_run={"name": "t0-s0"})

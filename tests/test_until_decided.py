@@ -14,12 +14,12 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
-from ablate.results.rows import add_deltas, rows_of, study_verdicts
-from ablate.results.stats import annotate
 from ablate.results.summary import left_open, show_results
+from ablate.stats.verdicts import annotate
 from ablate.study.decide import PLAN, ROUND, first_look, look_alpha, plan_round, seeds_in_use
 from ablate.study.engine import run_study
 from ablate.study.space import StudyConfig, SweepConfig, validate_sweep, variant_label
+from ablate.study.variants import add_deltas, rows_of, study_verdicts
 from ablate.table import main as table
 
 URL = "sqlite:///runs/sim.db"
@@ -144,7 +144,7 @@ def test_each_round_adds_exactly_the_seeds_that_plan_round_asks_for(decided):
 
 
 def rows_of_trials(trials_: list) -> list[dict]:
-    from ablate.results.rows import study_rows
+    from ablate.study.variants import study_rows
 
     return study_rows(trials_)
 

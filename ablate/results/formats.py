@@ -7,25 +7,11 @@ import html
 import io
 import json
 
-from ablate.results.directions import delta_unit, values_of
+from ablate.stats.directions import delta_unit, values_of
+from ablate.stats.verdicts import ROW_FIELDS
+from ablate.study.variants import common_prefix, settings
 
 FORMATS = ("md", "latex", "csv", "json", "html")
-ROW_FIELDS = (  # what `ablate.results.stats.annotate` sets on each row
-    "delta",
-    "ci_low",
-    "ci_high",
-    "boot_low",
-    "boot_high",
-    "test",
-    "p_value",
-    "p_value_plain",
-    "df",
-    "prior_df",
-    "p_adjusted",
-    "p_equivalence",
-    "verdict",
-    "seeds_needed",
-)
 COLUMNS = (
     "variant",
     "n",
@@ -39,16 +25,11 @@ COLUMNS = (
     "status",
     "seeds",
 )
-MODERATED_NOTE = (  # ablate.results.moderated
+MODERATED_NOTE = (  # ablate.stats.moderated
     ", moderated when 3 or more rows are compared (each row's variance shrunk toward the rows' common one, "
     "limma's empirical Bayes t; test column)"
 )
 MARKS = {"better": "▲ better", "worse": "▼ worse", "equivalent": "≈ equivalent", "undecided": "? undecided"}
-
-
-def settings(variant: str) -> dict[str, str]:
-    """'a=1 b=x' -> {'a': '1', 'b': 'x'}."""
-    return dict(s.partition("=")[::2] for s in variant.split(" ") if s)
 
 
 def fmt_mean_std(row: dict, scale: float = 1.0) -> str:
@@ -226,23 +207,6 @@ def _latex(header: list[str], body: list[list[str]], keys: int) -> str:
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-def common_prefix(variants: list[str]) -> str:
-    """The dotted section every varied key shares ('model.neck.'), to print keys short."""
-    parts = [k.split(".")[:-1] for v in variants for k in settings(v)]
-    shared = []
-    for level in zip(*parts) if parts else []:
-        if len(set(level)) > 1:
-            break
-        shared.append(level[0])
-    return "".join(f"{p}." for p in shared)
-
-
-def short_labels(rows: list[dict]) -> dict[str, str]:
-    """Variant -> its settings without the section every key shares ('model.neck.')."""
-    prefix = common_prefix([r["variant"] for r in rows])
-    return {r["variant"]: " ".join(s.removeprefix(prefix) for s in r["variant"].split(" ")) or "base" for r in rows}
-
-
 def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU", alpha: float = 0.05):
     """The table for the terminal, with the columns and values of `render`'s: the settings in one column, one per
     line, under their shared section."""
@@ -278,7 +242,7 @@ def fmt_levels(term: dict) -> str:
 
 
 def effects_cells(term: dict) -> list[str]:
-    """One term of ablate.results.factorial.factorial_effects as the cells of EFFECTS_COLUMNS."""
+    """One term of ablate.stats.factorial.factorial_effects as the cells of EFFECTS_COLUMNS."""
     holm = _opt(term["p_adjusted"], ".3g") + (" *" if term["significant"] else "")
     numbers = [_opt(term["df"], "d"), _opt(term["F"], ".3g"), _opt(term["p_value"], ".3g"), holm]
     return [term["term"], *numbers, term["test"], _opt(term["effect"], ".2f"), fmt_levels(term)]
@@ -303,7 +267,7 @@ def effects_caption(effects: list[dict], alpha: float) -> str:
 
 
 def effects_to_rich(effects: list[dict], metric: str = "val/mIoU", alpha: float = 0.05):
-    """Main effects and interactions (ablate.results.factorial.factorial_effects) for the terminal (rich)."""
+    """Main effects and interactions (ablate.stats.factorial.factorial_effects) for the terminal (rich)."""
     from rich.table import Table
 
     table = Table(title=f"main effects and interactions on {metric}", caption=effects_caption(effects, alpha))

@@ -11,15 +11,9 @@ import warnings
 import optuna
 
 from ablate.results.cost_plot import cost_figure
-from ablate.results.formats import (
-    EFFECTS_COLUMNS,
-    effects_caption,
-    effects_cells,
-    render,
-    short_labels,
-    varied_keys,
-)
+from ablate.results.formats import EFFECTS_COLUMNS, effects_caption, effects_cells, render, varied_keys
 from ablate.results.verdict_plots import forest_figure, strip_figure
+from ablate.study.variants import short_labels
 
 STYLE = (
     "body{font-family:sans-serif;margin:2em;max-width:1400px}"
@@ -159,8 +153,8 @@ def predictions(runs: list[dict], role: str, label: str, metric: str = "val/mIoU
 
 
 def effects_table(rows: list[dict], metric: str = "val/mIoU", alpha: float = 0.05) -> str:
-    """Main effects and interactions of the swept settings (ablate.results.factorial.factorial_effects), or a note."""
-    from ablate.results.factorial import factorial_effects
+    """Main effects and interactions of the swept settings (ablate.stats.factorial.factorial_effects), or a note."""
+    from ablate.stats.factorial import factorial_effects
 
     effects = factorial_effects(rows, alpha=alpha) if len(varied_keys(rows)) > 1 else []
     if not effects:

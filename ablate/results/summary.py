@@ -7,14 +7,19 @@ from pathlib import Path
 import optuna
 
 from ablate.cli import console, make_console
-from ablate.results.factorial import factorial_effects
-from ablate.results.formats import effects_to_rich, render, short_labels, to_rich, varied_keys
+from ablate.results.formats import effects_to_rich, render, to_rich, varied_keys
 from ablate.results.tables import study_table
-from ablate.study.engine import is_worker, run_study
-from ablate.study.outage import EXIT_CODE as STORAGE_GONE
+from ablate.stats.factorial import factorial_effects
 from ablate.study.race import race_summary
 from ablate.study.storage import DEFAULT_STORAGE, dashboard_storage, load_study, make_storage, redact
-from ablate.study.workers import ddp_rank
+from ablate.study.variants import short_labels
+
+
+def show_study(sweep, storage_url: str) -> optuna.Study:
+    """`show_results` of the stored study `sweep` ran (its table, effects and where to look); the study."""
+    study = load_study(sweep.study.name, make_storage(storage_url, patience=sweep.study.storage_timeout))
+    show_results(study, Path("runs") / sweep.study.name, storage_url, sweep.baseline)
+    return study
 
 
 def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: dict | None = None) -> None:
@@ -70,14 +75,3 @@ def left_open(rows: list[dict], max_seeds: int) -> str | None:
         f"--until-decided left {len(open_)} row(s) undecided: {'; '.join(parts)}. The same command with a larger "
         "--max-seeds goes on (its α per look is smaller, so estimates grow); the runs so far are kept."
     )
-
-
-def run_and_show(
-    sweep, target, storage_url: str, workers: int = 1, argv: list[str] = (), gpus: list[str] | None = None
-) -> int:
-    """Run the study, then (unless this process is one of `--workers N`) print its table."""
-    code = run_study(sweep, target, storage_url, workers, argv, gpus=gpus)
-    if not is_worker() and ddp_rank() == 0 and code != STORAGE_GONE:  # workers that stopped on an outage: no table
-        study = load_study(sweep.study.name, make_storage(storage_url, patience=sweep.study.storage_timeout))
-        show_results(study, Path("runs") / sweep.study.name, storage_url, sweep.baseline)
-    return code

@@ -9,18 +9,10 @@ from pathlib import Path
 import optuna
 
 from ablate.errors import ConfigError
-from ablate.results.directions import delta_unit, metric_direction, values_of
-from ablate.results.formats import order_note, settings, verdict_note
-from ablate.results.rows import (
-    add_deltas,
-    latency_from_runs,
-    measure_latencies,
-    run_folders,
-    study_objective,
-    study_rows,
-    study_verdicts,
-    verdict_options,
-)
+from ablate.results.formats import order_note, verdict_note
+from ablate.results.runs import latency_from_runs, measure_latencies, run_folders
+from ablate.stats.directions import delta_unit, metric_direction, values_of
+from ablate.study.variants import add_deltas, settings, study_objective, study_rows, study_verdicts, verdict_options
 
 
 @dataclass
@@ -28,15 +20,15 @@ class Table:
     rows: list[dict]  # best first, each with its verdict against `base`
     metric: str  # the metric shown
     direction: str  # its direction: "maximize" | "minimize"
-    verdicts: dict  # margin, alpha, looks, moderate, ... (ablate.results.rows.verdict_options)
+    verdicts: dict  # margin, alpha, looks, moderate, ... (ablate.results.runs.verdict_options)
     base: dict | None  # the baseline row (None when no row has a result yet)
     note: str  # how the rows are ordered and how the verdicts were reached
-    runs: dict = field(default_factory=dict)  # {variant: its run folders} (ablate.results.rows.run_folders), read once
+    runs: dict = field(default_factory=dict)  # {variant: its run folders} (ablate.results.runs.run_folders), read once
 
 
 def shown_direction(metric: str, objective: str, study_direction: str, given: str | None) -> tuple[str, str]:
     """(direction, how it was chosen) of the metric a table shows: `given` (--direction), else the study's own for
-    its objective, else inferred from the metric's name (ablate.results.directions)."""
+    its objective, else inferred from the metric's name (ablate.stats.directions)."""
     if given is None and metric == objective:
         return study_direction, "the study's direction"
     return metric_direction(metric, given)

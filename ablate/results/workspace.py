@@ -9,8 +9,8 @@ import optuna
 
 from ablate.cli import error
 from ablate.errors import ConfigError
-from ablate.results.rows import study_objective
 from ablate.study.columns import config_column, swept_keys
+from ablate.study.variants import study_objective
 
 
 def study_facts(study: optuna.Study) -> dict:

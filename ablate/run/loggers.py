@@ -7,7 +7,11 @@ from pathlib import Path
 
 from ablate.config import RunConfig, flatten, to_dict
 from ablate.errors import ConfigError
-from ablate.study.columns import scalar
+
+
+def scalar(value):
+    """A config value W&B can put on an axis: lists and tuples become "6,12,18", everything else stays."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
 def make_loggers(cfg: RunConfig, output: Path, wandb_run: dict | None) -> list:

@@ -57,7 +57,7 @@ def trial_problems(t: optuna.trial.FrozenTrial, folder: Path, wandb: set[str]) -
 
 def wandb_names(folder: Path, study_name: str) -> set[str]:
     """Names of the W&B runs tagged with `study_name` among the local run folders in `folder`."""
-    from ablate.results.wandb_files import run_info
+    from ablate.study.wandb_files import run_info
 
     names = set()
     for run in sorted(folder.glob("*run-*")) if folder.is_dir() else ():

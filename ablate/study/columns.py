@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-
-def scalar(value):
-    """A config value W&B can put on an axis: lists and tuples become "6,12,18", everything else stays."""
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+from ablate.run.loggers import scalar
 
 
 def swept_keys(space: dict, rows: dict | None = None) -> list[str]:

@@ -28,7 +28,7 @@ from scipy import special
 
 from ablate.cli import console
 from ablate.errors import ConfigError
-from ablate.results.moderated import REWEIGHT, fit_prior, moderate_paired, squeeze, variant_weights
+from ablate.stats.moderated import REWEIGHT, fit_prior, moderate_paired, squeeze, variant_weights
 
 ROUND, PLAN = "round", "seed_plan"  # user attrs of a trial: its round of added seeds (absent: planned), its seeds
 NULL_PATHS, NULL_SEED = 10_000, 20260101  # null studies simulated for look_alpha, on one fixed random stream
@@ -45,12 +45,12 @@ def look_alpha(
 
     Calibrated by simulation on null studies of that many rows (a fixed random stream, so always the same number):
     the rows and their baseline, all with one noise level, tested by Holm at every look, with the moderated t
-    (ablate.results.moderated) or, `moderated` False, each row's plain paired t. The noise is normal, or bimodal
+    (ablate.stats.moderated) or, `moderated` False, each row's plain paired t. The noise is normal, or bimodal
     like the built-in data's runs (BIMODAL: a run learns the scene or not, and then the rows' differences share the
     baseline's luck on a few seeds, and each row can have its own); the α per look is the smaller of the two levels
     at which such a study makes any false verdict with probability α. More rows, more chances: with plain t's the
     level falls with every row (3..8 seeds: 0.0030 at 3 rows, 0.0010 at 11). One look (first >= last) keeps α.
-    `blocked`: the race's seed-blocked t instead (ablate.results.moderated.blocked_t, moderated unless `moderated`
+    `blocked`: the race's seed-blocked t instead (ablate.stats.moderated.blocked_t, moderated unless `moderated`
     is False), the baseline one of the field's rows + 1 variants.
     """
     first = max(first, 2)
@@ -164,7 +164,7 @@ def plan_round(
 ) -> dict[str, list[int]]:
     """{variant: seeds to add} for one round; {} when every comparison is decided or has its max_seeds.
 
-    `rows` carry verdicts against `base` (ablate.results.stats.annotate). An open row (undecided, with a complete
+    `rows` carry verdicts against `base` (ablate.stats.verdicts.annotate). An open row (undecided, with a complete
     seed, fewer than max_seeds used, and seeds_needed unknown or at most max_seeds) gets one seed: the lowest the
     baseline has and it lacks, else its lowest unused. The baseline gets the seeds of the open rows it lacks (lowest
     first, up to max_seeds), so they pair.
@@ -279,7 +279,7 @@ class Rounds:
 
     def plan(self, study: optuna.Study, trials: list) -> tuple[dict, dict]:
         """({variant: seeds to add}, {variant: a complete trial's params}) from the stored trials."""
-        from ablate.results.rows import add_deltas, study_objective, study_rows
+        from ablate.study.variants import add_deltas, study_objective, study_rows
 
         rows = study_rows(trials, None, *study_objective(study))
         if not any(r["mean"] is not None for r in rows):

@@ -21,6 +21,7 @@ from ablate.study.columns import swept_columns, swept_keys
 from ablate.study.decide import ROUND, Rounds, check_max_seeds, seeds_for, verdict_attrs
 from ablate.study.faults import fail_reason, naming, release_memory, tell
 from ablate.study.folders import claim, refuse_another
+from ablate.study.outage import EXIT_CODE as OUTAGE_EXIT
 from ablate.study.outage import StorageUnavailable
 from ablate.study.pool import start_workers
 from ablate.study.progress import record_plan, record_where, running
@@ -266,6 +267,12 @@ def until_decided(sweep: SweepConfig, study: optuna.Study) -> Rounds | None:
 def is_worker() -> bool:
     """True in a process that `--workers N` started (the command that started it prints the table)."""
     return WORKER_ENV in os.environ
+
+
+def prints_the_end(code: int) -> bool:
+    """Whether this process, its study run ending with `code`, prints the study's table: the command that was
+    started (not a worker it forked, not a DDP rank other than 0), unless the storage went away."""
+    return not is_worker() and ddp_rank() == 0 and code != OUTAGE_EXIT
 
 
 def run_trials(study: optuna.Study, objective: Objective, slots: Slots, callbacks: list, stopper, settings) -> None:

@@ -8,7 +8,7 @@
   leader, the best of them (`versus_leader`: paired on shared seeds, the moderated t across the field unless
   study.moderate is false (--no-moderation: the plain t), Holm over the field, TOST with the margin): these are the
   verdicts an equivalent or open variant gets. A variant is eliminated by the seed-blocked t of the whole field
-  (`eliminate`: ablate.results.moderated.blocked_t, its variances moderated unless --no-moderation; Holm over the
+  (`eliminate`: ablate.stats.moderated.blocked_t, its variances moderated unless --no-moderation; Holm over the
   field): the seed shifts are estimated from every variant, so its t has the field's degrees of freedom, where a
   paired difference to the leader carries the leader's noise and its moderated prior stays near 4 df. Every look
   uses the α per look of that t (decide.race_alpha). One decided worse is eliminated
@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.cli import console
-from ablate.results.directions import delta_scale, values_of
+from ablate.stats.directions import delta_scale, values_of
 from ablate.study.decide import ROUND, Rounds, choose_seeds, plan_round, race_alpha, seeds_in_use, variant_params
 
 RACE = "race"  # study user attr: {variant: the look that eliminated it}
@@ -38,10 +38,10 @@ def versus_leader(
     rows: list[dict], *, margin: float | None, alpha: float, direction: str, moderate: bool, scale: float = 100.0
 ) -> dict:
     """The leader (the best of `rows` by mean, in `direction`); every other row gets its verdict against it
-    (ablate.results.stats.annotate: paired on shared seeds, moderated across `rows` with `moderate`, Holm over
+    (ablate.stats.verdicts.annotate: paired on shared seeds, moderated across `rows` with `moderate`, Holm over
     `rows`; seeds_needed TOST's alone, as `eliminate` estimates the differences; Δ and margin in points, `scale` as
     annotate's). Rows need a mean."""
-    from ablate.results.stats import annotate
+    from ablate.stats.verdicts import annotate
 
     sign = 1 if direction == "maximize" else -1
     leader = max(rows, key=lambda r: sign * r["mean"])
@@ -55,8 +55,8 @@ def eliminate(field: list[dict], leader: dict, *, alpha: float, direction: str, 
     every row's {seed: value}), Holm over the field at `alpha`. Each other row gets race_p (the raw p; None when it
     cannot be tested: fewer than 2 seeds), race_p_adjusted (Holm's) and race_seeds_needed (`seeds_to_separate` at
     Holm's next threshold: the seeds at which this t would tell it from the leader; None when unknown)."""
-    from ablate.results.moderated import blocked_t
-    from ablate.results.stats import holm, holm_open, seeds_to_separate
+    from ablate.stats.moderated import blocked_t
+    from ablate.stats.verdicts import holm, holm_open, seeds_to_separate
 
     seeds = sorted({s for r in field for s in r["seeds"]})
     x = np.array([[r["seeds"].get(s, np.nan) for s in seeds] for r in field], float)
@@ -89,7 +89,7 @@ def look(rows: list[dict], out, *, margin: float | None, alpha: float, direction
     seeds_needed is the fewer of TOST's (equivalence) and the seed-blocked t's (elimination): a row neither could
     decide within max_seeds gets no more seeds (`plan_round`'s estimate stop), however the paired t's difference
     would. (None, [], []) when no row has a mean."""
-    from ablate.results.stats import MAX_SEEDS
+    from ablate.stats.verdicts import MAX_SEEDS
 
     field = [r for r in rows if r["mean"] is not None and r["variant"] not in out]
     if not field:
@@ -153,7 +153,7 @@ class Race(Rounds):
 
     def plan(self, study: optuna.Study, trials: list) -> tuple[dict, dict]:
         """({variant: seeds to add}, {variant: a complete trial's params}) for the field of this look."""
-        from ablate.results.rows import study_objective, study_rows
+        from ablate.study.variants import study_objective, study_rows
 
         n = next_look(trials)
         rows = study_rows(trials, None, *study_objective(study))
@@ -193,8 +193,7 @@ def runs_of(trials: list) -> dict[str, int]:
 def race_summary(study: optuna.Study) -> str | None:
     """The end of a race: the leader, the variants equivalent to it within the margin, those still open, and what
     each eliminated variant cost (runs); None for a study that does not race."""
-    from ablate.results.formats import short_labels
-    from ablate.results.rows import rows_of, study_objective, study_verdicts
+    from ablate.study.variants import rows_of, short_labels, study_objective, study_verdicts
 
     if not (study.user_attrs.get("verdicts") or {}).get("race"):
         return None

@@ -117,14 +117,8 @@ def submit_study(text: str, study: str, tasks: int, url: str) -> str:
     return job
 
 
-def wait_and_show(job: str, sweep, url: str) -> int:
-    """--wait: wait until job `job` has left the queue, then print each task's end and the study's table; 1 when
-    the array ended before the study's total."""
-    from ablate.cli import error
-    from ablate.results.summary import show_results
-    from ablate.study.engine import done_trials
-    from ablate.study.storage import load_study, read_storage
-
+def wait_for(job: str) -> None:
+    """--wait: wait until job `job` has left the queue, then print how each of its tasks ended."""
     print(
         f"--wait: waiting until no task of job {job} is pending or running (squeue -j {job}, every 2 to "
         f"{POLL_MAX} s); Ctrl-C stops the waiting, not the job (scancel {job} stops the job)",
@@ -133,10 +127,15 @@ def wait_and_show(job: str, sweep, url: str) -> int:
     wait(job)
     for line in task_states(job):
         print(f"  task {line}")
-    name = sweep.study.name
-    study = load_study(name, read_storage(url))
-    show_results(study, Path("runs") / name, url, sweep.baseline)
+
+
+def job_end(job: str, sweep, study) -> int:
+    """0 when job `job` left `study` with every trial of `sweep` done, else 1 with an error line saying where the
+    task logs are."""
+    from ablate.cli import error
+    from ablate.study.engine import done_trials
+
     if (done := len(done_trials(study))) < sweep.n_trials:
-        logs = log_pattern(name).replace("%A", job).replace("%a", "*")
+        logs = log_pattern(sweep.study.name).replace("%A", job).replace("%a", "*")
         return error(f"job {job} ended with {done} of {sweep.n_trials} trials done; its task logs say why ({logs})", 1)
     return 0

@@ -13,7 +13,7 @@ import yaml
 
 from ablate.config import RunConfig, apply_overrides, with_defaults
 from ablate.errors import ConfigError, check_choice, check_path_name, did_you_mean, read_yaml
-from ablate.results.directions import infer_direction
+from ablate.stats.directions import infer_direction
 from ablate.study.cli_values import encode_lists
 from ablate.study.slurm import check_section as check_slurm
 
@@ -35,12 +35,12 @@ class StudyConfig:
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats in the storage
     grace_period: int = 120  # a trial silent this long is failed and queued again (its worker died)
     margin: float | None = None  # points: |Δ| below it is "equivalent" (TOST); None: no equivalence verdicts
-    alpha: float = 0.05  # the verdicts' false-verdict rate (ablate.results.stats)
+    alpha: float = 0.05  # the verdicts' false-verdict rate (ablate.stats.verdicts)
     until_decided: bool = False  # after the planned trials, add seeds where a verdict is open (ablate.study.decide)
     max_seeds: int = 8  # ... up to this many seeds a variant
     race: bool = False  # after the planned trials, race the variants to the best (ablate.study.race)
     storage_timeout: int = 300  # seconds a worker waits out a storage outage before it stops (ablate.study.outage)
-    moderate: bool = True  # the moderated t across rows (ablate.results.moderated); false: the plain paired/Welch t
+    moderate: bool = True  # the moderated t across rows (ablate.stats.moderated); false: the plain paired/Welch t
     workers: int | str = 1  # workers this command forks (--workers): a count, or "auto" (cores, GPUs, memory)
 
 
@@ -77,7 +77,7 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     target = target_fields(path, raw, [*file_overrides(path, raw), *overrides])
     study = raw.get("study") or {}
     check_keys(study, [f.name for f in dataclasses.fields(StudyConfig)], f"{path}: study.")
-    inferred = "direction" not in study  # a loss is minimized without saying so (ablate.results.directions)
+    inferred = "direction" not in study  # a loss is minimized without saying so (ablate.stats.directions)
     if inferred:
         study = {**study, "direction": infer_direction(target.get("metric", "val/mIoU"))}
     seeds = raw.get("seeds", [0])
@@ -262,7 +262,7 @@ def check_seeds(seeds) -> None:
 def check_verdict_settings(s: StudyConfig) -> None:
     """study.margin (positive points or none), study.alpha (0 < α < 0.5), study.max_seeds (a positive integer),
     study.until_decided and study.race (true or false, not both)."""
-    from ablate.results.stats import check_margin
+    from ablate.stats.verdicts import check_margin
 
     try:
         check_margin(s.margin)

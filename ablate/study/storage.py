@@ -11,11 +11,11 @@ from pathlib import Path
 
 import optuna
 
+from ablate.cli import DEFAULT_STORAGE
 from ablate.errors import ConfigError, check_path_name
 from ablate.study.journal import JournalStudyStorage, check_journal, is_journal, journal_path
 from ablate.study.outage import PATIENCE, PatientRDBStorage, reason
 
-DEFAULT_STORAGE = "sqlite:///runs/ablate.db"
 STORAGE_ENV = "ABLATE_STORAGE"  # keeps a password out of argv (and `ps`)
 KINDS = (
     "sqlite:///PATH (one machine), postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DB (many machines, a database "

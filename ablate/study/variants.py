@@ -1,19 +1,15 @@
-"""A study's rows, one per variant: seeds' values, mean ± std, verdicts vs a baseline row, latency."""
+"""A study's variants as rows: each variant's seeds and values, mean ± std, verdicts against a baseline row."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from ablate.errors import ConfigError
-from ablate.results.directions import delta_scale, values_of
-from ablate.results.formats import settings
-from ablate.study.folders import readable
+from ablate.stats.directions import delta_scale, values_of
 
 
 def study_objective(study: optuna.Study) -> tuple[str, str]:
@@ -60,7 +56,7 @@ def study_rows(
         for key in ("params/neck", "params/total", "gflops", "config", "classes"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
-    return best_first([_summarize(row) for row in groups.values()], direction)
+    return best_first([summarize(row) for row in groups.values()], direction)
 
 
 def new_row(variant: str, params: dict) -> dict:
@@ -81,58 +77,7 @@ def rows_of(study: optuna.Study) -> list[dict]:
     return study_rows(study.get_trials(deepcopy=False), None, *study_objective(study))
 
 
-def wandb_rows(source: str, metric: str = "val/mIoU", direction: str = "maximize") -> list[dict]:
-    """The same rows from W&B trial runs: a folder of offline runs (runs/wandb), or ENTITY/PROJECT online.
-
-    One W&B run is one (trial, seed); its group is the variant. A study's objective (val/mIoU, or a LightningCLI
-    study's metric) is the run's `<metric>_best`, any other metric its last epoch.
-    """
-    groups: dict[str, dict] = {}
-    for run in _wandb_runs(source):
-        if run["job_type"] != "trial" or not run["group"]:
-            continue
-        row = groups.setdefault(run["group"], new_row(run["group"], {}))
-        state, key = run["summary"].get("state"), _best_key(run["summary"], metric)
-        done = run.get("exit_code") == 0 and state is None and key in run["summary"]
-        row["status"].add("complete" if done else "pruned" if state == "TrialPruned" else "failed")
-        if done:
-            seed = run["summary"].get("seed", run["config"].get("seed"))  # a module's hparams may hold a `seed`
-            row["seeds"][str(seed)] = run["summary"][key]
-            row.update({k: run["summary"][k] for k in ("params/neck", "params/total", "gflops") if k in run["summary"]})
-            if "latency_ms" in run["summary"]:  # the least over the seeds, as from run folders
-                row["latency_ms"] = min(row.get("latency_ms", math.inf), run["summary"]["latency_ms"])
-    return best_first([_summarize(row) for row in groups.values()], direction)
-
-
-def _best_key(summary: dict, metric: str) -> str:
-    return f"{metric}_best" if f"{metric}_best" in summary else metric
-
-
-def _wandb_runs(source: str) -> list[dict]:
-    from pathlib import Path
-
-    from ablate.results.wandb_files import run_info
-
-    folder = Path(source)
-    if folder.is_dir():
-        return [run_info(d) for d in sorted(folder.glob("offline-run-*")) if any(d.glob("run-*.wandb"))]
-    if "/" not in source:
-        raise ConfigError(f"--from-wandb {source!r} is neither a folder of offline runs nor ENTITY/PROJECT")
-    import wandb
-
-    return [
-        {
-            "job_type": r.job_type,
-            "group": r.group,
-            "config": dict(r.config),
-            "summary": dict(r.summary),
-            "exit_code": 0 if r.state == "finished" else 1,
-        }
-        for r in wandb.Api().runs(source)
-    ]
-
-
-def _summarize(row: dict) -> dict:
+def summarize(row: dict) -> dict:
     """n, mean, std (ddof=1) and status of a row from its seeds; a seed whose value is not a finite number (a metric
     a run logged as NaN) is left out of them and dropped from the row, and the status says how many."""
     bad = [s for s, v in row["seeds"].items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
@@ -158,10 +103,10 @@ def add_deltas(
     moderate: bool = True,
     metric: str = "val/mIoU",
 ) -> dict:
-    """Every row compared with the baseline row (default: the best) over seeds, by ablate.results.stats.annotate:
+    """Every row compared with the baseline row (default: the best) over seeds, by ablate.stats.verdicts.annotate:
     Δ (points for a fraction such as mIoU, else `metric`'s own units) with its interval, paired or Welch t
     (moderated across rows with `moderate`), Holm-adjusted p, TOST with `margin`, verdict, seeds needed."""
-    from ablate.results.stats import annotate
+    from ablate.stats.verdicts import annotate
 
     candidates = [r for r in rows if baseline is None or baseline.items() <= settings(r["variant"]).items()]
     if baseline is not None and len(candidates) != 1:
@@ -179,71 +124,13 @@ def add_deltas(
     return base
 
 
-def is_run_config(config) -> bool:
-    """True for ablate's own run config (a built-in study's trial), False for a LightningCLI project's config."""
-    return isinstance(config, dict) and "optim" in config and "neck" in (config.get("model") or {})
-
-
-def run_folders(runs_root: Path, studies: list[optuna.Study], rows: list[dict]) -> dict[str, list[dict]]:
-    """Each row's run folders (`runs_root/<study>/t<trial>-s<seed>/`, of any of `studies`) that hold a
-    summary.json, lowest seed first: {variant: [{name, folder, summary}]}. Everything a run left (per-class IoU,
-    receptive fields, latency, images) is read from here, whichever target ran it; a folder whose study.json names
-    another study of the same name is left out, with one warning (ablate.study.folders)."""
-    out: dict[str, list[dict]] = {r["variant"]: [] for r in rows}
-    for study in studies:
-        if not readable(runs_root / study.study_name, study):  # another study's of the same name: left out
-            continue
-        for t in study.get_trials(deepcopy=False):
-            if t.user_attrs.get("variant") not in out:
-                continue
-            for folder in sorted((runs_root / study.study_name).glob(f"t{t.number}-s*")):
-                if (folder / "summary.json").is_file():
-                    summary = json.loads((folder / "summary.json").read_text())
-                    out[t.user_attrs["variant"]].append({"name": folder.name, "folder": folder, "summary": summary})
-    return {v: sorted(found, key=lambda r: r["summary"].get("seed", 0)) for v, found in out.items()}
-
-
-def latency_from_runs(rows: list[dict], runs: dict[str, list[dict]]) -> None:
-    """Each row's latency_ms: the least of its runs' summary.json values (measured as each run ended; other work
-    on the machine only ever slows a measurement down, so the least is the closest to the model's own cost)."""
-    for r in rows:
-        values = [run["summary"]["latency_ms"] for run in runs.get(r["variant"], []) if "latency_ms" in run["summary"]]
-        r["latency_ms"] = min(values) if values else None
-
-
-def measure_latencies(rows: list[dict]) -> None:
-    """Forward latency (ms, batch 1, median of 10 after warm-up) of each row's model on this machine, for rows of
-    ablate's own model; any other row keeps the latency its runs recorded (or None)."""
-    import torch
-
-    from ablate.callbacks.efficiency import measure_latency_ms
-    from ablate.config import from_dict
-    from ablate.run.model import SegmentationModel
-
-    for r in rows:
-        if not is_run_config(r.get("config")):  # none, or a LightningCLI project's: its model is not ours to build
-            r.setdefault("latency_ms", None)
-            continue
-        m = from_dict(r["config"]).model
-        torch.manual_seed(0)
-        model = SegmentationModel(
-            encoder=m.encoder,
-            classes=r.get("classes", 1),
-            neck=m.neck,
-            encoder_depth=m.encoder_depth,
-            output_stride=m.output_stride,
-            head=m.head,
-        )
-        r["latency_ms"] = measure_latency_ms(model, r["config"]["data"]["image_size"])
-
-
 def verdict_options(
     stored: dict, margin: float | None = None, alpha: float | None = None, moderate: bool | None = None
 ) -> dict:
     """margin, alpha, looks, moderate, direction for a table: the flags (--margin, --alpha, --no-moderation) over
     what a study recorded (`study_verdicts`); a margin that is not positive or an α outside (0, 0.5) is a
     ConfigError. --no-moderation on a study that added seeds until decided: the plain t's α per look."""
-    from ablate.results.stats import check_margin
+    from ablate.stats.verdicts import check_margin
 
     out = {"margin": None, "alpha": 0.05, "looks": None, "direction": "maximize", "baseline": None, "moderate": True}
     out.update(stored)
@@ -295,3 +182,25 @@ def parse_baseline(text: str | None) -> dict[str, str] | None:
         else:
             raise ConfigError(f"--baseline {text!r} must be KEY=VALUE[,KEY=VALUE...]")
     return out
+
+
+def settings(variant: str) -> dict[str, str]:
+    """'a=1 b=x' -> {'a': '1', 'b': 'x'}."""
+    return dict(s.partition("=")[::2] for s in variant.split(" ") if s)
+
+
+def common_prefix(variants: list[str]) -> str:
+    """The dotted section every varied key shares ('model.neck.'), to print keys short."""
+    parts = [k.split(".")[:-1] for v in variants for k in settings(v)]
+    shared = []
+    for level in zip(*parts) if parts else []:
+        if len(set(level)) > 1:
+            break
+        shared.append(level[0])
+    return "".join(f"{p}." for p in shared)
+
+
+def short_labels(rows: list[dict]) -> dict[str, str]:
+    """Variant -> its settings without the section every key shares ('model.neck.')."""
+    prefix = common_prefix([r["variant"] for r in rows])
+    return {r["variant"]: " ".join(s.removeprefix(prefix) for s in r["variant"].split(" ")) or "base" for r in rows}

@@ -7,14 +7,16 @@ import functools
 import itertools
 import math
 import re
-import warnings
 
 import numpy as np
+from scipy import stats
+
+from ablate.stats.verdicts import holm
 
 MIN_RESIDUAL_DF = 4  # pairwise interactions only when the model with them leaves this many residual df
 PERMUTATIONS = 9999  # random permutations (within seeds) when there are more distinct ones than EXACT_LIMIT
 EXACT_LIMIT = 50_000  # every permutation when there are at most this many: 8 runs of one seed have 8! = 40320
-BLOCK = "C(seed)"  # the seed as a block term: seeds are shared across variants, as the verdicts pair them
+BLOCK = "seed"  # the seed as a block term: seeds are shared across variants, as the verdicts pair them
 
 
 def factorial_effects(
@@ -38,13 +40,11 @@ def factorial_effects(
     fit, untested = _fit(data, len(names)) if names else (None, [])
     if fit is None:
         return []
-    from ablate.results.stats import holm
-
-    blocked = BLOCK in fit.model.data.model_spec.term_names  # seeds shared: permute only within a seed
-    orders, test = _permutations(tuple(data["seed"] if blocked else [""] * len(data)), permutations, seed)
+    blocked = BLOCK in fit["slices"]  # seeds shared: permute only within a seed
+    orders, test = _permutations(tuple(data["seed"] if blocked else [""] * len(data["y"])), permutations, seed)
     grid = _grid(data, len(names))
-    grid["y"] = np.asarray(fit.predict(grid))
-    names_in_fit = [t for t in fit.model.data.model_spec.term_names if t not in ("Intercept", BLOCK)]
+    grid["y"] = _design(grid, [t for t in fit["slices"] if t != "Intercept"], data)[0] @ fit["beta"]
+    names_in_fit = [t for t in fit["slices"] if t not in ("Intercept", BLOCK)]
     terms = [
         {**_term(t, grid, data, names, 100 / metric_scale), **_freedman_lane(fit, t, orders), "test": test}
         for t in names_in_fit
@@ -54,36 +54,35 @@ def factorial_effects(
     return terms + [_not_testable(pair, names, reason) for pair, reason in untested]
 
 
-def _observations(rows: list[dict]) -> tuple:
-    """A frame of one row per seed value (factors renamed x0, x1, … for the formula; its seed) and factor names."""
-    import pandas as pd
-
-    from ablate.results.formats import settings
-
-    parsed = [(settings(r["variant"]), r["seeds"]) for r in rows if r["seeds"]]
+def _observations(rows: list[dict]) -> tuple[dict, list[str]]:
+    """One observation per seed value, as columns {x0, x1, …: level names (the varied settings, renamed for the
+    model), seed, y}, and the factor names. A row's settings are read from its label "key=value key=value"
+    (ablate.study.space.variant_label)."""
+    parsed = [(dict(s.partition("=")[::2] for s in r["variant"].split(" ") if s), r["seeds"]) for r in rows]
+    parsed = [(settings, values) for settings, values in parsed if values]
     keys = sorted({k for settings, _ in parsed for k in settings})
     names = [k for k in keys if len({settings.get(k, "") for settings, _ in parsed}) > 1]
-    records = [
-        {**{f"x{i}": settings.get(k, "") for i, k in enumerate(names)}, "seed": str(s), "y": float(v)}
-        for settings, values in parsed
-        for s, v in values.items()
-    ]
-    return pd.DataFrame(records), names
+    records = [(settings, s, v) for settings, values in parsed for s, v in values.items()]
+    data = {f"x{i}": np.array([settings.get(k, "") for settings, _, _ in records]) for i, k in enumerate(names)}
+    data["seed"] = np.array([str(s) for _, s, _ in records])
+    data["y"] = np.array([float(v) for _, _, v in records])
+    return data, names
 
 
-def _fit(data, k: int, block: list[str] | None = None) -> tuple:
+def _fit(data: dict, k: int, block: list[str] | None = None) -> tuple:
     """(OLS fit, interactions left out as [((i, j), reason)]): pairwise interactions when estimable with
     MIN_RESIDUAL_DF residual df left, else main effects; without the seed block when a seed of its own makes
     the model inestimable; (None, []) when not even main effects are estimable."""
-    main = [f"C(x{i})" for i in range(k)]
+    main = [f"x{i}" for i in range(k)]
     pairs = list(itertools.combinations(range(k), 2))
     if block is None:
-        block = [BLOCK] if data["seed"].nunique() > 1 and data["seed"].duplicated().any() else []
-    full = _ols(data, main + [f"C(x{i}):C(x{j})" for i, j in pairs] + block)
-    if full is not None and full.df_resid >= MIN_RESIDUAL_DF:
+        seeds = data["seed"]
+        block = [BLOCK] if len(set(seeds)) > 1 and len(set(seeds)) < len(seeds) else []
+    full = _ols(data, main + block + [f"x{i}:x{j}" for i, j in pairs])
+    if full is not None and full["df_resid"] >= MIN_RESIDUAL_DF:
         return full, []
     reason = (
-        f"not testable: leaves {full.df_resid:.0f} residual df (needs {MIN_RESIDUAL_DF})"
+        f"not testable: leaves {full['df_resid']:.0f} residual df (needs {MIN_RESIDUAL_DF})"
         if full is not None
         else "not testable: not estimable from these runs"
     )
@@ -93,15 +92,35 @@ def _fit(data, k: int, block: list[str] | None = None) -> tuple:
     return fit, ([(pair, reason) for pair in pairs] if fit is not None else [])
 
 
-def _ols(data, terms: list[str]):
-    """The OLS fit of y on `terms`, or None when the design matrix is rank-deficient or leaves no residual df."""
-    import statsmodels.formula.api as smf
+def _design(data: dict, terms: list[str], levels_from: dict) -> tuple[np.ndarray, dict]:
+    """(N, p) design matrix of an intercept and `terms` ("x0", "seed", "x0:x1") in treatment coding (the first of a
+    factor's sorted levels in `levels_from` is the reference; an interaction the products of its factors'
+    columns), and each term's column slice."""
 
-    with warnings.catch_warnings():  # a rank-deficient try warns; the rank check below decides, silently
-        warnings.simplefilter("ignore")
-        fit = smf.ols("y ~ " + " + ".join(terms), data).fit()
-    exog = fit.model.exog
-    return fit if np.linalg.matrix_rank(exog) == exog.shape[1] < exog.shape[0] else None
+    def dummies(column: str) -> np.ndarray:  # (N, levels - 1)
+        levels = np.unique(levels_from[column])
+        return (np.asarray(data[column])[:, None] == levels[None, 1:]).astype(float)
+
+    columns, slices = [np.ones((len(data["y"] if "y" in data else data["seed"]), 1))], {"Intercept": slice(0, 1)}
+    for term in terms:
+        parts = [dummies(c) for c in term.split(":")]
+        block = (
+            parts[0] if len(parts) == 1 else (parts[0][:, :, None] * parts[1][:, None, :]).reshape(len(parts[0]), -1)
+        )
+        start = sum(c.shape[1] for c in columns)
+        slices[term] = slice(start, start + block.shape[1])
+        columns.append(block)
+    return np.hstack(columns), slices
+
+
+def _ols(data: dict, terms: list[str]) -> dict | None:
+    """The least-squares fit of y on `terms` ({X, y, beta, slices, df_resid}), or None when the design matrix is
+    rank-deficient or leaves no residual df."""
+    x, slices = _design(data, terms, data)
+    if not np.linalg.matrix_rank(x) == x.shape[1] < x.shape[0]:
+        return None
+    beta = np.linalg.lstsq(x, data["y"], rcond=None)[0]
+    return {"X": x, "y": data["y"], "beta": beta, "slices": slices, "df_resid": x.shape[0] - x.shape[1]}
 
 
 @functools.lru_cache(maxsize=8)
@@ -129,10 +148,7 @@ def _freedman_lane(fit, term: str, orders: np.ndarray) -> dict:
     """`term`'s type-II test: df, F (against the full model's residual), p_anova (its normal-theory p), p_value
     (share of orders with F* ≥ F, F* the term's F on y* = the fit of the model without the term (and, for a main
     effect, its interactions) plus that model's residuals in the order) and p_floor (_least_p)."""
-    from scipy import stats
-
-    exog, y = fit.model.exog, fit.model.endog
-    slices = fit.model.data.model_spec.term_name_slices
+    exog, y, slices = fit["X"], fit["y"], fit["slices"]
     factors = set(re.findall(r"x\d+", term))
     tested = np.zeros(exog.shape[1], dtype=bool)
     tested[slices[term]] = True
@@ -148,11 +164,11 @@ def _freedman_lane(fit, term: str, orders: np.ndarray) -> dict:
     total = fitted @ fitted + permuted[0] @ permuted[0] + 2 * permuted @ fitted
     residual = total - np.einsum("bp,bp->b", along, along)
     stat = np.einsum("bp,bp->b", along[:, k : k + t], along[:, k : k + t]) / np.maximum(residual, 1e-300)  # ∝ F*
-    f = float(stat[0]) * fit.df_resid / t
+    f = float(stat[0]) * fit["df_resid"] / t
     return {
         "df": t,
         "F": f,
-        "p_anova": float(stats.f.sf(f, t, fit.df_resid)),
+        "p_anova": float(stats.f.sf(f, t, fit["df_resid"])),
         "p_value": float(np.mean(stat >= stat[0] * (1 - 1e-9) - 1e-12)),
         "p_floor": _least_p(basis[:, k : k + t], orders),
     }
@@ -180,27 +196,29 @@ def _not_testable(pair: tuple, names: list[str], reason: str) -> dict:
     }
 
 
-def _grid(data, k: int):
-    """Every combination of the factors' levels and the seeds, to average the model's predictions over."""
-    import pandas as pd
-
+def _grid(data: dict, k: int) -> dict:
+    """Every combination of the factors' levels and the seeds (as columns), to average the model's predictions over."""
     columns = [f"x{i}" for i in range(k)] + ["seed"]
-    return pd.DataFrame(list(itertools.product(*(sorted(data[c].unique()) for c in columns))), columns=columns)
+    cells = list(itertools.product(*(np.unique(data[c]) for c in columns)))
+    return {c: np.array([cell[i] for cell in cells]) for i, c in enumerate(columns)}
 
 
-def _term(term: str, grid, data, names: list[str], points: float) -> dict:
-    """A term's name, factors, level means and effect in points."""
-    columns = re.findall(r"x\d+", term)
-    means = grid.groupby(columns)["y"].mean()
-    counts = data.groupby(columns).size()
+def _term(term: str, grid: dict, data: dict, names: list[str], points: float) -> dict:
+    """A term's name, factors, level means (of the model's predictions over the grid) and effect in points."""
+    columns = term.split(":")
+    keys = list(itertools.product(*(np.unique(data[c]) for c in columns)))
+
+    def where(table: dict, key: tuple) -> np.ndarray:
+        return np.logical_and.reduce([table[c] == v for c, v in zip(columns, key)])
+
+    means = np.array([grid["y"][where(grid, key)].mean() for key in keys])
     levels = [
-        {"value": " / ".join(np.atleast_1d(key)), "mean": float(m), "n": int(counts.get(key, 0))}
-        for key, m in means.items()
+        {"value": " / ".join(key), "mean": float(m), "n": int(where(data, key).sum())} for key, m in zip(keys, means)
     ]
-    cells = means.to_numpy() if len(columns) == 1 else means.unstack().to_numpy()
     if len(columns) == 1:
-        effect = np.ptp(cells)
+        effect = np.ptp(means)
     else:  # the largest difference of differences over two levels of each factor
+        cells = means.reshape(len(np.unique(data[columns[0]])), -1)
         diffs = cells[:, :, None] - cells[:, None, :]
         effect = np.nanmax(np.abs(diffs[:, None] - diffs[None, :]))
     factors = [names[int(c[1:])] for c in columns]

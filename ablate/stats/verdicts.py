@@ -1,7 +1,7 @@
 """Statistics that let a table decide: paired/Welch t, BCa bootstrap (Efron 1987), Holm (1979), TOST (Schuirmann 1987).
 
 Every non-baseline row is compared with the baseline row, Δ in points (100 × difference of means) for a fraction
-such as mIoU, in the metric's own units otherwise (`scale`, ablate.results.directions.points):
+such as mIoU, in the metric's own units otherwise (`scale`, ablate.stats.directions.points):
 - **paired** when the two share ≥ 2 seeds (a seed fixes init and data order, so per-seed differences
   remove that noise): t-test of the differences over the shared seeds; Δ = their mean. Otherwise
   **Welch** (unequal variances) on all seeds of each; Δ = difference of the means.
@@ -18,7 +18,7 @@ such as mIoU, in the metric's own units otherwise (`scale`, ablate.results.direc
 - `seeds_needed` (undecided rows): seeds per variant at which, if the observed Δ and spread were
   the truth, a test would decide with power 0.8: the t-test at Holm's next threshold α / (open rows)
   or TOST (noncentral-t approximation), whichever needs fewer. An estimate, not a promise.
-- Main effects and interactions of a factorial study: `ablate.results.factorial`.
+- Main effects and interactions of a factorial study: `ablate.stats.factorial`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,27 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from ablate.results.formats import ROW_FIELDS
-from ablate.results.moderated import MIN_ROWS, fit_prior, squeeze
+from ablate.stats.moderated import MIN_ROWS, fit_prior, squeeze
 
 VERDICTS = ("better", "worse", "equivalent", "undecided", "baseline")
 DIRECTIONS = ("maximize", "minimize")
 POWER = 0.8
+ROW_FIELDS = (  # what `annotate` sets on each row
+    "delta",
+    "ci_low",
+    "ci_high",
+    "boot_low",
+    "boot_high",
+    "test",
+    "p_value",
+    "p_value_plain",
+    "df",
+    "prior_df",
+    "p_adjusted",
+    "p_equivalence",
+    "verdict",
+    "seeds_needed",
+)
 MAX_SEEDS = 1000  # seeds_needed is capped here: "at least this many"
 BOOTSTRAP_RESAMPLES = 2000  # an interval wants ≥ 1000 (Efron & Tibshirani 1993); this one is only shown
 
@@ -111,11 +126,10 @@ def _paired(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) ->
 
 
 def _welch(x: np.ndarray, y: np.ndarray, margin: float | None, alpha: float) -> dict:
-    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW  # statsmodels (and pandas): when used
-
     delta, sd = float(x.mean() - y.mean()), math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
-    se2 = x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)
-    df = float(CompareMeans(DescrStatsW(x), DescrStatsW(y)).dof_satt()) if se2 else float(len(x) + len(y) - 2)
+    a, b = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se2 = a + b  # Welch–Satterthwaite df below (tests/test_stats.py checks it against statsmodels)
+    df = float(se2**2 / (a**2 / (len(x) - 1) + b**2 / (len(y) - 1))) if se2 else float(len(x) + len(y) - 2)
     var = se2 / welch_factor(len(x), len(y))
     out = {"test": "welch", "delta": delta, "sd": sd, "var": var, "df": df, "prior_df": 0.0}
     return out | t_fields(delta, math.sqrt(se2), df, margin, alpha)
@@ -159,7 +173,7 @@ def compare_rows(
     scale: float = 100.0,
 ) -> list[dict]:
     """`compare` of each row's {seed: value} with the baseline's, then, with `moderate`, the moderated t of every row
-    of a kind (paired, Welch) with at least MIN_ROWS rows of it (ablate.results.moderated): its test says
+    of a kind (paired, Welch) with at least MIN_ROWS rows of it (ablate.stats.moderated): its test says
     "paired, moderated", p_value / ci / p_equivalence / df / sd are the moderated t's, prior_df its d0 and
     p_value_plain the plain t's p. Rows an outlier or without a usable prior keep the plain t (prior_df 0)."""
     results = [compare(s, base_seeds, margin=margin, alpha=alpha, rng_seed=rng_seed, scale=scale) for s in rows_seeds]
@@ -247,7 +261,7 @@ def seeds_needed(
 def seeds_to_separate(
     delta: float, se: float, df: float, n: int, n_leader: int, *, alpha: float, power: float = POWER
 ) -> int | None:
-    """Seeds per variant at which a race's seed-blocked t (ablate.results.moderated.blocked_t) would tell a variant
+    """Seeds per variant at which a race's seed-blocked t (ablate.stats.moderated.blocked_t) would tell a variant
     from the leader with `power`, were its Δ and the variances the truth: a variant below the leader is then put out;
     one above it (the leader ahead on fewer seeds) overtakes it as the leader's seeds come in.
 
