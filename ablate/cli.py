@@ -48,6 +48,7 @@ def warn(message: object) -> None:
 NOISE = re.compile(
     r"`isinstance\(treespec, LeafSpec\)` is deprecated"  # Lightning's _pytree on torch >= 2.9
     r"|The `srun` command is available on your system but is not used"  # a --slurm task: ablate forks, no srun
+    r"|`tensorboardX` has been removed as a dependency"  # a project's default logger: CSV without tensorboard(X)
 )
 RUN_LOG = "run.log"  # in each run folder: Lightning's messages and every warning of the run
 _LIGHTNING = ("lightning.pytorch", "lightning.fabric")
@@ -119,6 +120,12 @@ def labelled(label: str | None):
 def progress_label() -> str | None:
     """The label of the fit this process runs (`labelled`), or None."""
     return _labels[-1] if _labels else None
+
+
+def progress_bar_wanted() -> bool:
+    """Whether a fit shows a live progress bar: on a terminal that no other worker prints to (a log or a pipe
+    would get its every redraw; workers sharing a terminal print lines naming their run instead)."""
+    return sys.stdout.isatty() and progress_label() is None
 
 
 def progress_line(text: str) -> str:

@@ -1,8 +1,9 @@
 """`python -m ablate.report --study NAME`: one self-contained HTML report of a study (plotly.js inline, no network).
 
-The comparison table (ablate.table's, on --metric in its direction), Optuna's optimization history, parameter
-importances and parallel coordinates, mIoU vs parameters and vs GFLOPs with error bars, per-class IoU across
-variants, receptive fields, and example predictions of the best and the baseline variants from the run folders.
+Its conclusion in words, the comparison table (ablate.table's, on --metric in its direction), the main effects beside
+Optuna's parameter importances (with why they can differ), each variant's mean as the search went, parallel
+coordinates, mIoU vs parameters and vs GFLOPs (axes from zero) with error bars, per-class IoU across variants,
+receptive fields, and example predictions of the best variant beside the baseline (or the worst) from the run folders.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ablate import cli
+from ablate.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser("table", __doc__)
     p.add_argument("--study", action="append", help="study name (repeat to merge studies; default: all)")
     cli.add_storage_argument(p)
-    p.add_argument("--format", choices=FORMATS, default="md")
+    p.add_argument(
+        "--format",
+        choices=("text", *FORMATS),
+        help="text: the table fitted to the terminal ($COLUMNS), its conclusion in words under it; md: Markdown, the "
+        "conclusion above it (as runs/<study>/table.md) (default: text on a terminal, md when piped or with --out)",
+    )
     p.add_argument(
         "--baseline",
         help="KEY=VALUE,... picking the row Δ is measured against (default: the study's "
@@ -75,8 +81,8 @@ def _check(args) -> int:
 
 
 def _table(args) -> int:
-    from ablate.errors import ConfigError
     from ablate.results.formats import render
+    from ablate.results.tables import markdown
     from ablate.study.variants import parse_baseline
 
     if Path(args.runs).exists() and not Path(args.runs).is_dir():
@@ -94,12 +100,38 @@ def _table(args) -> int:
     if not table.rows:
         where = args.from_wandb or ", ".join(args.study or [redact(resolve(args.storage))])
         raise ConfigError(f"no finished trials in {where}")
-    text = render(table.rows, args.format, table.metric, table.verdicts["alpha"], table.note, table.direction)
+    fmt = args.format or ("text" if sys.stdout.isatty() and not args.out else "md")
+    if fmt == "text":
+        return _print_text(table, args)
+    v = table.verdicts
+    text = (
+        markdown(table)
+        if fmt == "md"
+        else render(table.rows, fmt, table.metric, v["alpha"], table.note, table.direction)
+    )
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _print_text(table, args) -> int:
+    """The terminal's table (ablate.results.terminal), its main effects and its conclusion in words."""
+    from ablate.results.conclusion import conclusion
+    from ablate.results.terminal import print_effects, print_table
+
+    if args.out:
+        raise ConfigError("--format text is for the terminal; --out writes md, latex, csv, json or html")
+    out = cli.make_console(stderr=False)
+    print_table(
+        out, table, f"{', '.join(args.study or ['every study'])}: mean ± std over seeds of {table.metric}, best first"
+    )
+    if table.effects:
+        print_effects(out, table.effects, table.metric, table.verdicts["alpha"])
+    for line in ["", *conclusion(table, table.effects)]:
+        out.print(line)
     return 0
 
 

@@ -178,10 +178,11 @@ def test_the_type_ii_f_is_statsmodels_anova():
         )
 
 
-def test_the_sweep_end_shows_main_effects_interactions_and_the_test_of_each(capsys):
+def test_the_sweep_end_shows_main_effects_interactions_and_the_test_of_each(capsys, monkeypatch):
     from ablate.cli import make_console
-    from ablate.results.formats import effects_to_rich
+    from ablate.results.terminal import print_effects
 
+    monkeypatch.setenv("COLUMNS", "200")  # every column fits (tests/test_table.py: narrower terminals)
     rows = [
         {"variant": f"a={a} b={b}", "seeds": {"0": v0, "1": v1, "2": v2}}
         for (a, b, v0, v1, v2) in [(1, "x", 0.1, 0.2, 0.15), (1, "y", 0.3, 0.4, 0.3), (2, "x", 0.5, 0.6, 0.5)]
@@ -192,7 +193,7 @@ def test_the_sweep_end_shows_main_effects_interactions_and_the_test_of_each(caps
     assert {lv["value"]: lv["mean"] for lv in terms["a"]["levels"]} == pytest.approx(
         {"1": (0.15 + 1.0 / 3) / 2, "2": (1.6 / 3 + 0.8) / 2}
     )  # level means averaged evenly over b
-    make_console(stderr=False).print(effects_to_rich(list(terms.values())))
+    print_effects(make_console(stderr=False), list(terms.values()), "val/mIoU", 0.05)
     out = capsys.readouterr().out
     assert "a × b" in out and f"{terms['a']['p_value']:.3g}" in out and f"{terms['a']['effect']:.2f}" in out
     assert "permutation" in out and "Freedman" in out and "Holm" in out

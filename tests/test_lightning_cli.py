@@ -153,7 +153,7 @@ def test_table_and_report_read_a_projects_run_folders_as_a_built_in_studys(capsy
     assert all(image(t, "erf.png") in page for t in trials())  # every variant's lowest seed's ERF, inline
     assert image(max(trials(), key=lambda t: t.value), "predictions.png") in page  # the best variant's
     assert "no run folder of this study has per-class IoU" not in page and "plot-iou" in page
-    assert "<th>erf/r50_px</th>" in page and "no run folder has erf.png" not in page
+    assert '<th title="erf/r50_px">' in page and "no run folder has erf.png" not in page
 
 
 def test_dry_run_resolves_every_grid_point_through_the_projects_parser(capsys):

@@ -123,7 +123,7 @@ def test_report_renders_offline_in_chromium_with_every_plot_and_no_console_messa
         print(f"\nreport screenshot: {ARTIFACTS / 'report.png'}")
 
 
-BOXES_JS = """<script>setTimeout(() => {
+BOXES_JS = """() => {
   const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
   const all = (div, css) => [...div.querySelectorAll(css)];
   const out = {};
@@ -133,29 +133,39 @@ BOXES_JS = """<script>setTimeout(() => {
       svg: box(div.querySelector("svg.main-svg")),
       plots: all(div, ".bglayer rect.bg").map(box),
       points: all(div, "path.point").map(box),
+      bars: all(div, "g.errorbar path").map(box),
       labels: [...keys, ...all(div, "g.textpoint text")].map(e => [e.textContent, box(e)]),
       legend: all(div, "g.legend text.legendtext").map(e => [e.textContent, box(e)]),
     };
   }
-  document.body.setAttribute("data-boxes", JSON.stringify(out));
-}, 3000);</script>"""
+  return out;
+}"""
 
 
-def rendered_boxes(page: Path, tmp_path: Path) -> dict:
-    """Where Chromium drew each plot's point labels, points, plot areas and legend: {div id: {svg, plots, points,
-    labels: [(text, box)], legend: [(text, box)]}}, boxes as [left, top, right, bottom] in pixels."""
-    probe = tmp_path / f"boxes-{page.name}"
-    probe.write_text(page.read_text().replace("</body>", BOXES_JS + "</body>"))
-    dom, console = chromium(probe.as_uri(), "--dump-dom", "--window-size=1400,3000", profile=tmp_path / "profile")
+def probe(page: Path, script: str, tmp_path: Path, width: int = 1400) -> object:
+    """What `script` (a JS function of no argument returning JSON-able data) returns in Chromium once `page` has
+    rendered, in a window `width` pixels wide."""
+    probed = tmp_path / f"probe-{page.name}"
+    runner = f"<script>setTimeout(() => document.body.setAttribute('data-probe', JSON.stringify(({script})())), 3000)"
+    probed.write_text(page.read_text().replace("</body>", runner + "</script></body>"))
+    window = f"--window-size={width},3000"
+    dom, console = chromium(probed.as_uri(), "--dump-dom", window, profile=tmp_path / "profile")
     assert console == []
-    found = re.search(r'data-boxes="([^"]*)"', dom)
+    found = re.search(r'data-probe="([^"]*)"', dom)
     assert found, "the probe script did not run"
     return json.loads(html.unescape(found.group(1)))
 
 
+def rendered_boxes(page: Path, tmp_path: Path) -> dict:
+    """Where Chromium drew each plot's point labels, points, error bars, plot areas and legend: {div id: {svg,
+    plots, points, bars, labels: [(text, box)], legend: [(text, box)]}}, boxes as [left, top, right, bottom] in
+    pixels."""
+    return probe(page, BOXES_JS, tmp_path)
+
+
 def label_problems(plot: dict) -> list[str]:
     """What a reader could not read on a plot: point labels that overlap one another, that lie outside every plot
-    area (off an edge) or cover a point's centre, and legend entries outside the figure."""
+    area (off an edge), cover a point's centre or sit on an error bar, and legend entries outside the figure."""
     inside = lambda a, b: b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]  # noqa: E731
     meet = lambda a, b: a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]  # noqa: E731
     labels, problems = plot["labels"], []
@@ -166,6 +176,7 @@ def label_problems(plot: dict) -> list[str]:
         centres = [((p[0] + p[2]) / 2, (p[1] + p[3]) / 2) for p in plot["points"]]
         if any(box[0] < x < box[2] and box[1] < y < box[3] for x, y in centres):
             problems.append(f"{text!r} covers a point")
+        problems += [f"{text!r} sits on an error bar" for bar in plot.get("bars", []) if meet(box, bar)]
     problems += [f"legend {t!r} is outside the figure: {b}" for t, b in plot["legend"] if not inside(b, plot["svg"])]
     return problems
 
@@ -199,9 +210,11 @@ def test_cost_plot_keys_of_the_default_study_neither_overlap_nor_leave_the_plot(
     rows = default_study_rows()
     labels = short_labels(rows)
     page = tmp_path / "cost.html"
-    page.write_text(cost_figure(rows, labels).to_html(include_plotlyjs=True, div_id="plot-cost"))
+    fig = cost_figure(rows, labels)
+    assert fig.layout.xaxis.range[0] == fig.layout.xaxis2.range[0] == 0  # GFLOPs 0.78 vs 0.79 look 1 % apart
+    page.write_text(fig.to_html(include_plotlyjs=True, div_id="plot-cost"))
     plot = rendered_boxes(page, tmp_path)["plot-cost"]
-    assert label_problems(plot) == []
+    assert label_problems(plot) == [] and len(plot["bars"]) == 16  # clear of every point's error bar
     assert sorted(t for t, _ in plot["labels"]) == sorted(str(i) for i in range(1, 9) for _ in "xy")  # both plots
     assert [t for t, _ in plot["legend"]] == [f"{i + 1}  {labels[r['variant']]}" for i, r in enumerate(rows)]
     old = go.Figure(  # the plot as it was: every point printed its full label above itself
@@ -212,11 +225,13 @@ def test_cost_plot_keys_of_the_default_study_neither_overlap_nor_leave_the_plot(
             text=[labels[r["variant"]] for r in rows],
             textposition="top center",
             cliponaxis=False,
+            error_y={"type": "data", "array": [r["std"] for r in rows]},
         )
     )
     page.write_text(old.to_html(include_plotlyjs=True, div_id="plot-old"))
     problems = label_problems(rendered_boxes(page, tmp_path)["plot-old"])
     assert any("overlaps" in p for p in problems) and any("outside the plot areas" in p for p in problems), problems
+    assert any("sits on an error bar" in p for p in problems), problems
 
 
 def test_console_check_catches_a_script_error_and_a_plot_that_did_not_render(tmp_path):
@@ -289,7 +304,7 @@ def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 
-    from ablate.results.html_report import optuna_figures
+    from ablate.results.search_plots import importances_figure
 
     study = optuna.create_study(direction="maximize")  # the default sweep's 2x2x2 grid, one seed, as measured
     values = [0.6881, 0.6627, 0.5143, 0.3768, 0.3891, 0.3500, 0.3896, 0.3702]  # README, the fresh-clone run
@@ -302,8 +317,8 @@ def test_importances_that_optuna_cannot_tell_apart_are_a_note_not_a_plot():
         study.add_trial(create_trial(params={"pool": p, "norm": n, "rates": r}, distributions=dists, value=v))
     shares = optuna.importance.get_param_importances(study)
     assert len(set(shares.values())) == 1  # Optuna's own numbers: 1/3 each
-    figures = {name: fig for name, _, fig in optuna_figures(study)}
-    assert isinstance(figures["importances"], str) and "same share (1/3) on 8 trials" in figures["importances"]
+    shown = importances_figure(study)
+    assert isinstance(shown, str) and "same share (1/3) on 8 trials" in shown
 
 
 def test_best_and_baseline_predictions_are_the_run_folders_images(study):
@@ -317,7 +332,7 @@ def test_best_and_baseline_predictions_are_the_run_folders_images(study):
 def test_receptive_fields_are_the_analysis_numbers(study):
     from ablate.analyze import encoder_rf
     from ablate.config import from_dict
-    from ablate.results.html_report import RF_KEYS
+    from ablate.results.report_tables import RF_KEYS, rf_order
     from ablate.run.analysis import neck_summary
 
     text = (study / "runs/t/report.html").read_text()
@@ -332,7 +347,7 @@ def test_receptive_fields_are_the_analysis_numbers(study):
             model.neck, rf, stride, size
         )
         erf = base64.b64encode((study / f"runs/t/t{t.number}-s0/erf.png").read_bytes()).decode()
-        assert "".join(f"<td>{numbers[k]:.4g}</td>" for k in sorted(numbers)) in text  # keys in sorted order
+        assert "".join(f"<td>{numbers[k]:.4g}</td>" for k in sorted(numbers, key=rf_order)) in text
         assert f'<img class="erf" alt="ERF" src="data:image/png;base64,{erf}">' in text
 
 
@@ -401,3 +416,159 @@ def test_the_report_renders_when_the_runs_of_a_variant_differ_in_their_classes(s
     have = [r[gone] for r in others if gone in r]
     shown = iou["z"][iou["y"].index(t.user_attrs["variant"])][iou["x"].index(gone.removeprefix("val/IoU_best/"))]
     assert shown == (pytest.approx(statistics.fmean(have)) if have else None)
+
+
+TABLES_JS = """() => [...document.querySelectorAll("table")].map(t => {
+  const box = t.parentElement, style = getComputedStyle(box);
+  return {
+    box: box.className, overflowX: style.overflowX, scrollWidth: box.scrollWidth, clientWidth: box.clientWidth,
+    right: box.getBoundingClientRect().right, page: document.documentElement.clientWidth,
+    headers: [...t.querySelectorAll("th")].map(th => [th.textContent, th.getAttribute("title")]),
+  };
+})"""
+
+
+def clipped_tables(tables: list[dict]) -> list[str]:
+    """The tables a reader cannot see whole: wider than their box with no sideways scrolling, or a box past the
+    page's right edge."""
+    problems = [
+        f"a table in <div class={t['box']!r}> is {t['scrollWidth']} px wide in {t['clientWidth']} px, overflow-x "
+        f"{t['overflowX']}"
+        for t in tables
+        if t["scrollWidth"] > t["clientWidth"] and t["overflowX"] not in ("auto", "scroll")
+    ]
+    return problems + [
+        f"a table's box ends at {t['right']} px, past {t['page']}" for t in tables if t["right"] > t["page"]
+    ]
+
+
+def test_every_table_scrolls_in_its_own_box_with_its_headers_in_words(study, tmp_path):
+    report = study / "runs/t/report.html"
+    tables = probe(report, TABLES_JS, tmp_path, width=900)  # narrow: the comparison table is wider than that
+    assert len(tables) == 3 and clipped_tables(tables) == []  # comparison, main effects, receptive fields
+    assert any(t["scrollWidth"] > t["clientWidth"] for t in tables)  # the check above had a table to scroll
+    headers = dict(h for t in tables for h in t["headers"])  # {words: exact key}
+    assert all(key for key in headers.values()), headers  # every header has its key as a tooltip
+    assert {
+        "holes in the 3×3 grid": "gridding_holes",
+        "parameters of the neck": "params/neck",
+    }.items() <= headers.items()
+    assert headers["radius holding 50 % of the effective receptive field (px)"] == "erf/r50_px"
+    assert headers["fusion"] == "model.neck.fusion" and headers["seeds"] == "n"
+    assert not [w for w, key in headers.items() if w == key and re.search(r"[/_]", key)]  # no raw key as a header
+    bare = tmp_path / "bare.html"  # the report as it was: tables straight in the page
+    bare.write_text(report.read_text().replace('<div class="scroll">', "<div>"))
+    assert clipped_tables(probe(bare, TABLES_JS, tmp_path, width=900))
+
+
+def test_receptive_field_columns_are_the_numbers_some_variant_has_in_branch_order():
+    from ablate.results.report_tables import receptive_field_section, rf_order
+
+    keys = ["erf/r50_px", "gridding_holes", "taps9/rate6", "rf/rate6", "rf/image_pool", "rf/rate12", "rf/1x1"]
+    assert sorted(keys + ["feature_px", "rf/encoder"], key=rf_order) == [
+        *("rf/encoder", "feature_px", "rf/1x1", "rf/rate6", "taps9/rate6", "rf/rate12", "rf/image_pool"),
+        *("gridding_holes", "erf/r50_px"),
+    ]
+    runs = {
+        "a=1": [{"summary": {"rf/rate6": 131.0, "rf/rate2": float("nan")}, "folder": Path("nowhere")}],
+        "a=2": [{"summary": {"rf/rate2": 99.0, "erf/r50_px": None}, "folder": Path("nowhere")}],
+    }
+    section = receptive_field_section([{"variant": "a=1"}, {"variant": "a=2"}], runs, {"a=1": "1", "a=2": "2"})
+    assert re.findall(r'<th title="([^"]+)"', section) == ["variant", "rf/rate2", "rf/rate6"]  # no empty column
+    assert "<td>1</td><td>–</td><td>131</td>" in section and "<td>2</td><td>99</td><td>–</td>" in section
+
+
+def test_the_search_history_is_of_variants_means_over_their_seeds_not_single_trials():
+    from optuna.trial import create_trial
+
+    from ablate.results.search_plots import history_figure, mean_history
+    from ablate.study.variants import rows_of
+
+    study = optuna.create_study(direction="maximize")
+    for variant, seeds, values in (("a=1", [0, 1], [0.5, 0.6]), ("a=2", [0], [0.9]), ("a=2", [1, 2], [0.3, 0.6])):
+        attrs = {"variant": variant, "seeds": seeds, "values": values}
+        study.add_trial(create_trial(value=statistics.fmean(values), user_attrs=attrs))
+    assert study.best_value == 0.9  # Optuna's "best value": the trial of one seed
+    history = mean_history(study)
+    assert [h["mean"] for h in history] == pytest.approx([0.55, 0.9, 0.6])  # a=2 over 1, then 3 seeds
+    assert [h["best"] for h in history] == pytest.approx([0.55, 0.9, 0.6])
+    assert history[-1]["best"] == pytest.approx(rows_of(study)[0]["mean"])  # the table's best row
+    markers, best = history_figure(study, {"a=1": "1", "a=2": "2"}).data
+    assert list(best.y) == [h["best"] for h in history] and list(markers.x) == [0, 1, 2]
+
+
+def test_the_reports_history_ends_at_the_best_variants_mean_not_at_one_added_seed(study, tmp_path):
+    from optuna.trial import create_trial
+
+    from ablate.study.variants import rows_of
+
+    shutil.copytree(study / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("wandb", "report.html"))
+    s = optuna.load_study(study_name="t", storage="sqlite:///runs/test.db")
+    worst = min(complete(tmp_path), key=lambda t: t.value)
+    attrs = {**worst.user_attrs, "seeds": [7], "values": [0.999]}  # one added seed, above every variant's mean
+    s.add_trial(create_trial(params=worst.params, distributions=worst.distributions, value=0.999, user_attrs=attrs))
+    assert main(["--study", "t", "--storage", "sqlite:///runs/test.db", "--out", "r.html"]) == 0
+    means = sorted(r["mean"] for r in rows_of(s) if r["mean"] is not None)
+    markers, best = figure_data(Path("r.html").read_text(), "plot-history")
+    assert s.best_value == 0.999 and max(best["y"] + markers["y"]) < 0.999  # Optuna's "best value" is not shown
+    assert best["y"][-1] == pytest.approx(means[-1])  # the table's best row
+    assert markers["y"][-1] == pytest.approx(statistics.fmean([*worst.user_attrs["values"], 0.999]))  # 3 seeds
+
+
+PANELS_JS = """() => ({
+  panels: [...document.querySelectorAll("figure.panel")].map(f => ({
+    caption: f.querySelector("figcaption").textContent,
+    columns: [...f.querySelectorAll("div.columns span")].map(s => (b => [s.textContent, (b.left + b.right) / 2])(
+      s.getBoundingClientRect())),
+    image: (b => [b.left, b.top, b.right])(f.querySelector("img").getBoundingClientRect()),
+  })),
+  importances: [...document.querySelectorAll("[id*=importances]")].map(div => ({
+    why: div.closest(".importances")?.querySelector("p.why")?.textContent ?? null,
+    effects: div.closest(".beside")?.querySelectorAll(".effects table").length ?? 0,
+  })),
+})"""
+
+
+def test_predictions_show_the_best_beside_the_baseline_under_column_names(study, tmp_path):
+    from ablate.study.variants import short_labels
+
+    s = optuna.load_study(study_name="t", storage=f"sqlite:///{study}/runs/test.db")
+    done = complete(study)
+    labels = short_labels([{"variant": t.user_attrs["variant"]} for t in s.trials])
+    best, worst = max(done, key=lambda t: t.value), min(done, key=lambda t: t.value)  # the fixture's baseline: worst
+    panels = probe(study / "runs/t/report.html", PANELS_JS, tmp_path)["panels"]
+    assert [p["caption"].split(" (")[0] for p in panels] == [
+        f"best: {labels[best.user_attrs['variant']]}",
+        f"baseline: {labels[worst.user_attrs['variant']]}",
+    ]
+    for p in panels:  # each column's name centred over its third of the picture (image | truth | prediction)
+        assert [c for c, _ in p["columns"]] == ["image", "ground truth", "prediction"]
+        left, _, right = p["image"]
+        assert [int(3 * (x - left) / (right - left)) for _, x in p["columns"]] == [0, 1, 2], p
+    assert panels[0]["image"][1] == panels[1]["image"][1] and panels[0]["image"][2] < panels[1]["image"][0]
+
+
+def test_when_the_baseline_is_the_best_the_worst_is_shown_beside_it():
+    from ablate.results.html_report import compared_variants
+
+    rows = [{"variant": v, "mean": m} for v, m in (("a=1", 0.7), ("a=2", 0.5), ("a=3", 0.4), ("a=4", None))]
+    assert [(r["variant"], role) for r, role in compared_variants(rows, rows[1])] == [
+        ("a=1", "best"),
+        ("a=2", "baseline"),
+    ]
+    assert [(r["variant"], role) for r, role in compared_variants(rows, rows[0])] == [
+        ("a=1", "best and baseline"),
+        ("a=3", "worst"),
+    ]
+    assert [role for _, role in compared_variants(rows[:1], rows[0])] == ["best and baseline"]
+
+
+def test_importances_are_shown_only_beside_the_main_effects_with_why_they_differ(study, tmp_path):
+    from ablate.results.search_plots import IMPORTANCES_WHY
+
+    report = study / "runs/t/report.html"
+    shown = probe(report, PANELS_JS, tmp_path)["importances"]
+    assert shown == [{"why": IMPORTANCES_WHY, "effects": 1}]  # one plot, its sentence, the effects table beside it
+    bare = tmp_path / "bare.html"
+    bare.write_text(report.read_text().replace('<p class="why">', '<p class="gone">'))
+    assert probe(bare, PANELS_JS, tmp_path)["importances"] == [{"why": None, "effects": 1}]

@@ -35,7 +35,8 @@ def test_trials_times_seeds_give_complete_trials_and_one_wandb_run_each():
             assert info["tags"] == ["t"] and info["config"]["trial"] == t.number and info["config"]["study"] == "t"
             assert info["config"]["seed"] == seed and info["exit_code"] == 0
     md = Path("runs/t/table.md").read_text()
-    assert md.startswith("| model.neck.fusion |") and "\n| concat |" in md and "\n| sum |" in md
+    assert md.startswith("**Conclusion on val/mIoU") and "\n| model.neck.fusion |" in md
+    assert "\n| concat |" in md and "\n| sum |" in md
     raw = b"".join(p.read_bytes() for p in Path("runs/wandb").rglob("*") if p.is_file())
     assert b"test.db" not in raw and b"--storage" not in raw  # neither the storage nor argv reach W&B
 
@@ -46,8 +47,8 @@ def test_resume_runs_only_the_missing_trials(capsys):
     first = trials()[0]
     assert main([path, "--storage", STORAGE]) == 0  # finished: only prints the table
     out, err = capsys.readouterr()
-    assert len(trials()) == 1 and "fusion=" in out
-    assert f"  python -m ablate.report --study t --storage {STORAGE}   # one HTML" in err  # one line, to copy
+    assert len(trials()) == 1 and "fusion" in out and first.params["model.neck.fusion"] in out, out
+    assert f"  python -m ablate.report --study t --storage {STORAGE}   # one HTML" in out  # one line, to copy
     assert main([path, "--storage", STORAGE, "--n-trials", "2"]) == 0
     after = trials()
     assert len(after) == 2 and after[0].datetime_complete == first.datetime_complete

@@ -194,8 +194,9 @@ def test_markdown_shows_the_interval_the_verdicts_and_how_they_were_reached(deci
     url = f"sqlite:///{decided['root']}/runs/sim.db"
     assert table(["--study", "sim", "--storage", url]) == 0
     md = capsys.readouterr().out
-    level = f"{100 * (1 - 2 * look_alpha(0.05, 3, 10, ROWS)):.3g} % CI"
-    assert f"| Δ (points) [{level}] | p | p (Holm) | test | verdict |" in md
+    alpha = look_alpha(0.05, 3, 10, ROWS)
+    level = f"{100 * (1 - 2 * alpha):.3g} % CI"
+    assert f"| Δ (points) [{level}] | p | Holm p (decides < {alpha:.2g}) | test | verdict |" in md
     assert "▲ better" in md and "▼ worse" in md and "≈ equivalent" in md and "| paired |" in md
     assert "α per look of --until-decided, 3 to 10 seeds" in md and "inside ±1 points (TOST)" in md
     r = decided["rows"]["up"]

@@ -129,6 +129,61 @@ def test_workers_racing_for_slots_take_exactly_the_total(backend, request):
     assert not list(Path("runs").glob("*.log.*.lock"))  # a journal's slot locks all given back
 
 
+def _other_worker_runs_the_last_trial():
+    """A 2-trial study (heartbeat every 1 s, grace 4 s) in a real SQLite file: (study, slots, sweep, the trial that
+    another worker took and beat once); this worker takes the other slot."""
+    import ablate.study.engine  # noqa: F401  (imported before the clock starts: Lightning takes seconds)
+    from ablate.study.space import load_sweep
+    from ablate.study.storage import open_study
+    from ablate.study.workers import Slots
+
+    sweep = load_sweep(write_sweep(n_trials=2, widths=[8, 10], heartbeat_interval=1, grace_period=4))
+    study = open_study(sweep, "sqlite:///runs/w.db")
+    slots = Slots("sqlite:///runs/w.db", "w", 2)
+    other = slots.claim(study)
+    study._storage.record_heartbeat(other._trial_id)
+    return study, slots, sweep, other
+
+
+def _run_trials(study, slots, sweep) -> None:
+    """This worker's loop (ablate.study.engine.run_trials), each trial it takes finished at once."""
+    from ablate.study.engine import StopOnRepeatedFailure, run_trials
+
+    run_trials(study, lambda trial: 0.5, slots, [], StopOnRepeatedFailure(), sweep.study)
+
+
+def test_a_worker_with_nothing_left_says_which_trials_other_workers_are_finishing(capsys):
+    import threading
+
+    from ablate.study.progress import finishing
+    from ablate.study.workers import Heartbeat
+
+    study, slots, sweep, other = _other_worker_runs_the_last_trial()
+    with Heartbeat(study._storage, other._trial_id, 1):  # the other worker, alive: it beats, then finishes
+        threading.Timer(5, lambda: study.tell(other, 0.4)).start()
+        _run_trials(study, slots, sweep)
+    err = capsys.readouterr().err
+    assert "no trial left to start: the last trial, 0, is finishing in another worker" in err
+    assert "heartbeat" not in err and "dead" not in err and "queued again" not in err  # nothing is wrong
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    three = "no trial left to start: the last trials, 3, 5 and 7, are finishing in other workers"
+    assert finishing([3, 5, 7]) == three
+
+
+def test_a_worker_waiting_for_a_silent_worker_says_so_and_runs_its_trial_after_the_grace_period(capsys):
+    study, slots, sweep, other = _other_worker_runs_the_last_trial()  # its worker dies after its first beat
+    _run_trials(study, slots, sweep)
+    err = capsys.readouterr().err
+    assert re.search(
+        r"  trial 0: its worker has sent no heartbeat for \d+ s \(one is due every 1 s\); if it died, "
+        r"the trial is queued again once silent for 4 s, and a worker still here runs it",
+        err,
+    ), err
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[-1].system_attrs.get("failed_trial") == 0
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2  # its copy, run here
+
+
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 
 

@@ -1,6 +1,7 @@
-"""The report's "Accuracy vs cost" plots: one numbered point per variant, each number placed beside its point where it
-covers no other number or point and stays inside the plot (a greedy repel, as ggrepel does), and a legend and the
-hover text that give each number's full label."""
+"""The report's "Accuracy vs cost" plots: one numbered point per variant on cost axes that start at zero (a 1 %
+difference in cost looks like one), each number placed beside its point where it covers no other number, point or
+error bar and stays inside the plot (a greedy repel, as ggrepel does), and a legend and the hover text that give
+each number's full label."""
 
 from __future__ import annotations
 
@@ -21,10 +22,20 @@ def padded_range(values: list[float], share: float = 0.12) -> list[float]:
     return [low - pad, high + pad]
 
 
-def place_keys(points: list[tuple[float, float]], keys: list[str], area: tuple) -> list[tuple[float, float]]:
-    """Pixel offsets (dx, dy) of each key from its point (pixels, y down) so that no key box overlaps another key or
-    any point and every box lies inside `area` (x0, y0, x1, y1); the nearest free place, first point first."""
+def from_zero(values: list[float], share: float = 0.12) -> list[float]:
+    """[0, high] with `share` of the largest of `values` above it (a cost is never negative)."""
+    high = max(values, default=0) * (1 + share)
+    return [0, high or 1.0]
+
+
+def place_keys(
+    points: list[tuple[float, float]], keys: list[str], area: tuple, bars: list[tuple] = ()
+) -> list[tuple[float, float]]:
+    """Pixel offsets (dx, dy) of each key from its point (pixels, y down) so that no key box overlaps another key,
+    any point or any error bar (`bars`: (x, y_top, y_bottom) each) and every box lies inside `area` (x0, y0, x1,
+    y1); the nearest free place, first point first."""
     boxes = [(x - 6, y - 6, x + 6, y + 6) for x, y in points]  # the markers
+    boxes += [(x - 5, top, x + 5, bottom) for x, top, bottom in bars]  # the bars and their caps
     out = []
     for (x, y), key in zip(points, keys):
         w, h = CHAR_PX * len(key) + 4, KEY_PX
@@ -52,7 +63,7 @@ def cost_figure(rows: list[dict], labels: dict[str, str], metric: str = "val/mIo
     from plotly.subplots import make_subplots
 
     done = [r for r in rows if r["mean"] is not None]
-    titles = (f"{metric} vs neck parameters", f"{metric} vs GFLOPs")
+    titles = (f"{metric} vs neck parameters", f"{metric} vs GFLOPs (billions of operations for one image)")
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.12)
     ys = [v for r in done for v in (r["mean"] - (r["std"] or 0), r["mean"] + (r["std"] or 0))]
     for i, r in enumerate(done):
@@ -72,12 +83,12 @@ def cost_figure(rows: list[dict], labels: dict[str, str], metric: str = "val/mIo
                 row=1,
                 col=col,
             )
-    for col, x in ((1, "params/neck"), (2, "gflops")):
+    for col, (x, words) in enumerate((("params/neck", "neck parameters"), ("gflops", "GFLOPs")), 1):
         shown = [r for r in done if r.get(x) is not None]
-        xs = padded_range([r[x] for r in shown]) if shown else [0, 1]
-        fig.update_xaxes(title_text=x, range=xs, row=1, col=col)
-        fig.update_yaxes(range=padded_range(ys or [0, 1]), row=1, col=col)
-        add_keys(fig, col, [(r[x], r["mean"], str(done.index(r) + 1)) for r in shown], xs, padded_range(ys or [0, 1]))
+        xs, y_range = from_zero([r[x] for r in shown]), padded_range(ys or [0, 1])
+        fig.update_xaxes(title_text=f"{words} ({x}), from 0", range=xs, row=1, col=col)
+        fig.update_yaxes(range=y_range, row=1, col=col)
+        add_keys(fig, col, [(r[x], r["mean"], r["std"] or 0, str(done.index(r) + 1)) for r in shown], xs, y_range)
     fig.update_yaxes(title_text=f"{metric} (mean ± std over seeds)", row=1, col=1)
     height = MARGIN["t"] + PLOT_HEIGHT + MARGIN["b"] + LEGEND_ROW * len(done)
     return fig.update_layout(
@@ -88,17 +99,25 @@ def cost_figure(rows: list[dict], labels: dict[str, str], metric: str = "val/mIo
     )
 
 
-def add_keys(fig, col: int, points: list[tuple], xs: list[float], ys: list[float]) -> None:
-    """Each point's key as an annotation with a short leader, placed by `place_keys` in this plot's pixels."""
+def to_pixels(fig, col: int, xs: list[float], ys: list[float]):
+    """(x, y) in plot `col`'s data -> its pixels (y down), and that plot's area (left, top, right, bottom)."""
     domain = fig.layout[f"xaxis{col if col > 1 else ''}"].domain
     left, right = (MARGIN["l"] + d * (WIDTH - MARGIN["l"] - MARGIN["r"]) for d in domain)
     top, bottom = MARGIN["t"], MARGIN["t"] + PLOT_HEIGHT
-    pixels = [
-        (left + (x - xs[0]) / (xs[1] - xs[0]) * (right - left), bottom - (y - ys[0]) / (ys[1] - ys[0]) * PLOT_HEIGHT)
-        for x, y, _ in points
-    ]
-    offsets = place_keys(pixels, [k for _, _, k in points], (left, top, right, bottom))
-    for (x, y, key), (dx, dy) in zip(points, offsets):
+    px = lambda x, y: (  # noqa: E731
+        left + (x - xs[0]) / (xs[1] - xs[0]) * (right - left),
+        bottom - (y - ys[0]) / (ys[1] - ys[0]) * PLOT_HEIGHT,
+    )
+    return px, (left, top, right, bottom)
+
+
+def add_keys(fig, col: int, points: list[tuple], xs: list[float], ys: list[float]) -> None:
+    """Each point's key (points: (x, y, std, key)) as an annotation with a short leader, placed by `place_keys` in
+    this plot's pixels clear of every point and error bar."""
+    px, area = to_pixels(fig, col, xs, ys)
+    bars = [(px(x, y)[0], px(x, y + std)[1], px(x, y - std)[1]) for x, y, std, _ in points]
+    offsets = place_keys([px(x, y) for x, y, _, _ in points], [k for *_, k in points], area, bars)
+    for (x, y, _, key), (dx, dy) in zip(points, offsets):
         fig.add_annotation(
             x=x,
             y=y,

@@ -7,9 +7,9 @@ import html
 import io
 import json
 
+from ablate.stats import ROW_FIELDS
 from ablate.stats.directions import delta_unit, values_of
-from ablate.stats.verdicts import ROW_FIELDS
-from ablate.study.variants import common_prefix, settings
+from ablate.study.variants import settings
 
 FORMATS = ("md", "latex", "csv", "json", "html")
 COLUMNS = (
@@ -40,15 +40,40 @@ def fmt_mean_std(row: dict, scale: float = 1.0) -> str:
     return f"{row['mean'] * scale:.4f}{std}"
 
 
-def fmt_delta(row: dict, spec: str = "+.2f") -> str:
+def fmt_delta(row: dict, spec: str = "+.2f", bounds: tuple[float, float] | None = None) -> str:
     """'+1.23 [-0.40, +2.86]' (points, with the interval the verdict reads; `spec` "+.4g" for a metric's own units),
-    'baseline', or '' without a mean."""
+    'baseline', or '' without a mean. An interval bound past `bounds` (the differences the metric can take,
+    `delta_bounds`) is shown at the bound, marked † (CLIPPED_NOTE)."""
     if row.get("baseline"):
         return "baseline"
     if row.get("delta") is None:
         return ""
-    ci = "" if row.get("ci_low") is None else f" [{row['ci_low']:{spec}}, {row['ci_high']:{spec}}]"
-    return f"{row['delta']:{spec}}{ci}"
+    if row.get("ci_low") is None:
+        return f"{row['delta']:{spec}}"
+    lo, hi = row["ci_low"], row["ci_high"]
+    low = f"{max(lo, bounds[0]):{spec}}†" if bounds and lo < bounds[0] else f"{lo:{spec}}"
+    high = f"{min(hi, bounds[1]):{spec}}†" if bounds and hi > bounds[1] else f"{hi:{spec}}"
+    return f"{row['delta']:{spec}} [{low}, {high}]"
+
+
+def delta_bounds(rows: list[dict], unit: str) -> tuple[float, float] | None:
+    """The differences from the baseline row a fraction (0 to 1) can take, in points: from -100 × the baseline's
+    mean to 100 × (1 - it); None for a metric in its own units (no range known) or without a baseline."""
+    base = next((r for r in rows if r.get("baseline") and r.get("mean") is not None), None)
+    return (-100 * base["mean"], 100 * (1 - base["mean"])) if unit == "points" and base else None
+
+
+def clipped_note(rows: list[dict], unit: str) -> str:
+    """A line for under a table when an interval reaches past what the metric can take (and is shown cut there)."""
+    bounds = delta_bounds(rows, unit)
+    if bounds is None or not any(
+        r.get("ci_low") is not None and (r["ci_low"] < bounds[0] or r["ci_high"] > bounds[1]) for r in rows
+    ):
+        return ""
+    return (
+        "†: the interval reaches past the differences the metric (0 to 1) can take from the baseline's mean, "
+        "and is shown cut there: its seeds are too few or too spread to bound Δ"
+    )
 
 
 def delta_spec(unit: str) -> str:
@@ -96,16 +121,22 @@ def _opt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def _cells(r: dict, keys: list[str], unit: str) -> list[str]:
+def holm_cell(p_adjusted: float | None, alpha: float) -> str:
+    """Holm's p with a * when it decides (below the verdicts' α): the same rule in every table."""
+    return _opt(p_adjusted, ".3g") + (" *" if p_adjusted is not None and p_adjusted < alpha else "")
+
+
+def row_cells(r: dict, keys: list[str], unit: str, alpha: float, bounds=None) -> list[str]:
+    """A row's cells under `header`: its settings of `keys`, then the metric, verdict and cost columns."""
     s = settings(r["variant"])
     lat = "" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f}"
     return [
         *(s.get(k, "") for k in keys),
         fmt_mean_std(r),
         str(r["n"]),
-        fmt_delta(r, delta_spec(unit)),
+        fmt_delta(r, delta_spec(unit), bounds),
         _opt(r.get("p_value"), ".3g"),
-        _opt(r.get("p_adjusted"), ".3g"),
+        holm_cell(r.get("p_adjusted"), alpha),
         r.get("test") or "",
         fmt_verdict(r),
         _opt(r.get("params/neck"), ","),
@@ -116,14 +147,15 @@ def _cells(r: dict, keys: list[str], unit: str) -> list[str]:
     ]
 
 
-def _header(keys: list[str], metric: str, alpha: float, unit: str) -> list[str]:
+def header(keys: list[str], metric: str, alpha: float, unit: str) -> list[str]:
+    """The table's column names; Holm's p names the threshold its verdicts and stars use."""
     return [
         *keys,
         f"{metric} (mean ± std)",
         "n",
         f"Δ ({unit}) [{100 * (1 - 2 * alpha):.3g} % CI]",
         "p",
-        "p (Holm)",
+        f"Holm p (decides < {alpha:.2g})",
         "test",
         "verdict",
         "neck params",
@@ -167,14 +199,16 @@ def render(
             )
         return out.getvalue()
     unit = delta_unit(metric, values_of(rows))
-    header, body = _header(keys, metric, alpha, unit), [_cells(r, keys, unit) for r in rows]
+    names, bounds = header(keys, metric, alpha, unit), delta_bounds(rows, unit)
+    body = [row_cells(r, keys, unit, alpha, bounds) for r in rows]
+    note = " ".join(filter(None, [note, clipped_note(rows, unit)]))
     if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body]) + "\n" + (f"\n{note}\n" if note else "")
     if fmt == "latex":
-        return _latex(header, body, len(keys))
+        return _latex(names, body, len(keys))
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in body)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in names)
     tail = f'<p class="verdicts">{html.escape(note)}</p>\n' if note else ""
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{cells}</tbody>\n</table>\n{tail}"
 
@@ -207,33 +241,19 @@ def _latex(header: list[str], body: list[list[str]], keys: int) -> str:
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-def to_rich(rows: list[dict], title: str, metric: str = "val/mIoU", alpha: float = 0.05):
-    """The table for the terminal, with the columns and values of `render`'s: the settings in one column, one per
-    line, under their shared section."""
-    from rich.table import Table
-
-    prefix, keys, unit = (
-        common_prefix([r["variant"] for r in rows]),
-        varied_keys(rows),
-        delta_unit(metric, values_of(rows)),
-    )
-    table = Table(title=title, caption=f"settings under {prefix}" if prefix else None)
-    for col in ["variant", *_header(keys, metric, alpha, unit)[len(keys) :]]:
-        table.add_column(col, justify="left" if col in ("variant", "test", "verdict", "status") else "right")
-    for r in rows:
-        variant = "\n".join(setting.removeprefix(prefix) for setting in r["variant"].split(" "))
-        table.add_row(variant, *_cells(r, keys, unit)[len(keys) :])
-    return table
-
-
 EFFECTS_NOTE = (
     "OLS on every seed's value, each varied setting a categorical factor and the seed a block; pairwise interactions "
     "when they leave ≥ 4 residual df, else not testable; type-II F. p: permutation of the reduced model's residuals "
-    "within seeds (Freedman–Lane), every order when there are few, which the test column says; p Holm: over the "
+    "within seeds (Freedman–Lane), every order when there are few, which the test column says; Holm p: over the "
     "terms, * when < α. Level means are the model's, averaged evenly over the other settings; effect: the largest "
     "difference between levels (for an interaction, of differences), in points."
 )
-EFFECTS_COLUMNS = ("term", "df", "F", "p", "p Holm", "test", "effect (points)", "level means")
+EFFECTS_COLUMNS = ("term", "df", "F", "p", "Holm p", "test", "effect (points)", "level means")
+
+
+def effects_header(alpha: float) -> list[str]:
+    """EFFECTS_COLUMNS with Holm's p naming the threshold its stars use, as the comparison table's does."""
+    return [f"Holm p (decides < {alpha:.2g})" if c == "Holm p" else c for c in EFFECTS_COLUMNS]
 
 
 def fmt_levels(term: dict) -> str:
@@ -243,7 +263,7 @@ def fmt_levels(term: dict) -> str:
 
 def effects_cells(term: dict) -> list[str]:
     """One term of ablate.stats.factorial.factorial_effects as the cells of EFFECTS_COLUMNS."""
-    holm = _opt(term["p_adjusted"], ".3g") + (" *" if term["significant"] else "")
+    holm = _opt(term["p_adjusted"], ".3g") + (" *" if term["significant"] else "")  # as holm_cell: p < α
     numbers = [_opt(term["df"], "d"), _opt(term["F"], ".3g"), _opt(term["p_value"], ".3g"), holm]
     return [term["term"], *numbers, term["test"], _opt(term["effect"], ".2f"), fmt_levels(term)]
 
@@ -264,16 +284,3 @@ def decidable_note(effects: list[dict], alpha: float = 0.05) -> str | None:
 def effects_caption(effects: list[dict], alpha: float) -> str:
     """EFFECTS_NOTE, and what the runs cannot decide when they bound it (decidable_note)."""
     return " ".join(filter(None, [EFFECTS_NOTE, decidable_note(effects, alpha)]))
-
-
-def effects_to_rich(effects: list[dict], metric: str = "val/mIoU", alpha: float = 0.05):
-    """Main effects and interactions (ablate.stats.factorial.factorial_effects) for the terminal (rich)."""
-    from rich.table import Table
-
-    table = Table(title=f"main effects and interactions on {metric}", caption=effects_caption(effects, alpha))
-    for col in EFFECTS_COLUMNS:
-        left = col in ("term", "test", "level means")
-        table.add_column(col, justify="left" if left else "right", overflow="fold")
-    for e in effects:
-        table.add_row(*effects_cells(e))
-    return table

@@ -1,17 +1,19 @@
 """One self-contained HTML report of a study (plotly.js inline, no network): table, plots, receptive fields,
-predictions."""
+predictions of the best variant beside the baseline's."""
 
 from __future__ import annotations
 
 import base64
 import html
 import statistics
-import warnings
 
 import optuna
 
+from ablate.results.conclusion import conclusion
 from ablate.results.cost_plot import cost_figure
-from ablate.results.formats import EFFECTS_COLUMNS, effects_caption, effects_cells, render, varied_keys
+from ablate.results.formats import render
+from ablate.results.report_tables import boxed, effects_table, note, receptive_field_section
+from ablate.results.search_plots import IMPORTANCES_WHY, history_figure, importances_figure, parallel_figure
 from ablate.results.verdict_plots import forest_figure, strip_figure
 from ablate.study.variants import short_labels
 
@@ -19,7 +21,13 @@ STYLE = (
     "body{font-family:sans-serif;margin:2em;max-width:1400px}"
     "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
     "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}p.note{color:#8a4b00}"
+    "th{text-align:center;vertical-align:bottom;min-width:4em;max-width:12em}th[title]{cursor:help}"
+    "div.scroll{overflow-x:auto;max-width:100%}div.scroll table{margin:0.5em 0}"
+    "div.beside{display:flex;flex-wrap:wrap;gap:1em 2em;align-items:flex-start}div.beside>*{min-width:0;max-width:100%}"
+    "div.effects{flex:1 1 auto}div.importances{flex:0 1 560px}p.why{font-size:13px}"
     "figure{display:inline-block;margin:0 2em 1em 0}img{image-rendering:pixelated;max-width:100%}"
+    "figure.panel{margin:0;font-size:14px}div.shot{display:inline-block}div.shot img{display:block}"
+    "div.columns{display:grid;grid-template-columns:repeat(3,1fr);text-align:center;font-weight:bold}"
     "img.erf{width:128px;height:128px}figure.erf{width:140px;font-size:11px;margin:0 8px 8px 0}"
 )
 
@@ -33,34 +41,6 @@ def class_ious(runs: list[dict]) -> tuple[dict[str, float], str]:
         if classes:
             return {c: statistics.fmean(p[c] for p in per_run if c in p) for c in classes}, when
     return {}, ""
-
-
-def optuna_figures(study: optuna.Study) -> list[tuple[str, str, object]]:
-    """(id, title, figure or note) for Optuna's history, importances and parallel coordinates."""
-    from optuna.visualization import plot_optimization_history, plot_parallel_coordinate, plot_param_importances
-
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    varied = [k for k in {k for t in done for k in t.params} if len({repr(t.params.get(k)) for t in done}) > 1]
-    out = [("history", "Optimization history", plot_optimization_history(study))]
-    with warnings.catch_warnings(record=True) as caught:  # Optuna warns when it cannot tell settings apart
-        warnings.simplefilter("always")
-        shares = list(optuna.importance.get_param_importances(study).values()) if len(varied) > 1 else []
-    flat = len(shares) > 1 and max(shares) - min(shares) < 1e-9  # Optuna's evaluator found nothing to split on
-    if len(varied) < 2 or caught or flat:
-        why = "; ".join(str(w.message) for w in caught) or (
-            f"its evaluator gives every setting the same share (1/{len(shares)}) on {len(done)} trials; "
-            "see the main effects above"
-            if flat
-            else f"{len(varied)} swept setting(s) varied, 2 needed"
-        )
-        out.append(("importances", "Parameter importances", f"Optuna cannot rank the settings of this study: {why}"))
-    else:
-        out.append(("importances", "Parameter importances", plot_param_importances(study)))
-    if done and varied:
-        out.append(("parallel", "Parallel coordinates", plot_parallel_coordinate(study)))
-    else:
-        out.append(("parallel", "Parallel coordinates", "no complete trial with a varied setting to draw"))
-    return out
 
 
 def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]):
@@ -92,130 +72,116 @@ def iou_heatmap(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str,
     )
 
 
-RF_KEYS = ("rf/", "taps9/", "erf/", "feature_px", "gridding_holes")  # what ablate.callbacks.NeckAnalysis leaves
-
-
-def receptive_field_section(rows: list[dict], runs: dict[str, list[dict]], labels: dict[str, str]) -> str:
-    """Each variant's receptive fields as its runs' ablate.callbacks.NeckAnalysis measured them (theoretical ones
-    per branch, the effective receptive field's radii; mean over its runs) and the lowest seed's ERF image."""
-    numbers = {}
-    for r in rows:
-        keys = {k for run in runs[r["variant"]] for k in run["summary"] if k.startswith(RF_KEYS)}
-        values = {k: [run["summary"][k] for run in runs[r["variant"]] if k in run["summary"]] for k in sorted(keys)}
-        numbers[r["variant"]] = {k: statistics.fmean(v) for k, v in values.items()}
-    keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
-    if not keys:
-        return note("no run has receptive-field numbers (ablate.callbacks.NeckAnalysis found no ablate neck)")
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["variant", *keys])
-    body = "".join(
-        "<tr><td>"
-        + html.escape(labels[v])
-        + "</td>"
-        + "".join(f"<td>{n[k]:.4g}</td>" if k in n else "<td></td>" for k in keys)
-        + "</tr>"
-        for v, n in numbers.items()
-    )
-    images = [erf_image(runs[v], labels[v]) for v in numbers]
-    gallery = "".join(images) if any(images) else note("no run folder has erf.png")
-    return (
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        f"<p>Effective receptive field of each variant's final model (lowest seed; the centre pixel's gradient "
-        f"on the first validation images):</p>{gallery}"
-    )
-
-
-def erf_image(runs: list[dict], label: str) -> str:
-    """The lowest seed's erf.png as a captioned inline figure, or nothing."""
-    for run in runs:
-        png = run["folder"] / "erf.png"
-        if png.is_file():
-            data = base64.b64encode(png.read_bytes()).decode()
-            return (
-                f'<figure class="erf"><img class="erf" alt="ERF" src="data:image/png;base64,{data}">'
-                f"<figcaption>{html.escape(label)}</figcaption></figure>"
-            )
-    return ""
-
-
-def predictions(runs: list[dict], role: str, label: str, metric: str = "val/mIoU") -> str:
-    """The lowest seed's predictions.png of a variant (image | true | predicted), inline, or a note."""
-    for run in runs:
-        png = run["folder"] / "predictions.png"
-        if png.is_file():
-            data = base64.b64encode(png.read_bytes()).decode()
-            best = run["summary"].get(f"{metric}_best")
-            caption = f"{role}: {label} ({run['name']}" + ("" if best is None else f", {metric}_best {best:.4f}") + ")"
-            return (
-                f"<figure><figcaption>{html.escape(caption)}</figcaption>"
-                f'<img alt="{html.escape(role)} predictions" src="data:image/png;base64,{data}"></figure>'
-            )
-    return note(f"{role} ({label}): no run folder has predictions.png")
-
-
-def effects_table(rows: list[dict], metric: str = "val/mIoU", alpha: float = 0.05) -> str:
-    """Main effects and interactions of the swept settings (ablate.stats.factorial.factorial_effects), or a note."""
-    from ablate.stats.factorial import factorial_effects
-
-    effects = factorial_effects(rows, alpha=alpha) if len(varied_keys(rows)) > 1 else []
-    if not effects:
-        return note("one swept setting, or runs that cannot estimate a model: the comparison table is its effect")
-    head = "".join(f"<th>{html.escape(c if c != 'term' else f'term ({metric})')}</th>" for c in EFFECTS_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in effects_cells(e)) + "</tr>" for e in effects)
-    caption = html.escape(effects_caption(effects, alpha))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><p>{caption}</p>"
-
-
-def note(text: str) -> str:
-    """A visible note in place of a plot or image that cannot be made."""
-    return f'<p class="note">{html.escape(text)}</p>'
+def figure_div(div_id: str, fig) -> str:
+    """A plot as a div `plot-<id>` (plotly.js is in the page's head), or a note in its place."""
+    if isinstance(fig, str):
+        return note(fig)
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{div_id}", config={"displaylogo": False})
 
 
 def plot_sections(plots: list[tuple[str, str, object]]) -> list[str]:
-    """A heading and a div `plot-<id>` (or a note) per plot; the first figure carries plotly.js, inline."""
-    parts, first = [], True
-    for div_id, title, fig in plots:
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        if isinstance(fig, str):
-            parts.append(note(fig))
-            continue
-        parts.append(
-            fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"plot-{div_id}", config={"displaylogo": False})
+    """A heading and a div `plot-<id>` (or a note) per plot."""
+    return [
+        part for div_id, title, fig in plots for part in (f"<h2>{html.escape(title)}</h2>", figure_div(div_id, fig))
+    ]
+
+
+def effects_beside_importances(study: optuna.Study, table) -> str:
+    """The main effects (seeds as blocks, each setting tested) beside Optuna's importances (single trials' values,
+    untested), with the sentence on why they can differ; the importances only with that sentence."""
+    importances = figure_div("importances", importances_figure(study))
+    why = f'<p class="why">{html.escape(IMPORTANCES_WHY)}</p>'
+    effects = effects_table(table.effects, table.metric, table.verdicts["alpha"])
+    return (
+        f'<div class="beside"><div class="effects">{effects}'
+        f'</div><div class="importances"><h3>Optuna\'s parameter importances</h3>{importances}{why}</div></div>'
+    )
+
+
+def predictions(runs: list[dict], role: str, label: str, metric: str = "val/mIoU") -> str:
+    """The lowest seed's predictions.png of a variant (image | true | predicted), inline under its role, the
+    variant's name and the three columns' names, or a note."""
+    for run in runs:
+        png = run["folder"] / "predictions.png"
+        if png.is_file():
+            best = run["summary"].get(f"{metric}_best")
+            caption = f"{role}: {label} ({run['name']}" + ("" if best is None else f", {metric}_best {best:.4f}") + ")"
+            return panel(png.read_bytes(), caption, role)
+    return note(f"{role} ({label}): no run folder has predictions.png")
+
+
+def panel(png: bytes, caption: str, role: str) -> str:
+    """A predictions.png as wide as it is drawn (its caption wraps to it, so panels fit side by side), under the
+    names of its three columns."""
+    width = int.from_bytes(png[16:20], "big")  # the PNG header's IHDR width
+    data = base64.b64encode(png).decode()
+    columns = "".join(f"<span>{c}</span>" for c in ("image", "ground truth", "prediction"))
+    return (
+        f'<figure class="panel" style="width:{width}px"><figcaption>{html.escape(caption)}</figcaption>'
+        f'<div class="shot"><div class="columns">{columns}</div>'
+        f'<img alt="{html.escape(role)} predictions" src="data:image/png;base64,{data}"></div></figure>'
+    )
+
+
+def compared_variants(rows: list[dict], base: dict) -> list[tuple[dict, str]]:
+    """(row, role) of the variants whose predictions are shown side by side: the best and the baseline, or, when
+    the baseline is the best, the worst beside it (nothing beside a single variant)."""
+    done = [r for r in rows if r["mean"] is not None]
+    if base is not done[0]:
+        return [(done[0], "best"), (base, "baseline")]
+    return [(done[0], "best and baseline")] + ([(done[-1], "worst")] if len(done) > 1 else [])
+
+
+def prediction_section(table, labels: dict[str, str]) -> str:
+    """The compared variants' predictions side by side, and a line when the baseline is the best."""
+    shown = compared_variants(table.rows, table.base)
+    panels = "".join(
+        predictions(table.runs.get(r["variant"], []), role, labels[r["variant"]], table.metric) for r, role in shown
+    )
+    why = (
+        ""
+        if shown[0][1] == "best"
+        else note(
+            "the baseline is the best variant: beside it the worst, for contrast; --baseline KEY=VALUE picks another"
         )
-        first = False
-    return parts
+    )
+    return f'<div class="beside">{panels}</div>{why}'
+
+
+def figures(study: optuna.Study, table, labels: dict[str, str]) -> list[tuple[str, str, object]]:
+    """(id, heading, figure or note) of the report's plots, in their order."""
+    rows, v = table.rows, table.verdicts
+    return [
+        ("forest", "Δ vs the baseline, with its interval", forest_figure(rows, labels, v["alpha"], v["margin"])),
+        ("seeds", "Every seed", strip_figure(rows, labels, table.metric)),
+        ("history", "Search history: each variant's mean over its seeds", history_figure(study, labels)),
+        ("parallel", "Parallel coordinates (Optuna's: one line a trial)", parallel_figure(study)),
+        ("cost", "Accuracy vs cost", cost_figure(rows, labels, table.metric)),
+        ("iou", "Per-class IoU", iou_heatmap(rows, table.runs, labels)),
+    ]
 
 
 def build(study: optuna.Study, table) -> str:
     """The whole report of `table` (ablate.results.tables.study_table of `study`) as one HTML document; plotly.js
-    is embedded once, inline."""
-    rows, base, metric, v = table.rows, table.base, table.metric, table.verdicts
-    runs, labels = table.runs, short_labels(rows)
+    is embedded once, inline, in its head."""
+    from plotly.offline import get_plotlyjs
+
+    labels = short_labels(table.rows)
+    comparison = render(table.rows, "html", table.metric, table.verdicts["alpha"], table.note, table.direction)
+    words = conclusion(table, table.effects)
     parts = [
         f"<h1>Study {html.escape(study.study_name)}</h1>",
-        "<h2>Comparison table</h2>",
-        render(rows, "html", metric, v["alpha"], table.note, table.direction),
-        "<h2>Main effects</h2>",
-        effects_table(rows, metric, v["alpha"]),
+        f'<div class="conclusion"><p><b>{html.escape(words[0])}</b></p>',
     ]
-    forest = forest_figure(rows, labels, v["alpha"], v["margin"])
-    verdict_plots = [
-        ("forest", "Δ vs the baseline, with its interval", forest),
-        ("seeds", "Every seed", strip_figure(rows, labels, metric)),
-    ]
-    others = [
-        ("cost", "Accuracy vs cost", cost_figure(rows, labels, metric)),
-        ("iou", "Per-class IoU", iou_heatmap(rows, runs, labels)),
-    ]
-    parts += plot_sections(verdict_plots + optuna_figures(study) + others)
-    parts += ["<h2>Receptive fields</h2>", receptive_field_section(rows, runs, labels), "<h2>Example predictions</h2>"]
-    best = next(r for r in rows if r["mean"] is not None)
-    shown = [(best, "best")] + ([(base, "baseline")] if base is not best else [])
-    parts += [predictions(runs[r["variant"]], role, labels[r["variant"]], metric) for r, role in shown]
-    if base is best:
-        parts.append(note("the baseline is the best variant; --baseline KEY=VALUE picks another to compare"))
+    parts += ["<ul>" + "".join(f"<li>{html.escape(w.removeprefix('- '))}</li>" for w in words[1:]) + "</ul></div>"]
+    parts += ["<h2>Comparison table</h2>", boxed(comparison)]
+    parts += ["<h2>Main effects</h2>", effects_beside_importances(study, table)]
+    parts += [*plot_sections(figures(study, table, labels)), "<h2>Receptive fields</h2>"]
+    parts += [receptive_field_section(table.rows, table.runs, labels), "<h2>Example predictions</h2>"]
+    parts.append(prediction_section(table, labels))
+    head = f"<title>ablate report: {html.escape(study.study_name)}</title><style>{STYLE}</style>"
+    plotly_js = f"<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script><script>{get_plotlyjs()}</script>"
+    body = "\n".join(parts)
     return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>ablate report: '
-        f"{html.escape(study.study_name)}</title><style>{STYLE}</style></head><body>\n"
-        + "\n".join(parts)
-        + "\n</body></html>\n"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{head}{plotly_js}</head><body>\n{body}\n</body></html>\n'
     )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import optuna
 
-from ablate.cli import console, make_console
-from ablate.results.formats import effects_to_rich, render, to_rich, varied_keys
-from ablate.results.tables import study_table
-from ablate.stats.factorial import factorial_effects
+from ablate.cli import make_console
+from ablate.results.conclusion import conclusion
+from ablate.results.tables import markdown, study_table
+from ablate.results.terminal import print_effects, print_table
 from ablate.study.race import race_summary
 from ablate.study.storage import DEFAULT_STORAGE, dashboard_storage, load_study, make_storage, redact
 from ablate.study.variants import short_labels
@@ -23,33 +24,39 @@ def show_study(sweep, storage_url: str) -> optuna.Study:
 
 
 def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: dict | None = None) -> None:
-    """Print the comparison table, write it to `root`/table.md, and say where to look further: the table
-    `python -m ablate.table` prints for this study (ablate.results.tables), the same columns and values."""
+    """Print the comparison table fitted to the terminal, the main effects, the conclusion in words and where to
+    look further, and write the table under its conclusion to `root`/table.md: what `python -m ablate.table`
+    prints for this study (ablate.results.tables), the same columns and values."""
     table = study_table([study], root.parent, default_baseline=baseline)
     rows, metric, v = table.rows, table.metric, table.verdicts
     root.mkdir(parents=True, exist_ok=True)
-    (root / "table.md").write_text(render(rows, "md", metric, v["alpha"], table.note, table.direction))
+    (root / "table.md").write_text(markdown(table))
     out = make_console(stderr=False)
-    title = f"study {study.study_name}: mean ± std over seeds, best first"
-    out.print(to_rich(rows, title, metric, v["alpha"]))
-    out.print(table.note)
-    effects = factorial_effects(rows, alpha=v["alpha"]) if len(rows) > 2 and len(varied_keys(rows)) > 1 else []
-    if effects:  # one swept key: the table already is its effect
-        out.print(effects_to_rich(effects, metric, v["alpha"]))
+    print_table(out, table, f"study {study.study_name}: mean ± std over seeds of {metric}, best first")
+    if table.effects:
+        print_effects(out, table.effects, metric, v["alpha"])
     left = race_summary(study) or (v["looks"] and left_open(rows, v["looks"][1]))
-    if left:
-        out.print(left)
+    for line in ([left] if left else []) + [""] + conclusion(table, table.effects):
+        out.print(line)
+    out.print(f"table: {root / 'table.md'}\nlook further:\n" + "\n".join(look_further(study, storage_url)))
+
+
+def look_further(study: optuna.Study, storage_url: str) -> list[str]:
+    """Commands that work as printed, here and now: the table in other formats, the report, the W&B workspace's
+    spec; the Optuna dashboard when it is installed; W&B's upload when there are offline runs to upload."""
     where = f"--study {study.study_name}" + (
         f" --storage {redact(storage_url)}" if storage_url != DEFAULT_STORAGE else ""
     )
-    console.print(
-        f"table: {root / 'table.md'}\nlook further:\n"
-        f"  pip install optuna-dashboard && optuna-dashboard {dashboard_storage(storage_url)}\n"
-        f"  python -m ablate.table {where} --format md|latex|csv|json|html\n"
-        f"  python -m ablate.report {where}   # one HTML file with the plots\n"
-        f"  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs\n"
-        f"  python -m ablate.dashboard {where} --entity E --project P   # W&B workspace"
-    )
+    lines = [
+        f"  python -m ablate.table {where} --format md   # or latex, csv, json, html",
+        f"  python -m ablate.report {where}   # one HTML file with the plots",
+        f"  python -m ablate.dashboard {where} --dry-run   # the W&B workspace; --entity and --project to build it",
+    ]
+    if importlib.util.find_spec("optuna_dashboard"):
+        lines.append(f"  optuna-dashboard {dashboard_storage(storage_url)}")
+    if any(Path("runs/wandb").glob("offline-run-*")):
+        lines.append("  wandb sync runs/wandb/offline-run-*   # upload the offline W&B runs (after wandb login)")
+    return lines
 
 
 def left_open(rows: list[dict], max_seeds: int) -> str | None:

@@ -9,9 +9,11 @@ from pathlib import Path
 import optuna
 
 from ablate.errors import ConfigError
-from ablate.results.formats import order_note, verdict_note
+from ablate.results.conclusion import conclusion
+from ablate.results.formats import order_note, render, varied_keys, verdict_note
 from ablate.results.runs import latency_from_runs, measure_latencies, run_folders
-from ablate.stats.directions import delta_unit, metric_direction, values_of
+from ablate.stats.directions import delta_scale, delta_unit, metric_direction, values_of
+from ablate.stats.factorial import factorial_effects
 from ablate.study.variants import add_deltas, settings, study_objective, study_rows, study_verdicts, verdict_options
 
 
@@ -24,6 +26,7 @@ class Table:
     base: dict | None  # the baseline row (None when no row has a result yet)
     note: str  # how the rows are ordered and how the verdicts were reached
     runs: dict = field(default_factory=dict)  # {variant: its run folders} (ablate.results.runs.run_folders), read once
+    effects: list = field(default_factory=list)  # main effects and interactions (ablate.stats.factorial), or []
 
 
 def shown_direction(metric: str, objective: str, study_direction: str, given: str | None) -> tuple[str, str]:
@@ -81,7 +84,25 @@ def finish(
     if measure_latency:
         measure_latencies(rows)
     note = verdict_note(v["alpha"], v["margin"], v["looks"], v["moderate"], unit=delta_unit(metric, values_of(rows)))
-    return Table(rows, metric, direction, v, base, f"{order_note(metric, direction, how)} {note}")
+    table = Table(rows, metric, direction, v, base, f"{order_note(metric, direction, how)} {note}")
+    table.effects = effects_of(rows, metric, v["alpha"])
+    return table
+
+
+def effects_of(rows: list[dict], metric: str, alpha: float) -> list[dict]:
+    """The factorial effects of rows that vary two settings or more (one swept key: the table is its effect)."""
+    if len(rows) <= 2 or len(varied_keys(rows)) <= 1:
+        return []
+    return factorial_effects(rows, 100 / delta_scale(metric, values_of(rows)), alpha=alpha)
+
+
+def markdown(table: Table) -> str:
+    """The table in Markdown under its conclusion in words: what `ablate.table --format md` prints and each sweep
+    writes to runs/<study>/table.md."""
+    words = conclusion(table, table.effects)
+    head = f"**{words[0]}**\n\n" + "".join(f"{line}\n" for line in words[1:])
+    text = render(table.rows, "md", table.metric, table.verdicts["alpha"], table.note, table.direction)
+    return f"{head}\n{text}"
 
 
 def has_settings(row: dict, chosen: dict) -> bool:

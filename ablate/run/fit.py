@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import lightning as L
 
 from ablate.callbacks import segmentation_callbacks
 from ablate.callbacks import summary as callbacks_summary
-from ablate.cli import progress_label, progress_line
+from ablate.cli import progress_bar_wanted, progress_line
 from ablate.config import RunConfig, to_dict
 from ablate.data import create_datamodule
 from ablate.errors import ConfigError
@@ -74,7 +73,7 @@ def run(cfg: RunConfig, output: str | Path, *, callbacks: list = (), wandb_run: 
     module = SegmentationModule(to_dict(cfg), list(datamodule.classes))
     timer, loggers, logged = StepTimer(), make_loggers(cfg, output, wandb_run), LoggedMetrics("val/mIoU")
     shown = segmentation_callbacks()  # what any project's run shows: metrics, masks, necks, costs
-    tty = sys.stdout.isatty() and progress_label() is None  # workers sharing a terminal: lines naming their run
+    tty = progress_bar_wanted()
     progress = [L.pytorch.callbacks.RichProgressBar()] if tty else [PlainProgress()]
     trainer = L.Trainer(
         default_root_dir=output,

@@ -29,27 +29,12 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from ablate.stats import ROW_FIELDS
 from ablate.stats.moderated import MIN_ROWS, fit_prior, squeeze
 
 VERDICTS = ("better", "worse", "equivalent", "undecided", "baseline")
 DIRECTIONS = ("maximize", "minimize")
 POWER = 0.8
-ROW_FIELDS = (  # what `annotate` sets on each row
-    "delta",
-    "ci_low",
-    "ci_high",
-    "boot_low",
-    "boot_high",
-    "test",
-    "p_value",
-    "p_value_plain",
-    "df",
-    "prior_df",
-    "p_adjusted",
-    "p_equivalence",
-    "verdict",
-    "seeds_needed",
-)
 MAX_SEEDS = 1000  # seeds_needed is capped here: "at least this many"
 BOOTSTRAP_RESAMPLES = 2000  # an interval wants ≥ 1000 (Efron & Tibshirani 1993); this one is only shown
 

@@ -70,10 +70,11 @@ def wandb_names(folder: Path, study_name: str) -> set[str]:
     return names
 
 
-def silent(study: optuna.Study) -> list[tuple[int, float]]:
+def silent(study: optuna.Study, after: float | None = None) -> list[tuple[int, float]]:
     """(number, seconds since its last heartbeat, or since it started if it never beat) of each RUNNING trial
-    silent for longer than the study's grace period (its stored sweep's `study.grace_period`)."""
-    grace = study.user_attrs.get("sweep", {}).get("study", {}).get("grace_period", 120)
+    silent for longer than `after` seconds, by default the study's grace period (its stored sweep's
+    `study.grace_period`)."""
+    grace = study.user_attrs.get("sweep", {}).get("study", {}).get("grace_period", 120) if after is None else after
     if isinstance(study._storage, JournalStudyStorage):  # the heartbeat is a trial attr, on the workers' clocks
         now, running = time.time(), study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return [(t.number, age) for t in running if (age := silence(t, now)) > grace]

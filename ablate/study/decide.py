@@ -275,7 +275,11 @@ class Rounds:
 
     def __str__(self) -> str:
         plain = "" if self.sweep.study.moderate else ", plain t (no moderation)"
-        return f"at most {self.sweep.study.max_seeds} a variant, α per look {self.alpha:.4g}{plain}"
+        s = self.sweep.study
+        return (
+            f"at most {s.max_seeds} a variant; a verdict needs Holm p < {self.alpha:.2g}, the α {s.alpha:g} spread "
+            f"over the looks, so that looking again after each round keeps false verdicts at {s.alpha:g}{plain}"
+        )
 
     def plan(self, study: optuna.Study, trials: list) -> tuple[dict, dict]:
         """({variant: seeds to add}, {variant: a complete trial's params}) from the stored trials."""
@@ -317,6 +321,6 @@ class Rounds:
             runs = sum(map(len, plan.values()))
             console.print(
                 f"round {number} of added seeds: {runs} run(s) for {len(plan)} variant(s) not yet decided "
-                f"(or their baseline); α per look {self.alpha:.4g}"
+                f"(or their baseline); a verdict needs Holm p < {self.alpha:.2g}"
             )
         return bool(plan)

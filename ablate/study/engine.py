@@ -24,7 +24,7 @@ from ablate.study.folders import claim, refuse_another
 from ablate.study.outage import EXIT_CODE as OUTAGE_EXIT
 from ablate.study.outage import StorageUnavailable
 from ablate.study.pool import start_workers
-from ablate.study.progress import record_plan, record_where, running
+from ablate.study.progress import Waiting, record_plan, record_where, running
 from ablate.study.race import Race, check_in_race
 from ablate.study.space import SweepConfig, suggest, to_plain, variant_label
 from ablate.study.storage import close_connections, load_study, make_storage, open_study
@@ -278,25 +278,18 @@ def prints_the_end(code: int) -> bool:
 def run_trials(study: optuna.Study, objective: Objective, slots: Slots, callbacks: list, stopper, settings) -> None:
     """Take trial slots and run them until all `slots.total` are taken and none runs anywhere.
 
-    When every slot is taken but trials still run in other workers, wait: if one of those workers dies,
-    its trial is queued again after the grace period, and this worker runs it.
+    When every slot is taken but the last trials still run in other workers, wait for them (`Waiting` says so): if
+    one of those workers died, its trial is queued again after the grace period, and this worker runs it.
     """
-    announced = False
+    waiting = Waiting(settings.heartbeat_interval, settings.grace_period)
     while not stopper.stopped:
         trial = slots.claim(study)
         if trial is None:
-            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-            if not running:
+            if not waiting.goes_on(study):
                 return
-            if not announced:
-                console.print(
-                    f"every trial slot is taken; waiting for trial(s) {running} in other workers "
-                    f"(a dead worker's trial is queued again after {settings.grace_period} s)"
-                )
-            announced = True
             time.sleep(min(2, settings.heartbeat_interval))  # most often the others just finish
             continue
-        announced = False
+        waiting = Waiting(settings.heartbeat_interval, settings.grace_period)
         frozen = run_one(study, trial, objective, settings.heartbeat_interval)
         for callback in callbacks if frozen else ():
             callback(study, frozen)

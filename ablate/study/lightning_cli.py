@@ -13,11 +13,13 @@ from pathlib import Path
 
 import lightning as L
 import yaml
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from ablate.callbacks import segmentation_callbacks
 from ablate.callbacks import summary as callbacks_summary
 from ablate.callbacks.efficiency import count_params
+from ablate.cli import progress_bar_wanted
 from ablate.config import flatten
 from ablate.errors import ConfigError
 from ablate.run.logged import LoggedMetrics
@@ -195,7 +197,8 @@ def fit_cli(cli_class: type, config: dict, callbacks: list, loggers: list):
     class FitCLI(cli_class):
         def instantiate_trainer(self, **kwargs):
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
-            trainer = super().instantiate_trainer(**kwargs)
+            quiet = quiet_trainer(self.config_init.get("trainer") or {}, self.trainer_defaults)
+            trainer = super().instantiate_trainer(**{**quiet, **kwargs})
             listed = {type(c) for c in trainer.callbacks}
             trainer.callbacks[:0] = [c for c in callbacks if type(c) not in listed]  # a missing metric first
             trainer.loggers = [*trainer.loggers, *loggers]  # the user's first: trainer.log_dir stays theirs
@@ -204,6 +207,23 @@ def fit_cli(cli_class: type, config: dict, callbacks: list, loggers: list):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ARGS_WARNING)
         return named_as(FitCLI, cli_class)(args=config, run=False)
+
+
+def quiet_trainer(trainer, defaults: dict) -> dict:
+    """Trainer arguments that keep a sweep's console to ablate's lines, for those the project leaves unset (null in
+    its resolved config, Lightning's default): no model summary (the trial's line and params/total say it), and a
+    progress bar only where `progress_bar_wanted` (a terminal). A value the project sets, in its config or its CLI's
+    trainer_defaults, stays; so does a progress bar among its callbacks (Lightning refuses one with the bar off)."""
+    quiet = {"enable_model_summary": False, "enable_progress_bar": progress_bar_wanted()}
+    listed = [*as_list(trainer.get("callbacks")), *as_list(defaults.get("callbacks"))]
+    if any(isinstance(c, ProgressBar) for c in listed):
+        del quiet["enable_progress_bar"]
+    return {k: v for k, v in quiet.items() if k in trainer and trainer[k] is None}  # a Trainer without k: none
+
+
+def as_list(value) -> list:
+    """`value` as a list: None -> [], a lone item -> [item]."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def run_summary(trainer: L.Trainer, module, logged: LoggedMetrics, seed: int, config: dict) -> dict:

@@ -1,6 +1,7 @@
 """What a running study tells those who watch it (`python -m ablate.status`, from any machine that reaches the storage):
 where each trial runs, which seed and epoch it is at, and what the study plans; and, when several workers share one
-console, the label that tells their progress lines apart (`t3 s1 epoch 4/8 ...`).
+console, the label that tells their progress lines apart (`t3 s1 epoch 4/8 ...`); and, to a worker with no trial left
+to take, which trials other workers are finishing, and which of them has a worker that stopped beating.
 
 Cheap by design: a few user attrs once per trial, two writes as a seed starts (before its data, at its fit's start)
 and one at each epoch's end."""
@@ -14,8 +15,10 @@ import time
 
 import lightning as L
 import optuna
+from optuna.trial import TrialState
 
-from ablate.cli import labelled
+from ablate.cli import console, labelled
+from ablate.study.check import silent
 from ablate.study.snapshot import AT, GPUS, HOST, JOB, PID, PLAN, WORKER
 from ablate.study.workers import WORKER_ENV
 
@@ -88,3 +91,40 @@ class EpochProgress(L.Callback):
             epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
             progress = {"seed": self.seed, "epoch": epoch, "epochs": epochs, "since": self.since}
             self.trial.set_user_attr(AT, {**progress, "device": str(trainer.strategy.root_device)})
+
+
+class Waiting:
+    """What a worker with no trial left to take says while the last trials finish in other workers: which trials
+    (once), and each trial whose worker has sent no heartbeat for longer than it should have (half-way from the
+    heartbeat interval to the grace period: a live worker beats every interval), the one case that is not normal."""
+
+    def __init__(self, interval: float, grace: float):
+        self.interval, self.grace, self.said, self.told = interval, grace, False, set()
+
+    def goes_on(self, study: optuna.Study) -> bool:
+        """Whether trials still run in other workers (this worker then waits for them); says what is new."""
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        if not running:
+            return False
+        stale = silent(study, after=(self.interval + self.grace) / 2)
+        stopped = {number for number, _ in stale}
+        if (live := [n for n in running if n not in stopped]) and not self.said:
+            console.print(finishing(live))
+            self.said = True
+        for number, age in stale:
+            if number not in self.told:
+                self.told.add(number)
+                console.print(
+                    f"  trial {number}: its worker has sent no heartbeat for {age:.0f} s (one is due every "
+                    f"{self.interval} s); if it died, the trial is queued again once silent for {self.grace} s, "
+                    "and a worker still here runs it"
+                )
+        return True
+
+
+def finishing(numbers: list[int]) -> str:
+    """'no trial left to start: the last trials, 3 and 5, are finishing in other workers'."""
+    if len(numbers) == 1:
+        return f"no trial left to start: the last trial, {numbers[0]}, is finishing in another worker"
+    listed = f"{', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+    return f"no trial left to start: the last trials, {listed}, are finishing in other workers"

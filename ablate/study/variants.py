@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import statistics
-
-import optuna
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING
 
 from ablate.errors import ConfigError
 from ablate.stats.directions import delta_scale, values_of
+
+if TYPE_CHECKING:  # optuna is imported where trials are read: the tables' formats import this module cheaply
+    import optuna
 
 
 def study_objective(study: optuna.Study) -> tuple[str, str]:
@@ -43,6 +44,8 @@ def study_rows(
     """Group finished trials by variant, best first (by `direction`, the direction of the metric shown); complete
     seeds are averaged, incomplete variants are marked. `metric` None: the trials' `objective` (each seed's best
     epoch); another recorded number: at its last epoch, or at the objective's best epoch with `at="best"`."""
+    from optuna.trial import TrialState
+
     metric, groups = metric or objective, {}
     for t in trials:
         if "variant" not in t.user_attrs or t.state in (TrialState.RUNNING, TrialState.WAITING):
@@ -160,6 +163,7 @@ def study_verdicts(study: optuna.Study) -> dict:
     return {
         "margin": v.get("margin"),
         "alpha": v.get("look_alpha") or v.get("alpha", 0.05),
+        "nominal_alpha": v.get("alpha", 0.05),  # the study's α, which the α per look spreads over its looks
         "alpha_plain": v.get("look_alpha_plain") or v.get("look_alpha") or v.get("alpha", 0.05),
         "moderate": v.get("moderate", True),
         "looks": v.get("looks"),

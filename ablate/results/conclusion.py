@@ -1,0 +1,139 @@
+"""A comparison table's conclusion in words: what is decided, what is equivalent, what is still open and what would
+decide it, and which settings matter over all variants; from the same numbers the table shows."""
+
+from __future__ import annotations
+
+from ablate.results.formats import delta_bounds, fmt_delta
+from ablate.stats.directions import delta_unit, values_of
+from ablate.stats.verdicts import MAX_SEEDS, POWER
+from ablate.study.variants import common_prefix, settings
+
+OPEN_SHOWN = 3  # rows not decided yet named in the conclusion, the largest differences first
+
+
+def conclusion(table, effects: list[dict] = ()) -> list[str]:
+    """Lines of plain text: a head naming the metric, the baseline and the rule a verdict needs, then one line a
+    compared row (decided, equivalent, open), then the factorial effects (ablate.stats.factorial) when given."""
+    rows, v, base = table.rows, table.verdicts, table.base
+    if base is None:
+        return ["Nothing to conclude yet: no variant has a finished seed."]
+    if len(rows) < 2:
+        return ["One variant only: there is nothing to compare it with."]
+    unit, prefix = delta_unit(table.metric, values_of(rows)), common_prefix([r["variant"] for r in rows])
+    better = "higher" if table.direction == "maximize" else "lower"
+    which = " (the best row)" if base is rows[0] else ""
+    lines = [
+        f"Conclusion on {table.metric} ({better} is better), against {_label(base, prefix)}{which}: {_rule(v, unit)}"
+    ]
+    compared = [r for r in rows if not r.get("baseline") and r.get("mean") is not None]
+    if not any(r.get("test") for r in compared):
+        return lines + [_nothing_testable(compared)]
+    order, bounds = {"better": 0, "worse": 0, "equivalent": 1, "undecided": 2}, delta_bounds(rows, unit)
+    tested = sorted(
+        (r for r in compared if r.get("test")), key=lambda r: (order.get(r["verdict"], 3), -abs(r["delta"]))
+    )
+    shown = [r for r in tested if r["verdict"] != "undecided"] + [r for r in tested if r["verdict"] == "undecided"][
+        :OPEN_SHOWN
+    ]
+    lines += _effects(effects, v["alpha"], table.direction, unit)
+    for r in shown:
+        lines.append(f"- {_change(r, base, prefix)}: {_delta(r, unit, bounds)}, {_verdict(r, v, unit)}")
+    if len(tested) > len(shown):
+        lines.append(f"- {len(tested) - len(shown)} more row(s) not decided yet, with smaller differences (the table)")
+    return lines
+
+
+def _rule(v: dict, unit: str) -> str:
+    """What a verdict needs: Holm's p below α (per look, with why), and the equivalence margin or its absence."""
+    alpha, looks, nominal = v["alpha"], v.get("looks"), v.get("nominal_alpha")
+    spread = (
+        f" (α {nominal:g} spread over the looks at {looks[0]} to {looks[1]} seeds a variant, so that adding seeds "
+        f"until decided keeps false verdicts at {nominal:g})"
+        if looks and nominal
+        else ""
+    )
+    tie = (
+        f"; equivalent when its interval lies inside ±{v['margin']:g} {unit}"
+        if v.get("margin")
+        else "; no equivalence margin is set, so no row can be called a tie (--margin)"
+    )
+    return f"a row is decided when its Holm p is below {alpha:.2g}{spread}{tie}."
+
+
+def _label(row: dict, prefix: str) -> str:
+    return " ".join(s.removeprefix(prefix) for s in row["variant"].split(" ")) or "base"
+
+
+def _change(row: dict, base: dict, prefix: str) -> str:
+    """'image_pooling=false (baseline true)': the settings in which `row` differs from the baseline."""
+    mine, theirs = settings(row["variant"]), settings(base["variant"])
+    diff = [f"{k.removeprefix(prefix)}={v} (baseline {theirs[k]})" for k, v in mine.items() if theirs.get(k) != v]
+    return ", ".join(diff) or _label(row, prefix)
+
+
+def _delta(row: dict, unit: str, bounds) -> str:
+    """'-21.8 points [-58.0, +14.4]': Δ and its interval, cut at what the metric can take as the table shows it."""
+    text = fmt_delta(row, "+.1f" if unit == "points" else "+.4g", bounds)
+    return text.replace(" [", f" {unit} [" if unit == "points" else f" (in {unit}) [", 1)
+
+
+def _verdict(row: dict, v: dict, unit: str) -> str:
+    """How the row's verdict reads, and for an open row what would decide it."""
+    alpha, p = v["alpha"], row.get("p_adjusted")
+    if row["verdict"] in ("better", "worse"):
+        return f"{row['verdict']}: decided (Holm p {p:.2g} < {alpha:.2g})"
+    if row["verdict"] == "equivalent":
+        return f"equivalent: its interval lies inside ±{v['margin']:g} {unit}"
+    held = f"Holm p {p:.2g}, needs < {alpha:.2g}" if p is not None else "no p"
+    return f"not decided yet ({held}){_next(row, v)}"
+
+
+def _next(row: dict, v: dict) -> str:
+    """'; about 6 seeds a variant would decide it with 80 % probability: ...' or ''."""
+    need, looks = row.get("seeds_needed"), v.get("looks")
+    if not need:
+        return ""
+    if need >= MAX_SEEDS:
+        tie = "" if v.get("margin") else "; a --margin would let it be called a tie"
+        return f"; no number of seeds within reach would decide it (its Δ is small against its spread){tie}"
+    if looks and need <= looks[1] and row["n"] < looks[1]:
+        how = "the same sweep command goes on with it"
+    elif looks:
+        how = f"run the sweep again with --max-seeds {max(need, looks[1] + 1)}"
+    else:
+        how = f"run the sweep again with --until-decided --max-seeds {need}"
+    return f"; about {need} seeds a variant would decide it with {100 * POWER:.0f} % probability: {how}"
+
+
+def effects_prefix(effects: list[dict]) -> str:
+    """The dotted section every factor of `effects` shares ('model.neck.'), to name terms short."""
+    return common_prefix([" ".join(f"{f}=" for f in e["factors"]) for e in effects])
+
+
+def _nothing_testable(rows: list[dict]) -> str:
+    ones = sum(r["n"] < 2 for r in rows)
+    return (
+        f"- Nothing can be decided yet: a verdict needs 2 or more seeds of each variant, and {ones} of {len(rows)} "
+        "compared variants have one: give the sweep 2 or more seeds (its `seeds:`, or --seeds 0,1,2)."
+    )
+
+
+def _effects(effects: list[dict], alpha: float, direction: str, unit: str) -> list[str]:
+    """One line on the settings over all variants (main effects, seeds as blocks): decided ones first."""
+    mains = [e for e in effects if e["p_value"] is not None and len(e["factors"]) == 1]
+    if not mains:
+        return []
+    parts, prefix = [], effects_prefix(effects)
+    for e in sorted(mains, key=lambda e: (not e["significant"], -e["effect"])):
+        pick = max if direction == "maximize" else min
+        best = pick(e["levels"], key=lambda lv: lv["mean"])["value"]
+        state = f"decided (Holm p {e['p_adjusted']:.2g} < {alpha:.2g})" if e["significant"] else "not decided"
+        size = f"{e['effect']:.1f} points" if unit == "points" else f"{e['effect']:.4g} in {unit}"
+        parts.append(f"{e['term'].replace(prefix, '')}: best {best}, {size} between levels, {state}")
+    pairs = [
+        e["term"].replace(prefix, "")
+        for e in effects
+        if e["p_value"] is not None and len(e["factors"]) > 1 and e["significant"]
+    ]
+    interact = f"; decided interactions: {', '.join(pairs)}" if pairs else ""
+    return [f"- Over all variants (main effects, seeds as blocks): {'; '.join(parts)}{interact}."]
