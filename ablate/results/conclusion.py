@@ -127,7 +127,8 @@ def _effects(effects: list[dict], alpha: float, direction: str, unit: str) -> li
     for e in sorted(mains, key=lambda e: (not e["significant"], -e["effect"])):
         pick = max if direction == "maximize" else min
         best = pick(e["levels"], key=lambda lv: lv["mean"])["value"]
-        state = f"decided (Holm p {e['p_adjusted']:.2g} < {alpha:.2g})" if e["significant"] else "not decided"
+        held = f"Holm p {e['p_adjusted']:.2g}"
+        state = f"decided ({held} < {alpha:.2g})" if e["significant"] else f"not decided ({held}, needs < {alpha:.2g})"
         size = f"{e['effect']:.1f} points" if unit == "points" else f"{e['effect']:.4g} in {unit}"
         parts.append(f"{e['term'].replace(prefix, '')}: best {best}, {size} between levels, {state}")
     pairs = [

@@ -7,7 +7,7 @@ import html
 import io
 import json
 
-from ablate.stats import ROW_FIELDS
+from ablate.stats import MAX_SEEDS, ROW_FIELDS
 from ablate.stats.directions import delta_unit, values_of
 from ablate.study.variants import settings
 
@@ -86,6 +86,8 @@ def fmt_verdict(row: dict) -> str:
     if row.get("baseline") or row.get("verdict") not in MARKS or not row.get("seeds"):
         return ""
     needed = row.get("seeds_needed")
+    if needed and needed >= MAX_SEEDS:  # the estimate's cap: that many or more
+        return MARKS[row["verdict"]] + f" (≥ {needed} seeds)"
     return MARKS[row["verdict"]] + (f" (~{needed} seeds)" if needed else "")
 
 

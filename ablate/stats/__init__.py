@@ -17,3 +17,4 @@ ROW_FIELDS = (  # what ablate.stats.verdicts.annotate sets on each row (here: th
     "verdict",
     "seeds_needed",
 )
+MAX_SEEDS = 1000  # seeds_needed is capped here: "at least this many" (ablate.stats.verdicts)

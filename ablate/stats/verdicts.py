@@ -29,13 +29,12 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from ablate.stats import ROW_FIELDS
+from ablate.stats import MAX_SEEDS, ROW_FIELDS
 from ablate.stats.moderated import MIN_ROWS, fit_prior, squeeze
 
 VERDICTS = ("better", "worse", "equivalent", "undecided", "baseline")
 DIRECTIONS = ("maximize", "minimize")
 POWER = 0.8
-MAX_SEEDS = 1000  # seeds_needed is capped here: "at least this many"
 BOOTSTRAP_RESAMPLES = 2000  # an interval wants ≥ 1000 (Efron & Tibshirani 1993); this one is only shown
 
 
