@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
+from ablate.results.formats import fmt_needed
 from ablate.results.summary import left_open, show_results
 from ablate.stats.verdicts import annotate
 from ablate.study.decide import PLAN, ROUND, first_look, look_alpha, plan_round, seeds_in_use
@@ -212,7 +213,8 @@ def test_the_sweep_end_names_the_rows_left_open_and_a_larger_max_seeds_goes_on(d
     show_results(study, tmp_path / "out", URL, {"a": "base"})
     needed = decided["rows"]["bimodal"]["seeds_needed"]
     out = capsys.readouterr().out
-    left = f"left 1 row(s) undecided: 1 whose estimate is above 10 seeds, so none were added (a=bimodal ~{needed})"
+    left = "left 1 row(s) undecided: 1 whose estimate is above 10 seeds, so none were added"
+    left += f" (a=bimodal {fmt_needed(needed)})"
     assert left in out
     assert left_open([r for r in decided["rows"].values() if r["verdict"] != "undecided"], 10) is None
     assert run_study(sim_sweep(max_seeds=needed + 6), SimTarget(), URL) == 0  # α per look shrinks: estimates grow

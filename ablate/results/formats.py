@@ -86,9 +86,12 @@ def fmt_verdict(row: dict) -> str:
     if row.get("baseline") or row.get("verdict") not in MARKS or not row.get("seeds"):
         return ""
     needed = row.get("seeds_needed")
-    if needed and needed >= MAX_SEEDS:  # the estimate's cap: that many or more
-        return MARKS[row["verdict"]] + f" (≥ {needed} seeds)"
-    return MARKS[row["verdict"]] + (f" (~{needed} seeds)" if needed else "")
+    return MARKS[row["verdict"]] + (f" ({fmt_needed(needed)} seeds)" if needed else "")
+
+
+def fmt_needed(needed: int) -> str:
+    """'~12' seeds, or '≥ 1000' at the estimate's cap (MAX_SEEDS: that many or more)."""
+    return f"≥ {needed}" if needed >= MAX_SEEDS else f"~{needed}"
 
 
 def verdict_note(

@@ -9,6 +9,7 @@ import optuna
 
 from ablate.cli import make_console
 from ablate.results.conclusion import conclusion
+from ablate.results.formats import fmt_needed
 from ablate.results.tables import markdown, study_table
 from ablate.results.terminal import print_effects, print_table
 from ablate.study.race import race_summary
@@ -74,7 +75,7 @@ def left_open(rows: list[dict], max_seeds: int) -> str | None:
     rest = len(open_) - len(capped) - len(beyond)
     parts = [f"{len(capped)} at --max-seeds {max_seeds} ({', '.join(capped)})"] if capped else []
     if beyond:
-        estimates = ", ".join(f"{label[r['variant']]} ~{r['seeds_needed']}" for r in beyond)
+        estimates = ", ".join(f"{label[r['variant']]} {fmt_needed(r['seeds_needed'])}" for r in beyond)
         parts.append(f"{len(beyond)} whose estimate is above {max_seeds} seeds, so none were added ({estimates})")
     if rest:
         parts.append(f"{rest} still open (the same command goes on with them)")
