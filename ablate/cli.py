@@ -7,6 +7,7 @@ import contextlib
 import logging
 import logging.handlers
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -165,6 +166,18 @@ def split_inputs(items: list[str]) -> tuple[str | None, list[str]]:
             f"give one config file, not {len(files)}: {', '.join(files)} (an override has the form key.path=value)"
         )
     return (files[0] if files else None), [item for item in items if "=" in item]
+
+
+def command_line(command: str, argv: list[str], drop: str = "--max-seeds") -> str:
+    """'python -m ablate.COMMAND ARGS' as it was run (quoted for a shell), without the flag `drop` and its value, so
+    a message can print it with another value: the same command, ready to copy."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == drop or arg.startswith(f"{drop}="):
+            skip = arg == drop and not skip
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", f"ablate.{command}", *kept])
 
 
 def add_storage_argument(p: argparse.ArgumentParser) -> None:

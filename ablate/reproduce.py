@@ -98,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_storage_argument(p)
     p.add_argument("--reference", help="reference table (default: the experiment file with .md)")
     cli.add_verdict_arguments(p, until_decided=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse(p, argv)
-    return cli.guarded(lambda: _reproduce(args))
+    return cli.guarded(lambda: _reproduce(args, argv))
 
 
-def _reproduce(args) -> int:
+def _reproduce(args, argv: list[str]) -> int:
     from ablate.results.summary import show_study
     from ablate.study.engine import Interrupt, prints_the_end, quiet, run_study
     from ablate.study.storage import resolve
@@ -118,7 +119,7 @@ def _reproduce(args) -> int:
     try:
         status = run_study(sweep, target, resolve(args.storage))
         if prints_the_end(status):
-            show_study(sweep, resolve(args.storage))
+            show_study(sweep, resolve(args.storage), cli.command_line("reproduce", argv))
     except KeyboardInterrupt as e:  # cli.guarded prints it: what stopped, and what is kept
         kept = "the study keeps its finished runs: run the same command to go on"
         raise KeyboardInterrupt(f"{e or 'Ctrl-C'}; {kept}") from None

@@ -177,7 +177,7 @@ def _sweep(args, argv: list[str]) -> int:
     try:
         code = run_study(sweep, target, resolve(args.storage), workers, _worker_argv(argv), gpus=gpus)
         if prints_the_end(code):
-            show_study(sweep, resolve(args.storage))
+            show_study(sweep, resolve(args.storage), cli.command_line("sweep", argv))
         return code
     except StorageUnavailable as e:
         return cli.error(e, EXIT_CODE)

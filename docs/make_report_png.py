@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDTH, HEIGHT = 1400, 3820  # the picture's size: above the fold of the report, up to the predictions
+WIDTH, HEIGHT = 1400, 5600  # the picture's size: the report from its conclusion down to the predictions
 
 
 def run(*argv: str, cwd: Path) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import optuna
 import pytest
 
+from ablate.cli import command_line
 from ablate.results.conclusion import conclusion
 from ablate.results.tables import finish
 from ablate.study.variants import new_row, summarize
@@ -46,19 +47,23 @@ def test_a_decided_row_says_so_with_its_p_below_the_threshold():
     assert f"worse: decided (Holm p {row['p_adjusted']:.2g} < 0.05)" in line
 
 
-def test_an_open_row_says_how_many_seeds_would_decide_it_and_the_command():
+def test_an_open_row_says_how_many_seeds_would_decide_it_and_the_command_that_adds_them():
     table, lines = told({"base": 0.70, "near": 0.69}, seeds=3, sd=0.03)
     row = next(r for r in table.rows if r["variant"] == "a=near")
     assert row["verdict"] == "undecided" and 3 < row["seeds_needed"] < 1000
     need = row["seeds_needed"]
-    assert line_of(lines, "near").endswith(
-        f"about {need} seeds a variant would decide it with 80 % probability: "
-        f"run the sweep again with --until-decided --max-seeds {need}"
-    )
+    assert line_of(lines, "near").endswith(f"about {need} seeds a variant would decide it with 80 % probability")
+    flags = f"--until-decided --max-seeds {need}"
+    assert lines[-1] == f"- Next, to decide them: the sweep's command {flags}; its finished runs are kept."
     stored = {"looks": [2, 4], "alpha": 0.01, "nominal_alpha": 0.05}  # a study that added seeds until decided
     table, lines = told({"base": 0.70, "near": 0.69}, seeds=3, sd=0.03, stored=stored)
     assert "Holm p is below 0.01 (α 0.05 spread over the looks at 2 to 4 seeds a variant" in lines[0]
-    assert f"run the sweep again with --max-seeds {table.rows[1]['seeds_needed']}" in line_of(lines, "near")
+    need = table.rows[1]["seeds_needed"]
+    assert lines[-1].startswith(f"- Next, to decide them: the sweep's command --max-seeds {max(need, 5)} (a larger")
+    again = conclusion(table, [], again=command_line("sweep", ["s.yaml", "--max-seeds", "4", "--workers", "2"]))
+    assert again[-1].startswith(
+        f"- Next, to decide them: python -m ablate.sweep s.yaml --workers 2 --max-seeds {max(need, 5)} "
+    )
 
 
 def test_an_equivalent_row_names_its_margin_and_a_row_nothing_reaches_says_so():
@@ -96,7 +101,8 @@ def test_the_main_effects_say_which_setting_matters():
     a = next(e for e in table.effects if e["term"] == "k.a")
     assert f"a: best y, {a['effect']:.1f} points between levels, decided (Holm p {a['p_adjusted']:.2g} < 0.05)" in line
     assert "b: best " in line and line.index("a: best") < line.index("b: best")  # decided first
-    assert "not decided" in line.split("b: best")[1]
+    assert "not decided (Holm p " in line.split("b: best")[1]
+    assert "no interaction decided (the largest, a × b, " in line
 
 
 @pytest.fixture(scope="module")

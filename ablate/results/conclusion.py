@@ -11,9 +11,10 @@ from ablate.study.variants import common_prefix, settings
 OPEN_SHOWN = 3  # rows not decided yet named in the conclusion, the largest differences first
 
 
-def conclusion(table, effects: list[dict] = ()) -> list[str]:
-    """Lines of plain text: a head naming the metric, the baseline and the rule a verdict needs, then one line a
-    compared row (decided, equivalent, open), then the factorial effects (ablate.stats.factorial) when given."""
+def conclusion(table, effects: list[dict] = (), again: str | None = None) -> list[str]:
+    """Lines of plain text: a head naming the metric, the baseline and the rule a verdict needs, the factorial
+    effects (ablate.stats.factorial) when given, one line a compared row (decided, equivalent, the largest open
+    ones), and what would decide the open rows: `again` (the sweep's own command, when known) with the seeds."""
     rows, v, base = table.rows, table.verdicts, table.base
     if base is None:
         return ["Nothing to conclude yet: no variant has a finished seed."]
@@ -40,7 +41,7 @@ def conclusion(table, effects: list[dict] = ()) -> list[str]:
         lines.append(f"- {_change(r, base, prefix)}: {_delta(r, unit, bounds)}, {_verdict(r, v, unit)}")
     if len(tested) > len(shown):
         lines.append(f"- {len(tested) - len(shown)} more row(s) not decided yet, with smaller differences (the table)")
-    return lines
+    return lines + _next_step([r for r in shown if r["verdict"] == "undecided"], v, again)
 
 
 def _rule(v: dict, unit: str) -> str:
@@ -89,20 +90,27 @@ def _verdict(row: dict, v: dict, unit: str) -> str:
 
 
 def _next(row: dict, v: dict) -> str:
-    """'; about 6 seeds a variant would decide it with 80 % probability: ...' or ''."""
-    need, looks = row.get("seeds_needed"), v.get("looks")
+    """'; about 6 seeds a variant would decide it with 80 % probability' or ''."""
+    need = row.get("seeds_needed")
     if not need:
         return ""
     if need >= MAX_SEEDS:
         tie = "" if v.get("margin") else "; a --margin would let it be called a tie"
         return f"; no number of seeds within reach would decide it (its Δ is small against its spread){tie}"
-    if looks and need <= looks[1] and row["n"] < looks[1]:
-        how = "the same sweep command goes on with it"
-    elif looks:
-        how = f"run the sweep again with --max-seeds {max(need, looks[1] + 1)}"
-    else:
-        how = f"run the sweep again with --until-decided --max-seeds {need}"
-    return f"; about {need} seeds a variant would decide it with {100 * POWER:.0f} % probability: {how}"
+    return f"; about {need} seeds a variant would decide it with {100 * POWER:.0f} % probability"
+
+
+def _next_step(open_rows: list[dict], v: dict, again: str | None) -> list[str]:
+    """One line: the command that adds the seeds the open rows shown need (the largest estimate within reach)."""
+    needs = [r["seeds_needed"] for r in open_rows if r.get("seeds_needed") and r["seeds_needed"] < MAX_SEEDS]
+    if not needs:
+        return []
+    need, looks, command = max(needs), v.get("looks"), again or "the sweep's command"
+    if looks and need <= looks[1] and any(r["n"] < looks[1] for r in open_rows):
+        return [f"- Next: {command} goes on adding seeds to these rows (its finished runs are kept)."]
+    flags = f"--max-seeds {max(need, looks[1] + 1)}" if looks else f"--until-decided --max-seeds {need}"
+    grow = " (a larger --max-seeds lowers the α per look, so the estimates grow a little)" if looks else ""
+    return [f"- Next, to decide them: {command} {flags}{grow}; its finished runs are kept."]
 
 
 def effects_prefix(effects: list[dict]) -> str:
@@ -131,10 +139,22 @@ def _effects(effects: list[dict], alpha: float, direction: str, unit: str) -> li
         state = f"decided ({held} < {alpha:.2g})" if e["significant"] else f"not decided ({held}, needs < {alpha:.2g})"
         size = f"{e['effect']:.1f} points" if unit == "points" else f"{e['effect']:.4g} in {unit}"
         parts.append(f"{e['term'].replace(prefix, '')}: best {best}, {size} between levels, {state}")
-    pairs = [
-        e["term"].replace(prefix, "")
-        for e in effects
-        if e["p_value"] is not None and len(e["factors"]) > 1 and e["significant"]
-    ]
-    interact = f"; decided interactions: {', '.join(pairs)}" if pairs else ""
+    interact = _interactions([e for e in effects if e["p_value"] is not None and len(e["factors"]) > 1], prefix, unit)
     return [f"- Over all variants (main effects, seeds as blocks): {'; '.join(parts)}{interact}."]
+
+
+def _interactions(pairs: list[dict], prefix: str, unit: str) -> str:
+    """'; interactions: image_pooling × norm decided (...)' or the largest one not decided, or ''."""
+    decided = [e for e in pairs if e["significant"]]
+
+    def name(e: dict) -> str:
+        return e["term"].replace(prefix, "")
+
+    if decided:
+        return "; decided interactions (a setting's effect depends on another's): " + ", ".join(map(name, decided))
+    if not pairs:
+        return ""
+    top = max(pairs, key=lambda e: e["effect"])
+    size = f"{top['effect']:.1f} points" if unit == "points" else f"{top['effect']:.4g} in {unit}"
+    held = f"{size}, Holm p {top['p_adjusted']:.2g}"
+    return f"; no interaction decided (the largest, {name(top)}, {held})"

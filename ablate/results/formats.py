@@ -102,9 +102,8 @@ def verdict_note(
     sequential = f" (α per look of --until-decided, {looks[0]} to {looks[1]} seeds)" if looks else ""
     equivalent = f"; ≈ equivalent: the {level} CI of Δ inside ±{margin:g} {units(unit)} (TOST)" if margin else ""
     return (
-        f"Δ vs the baseline in {units(unit)} with its {level} CI; paired t-test when the rows share seeds, else Welch"
-        + (MODERATED_NOTE if moderate else " (plain, not moderated)")
-        + "; "
+        f"Δ vs the baseline in {units(unit)} with its {level} CI; paired (Δ over the seeds both rows ran) when the "
+        "rows share seeds, else Welch" + (MODERATED_NOTE if moderate else " (plain, not moderated)") + "; "
         f"▲ better / ▼ worse: Holm-adjusted p < {alpha:.3g}{sequential}{equivalent}; ? undecided: not yet "
         "(~k: seeds per variant that would decide with 80 % probability at the observed Δ and spread)"
     )

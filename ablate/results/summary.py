@@ -17,14 +17,17 @@ from ablate.study.storage import DEFAULT_STORAGE, dashboard_storage, load_study,
 from ablate.study.variants import short_labels
 
 
-def show_study(sweep, storage_url: str) -> optuna.Study:
-    """`show_results` of the stored study `sweep` ran (its table, effects and where to look); the study."""
+def show_study(sweep, storage_url: str, again: str | None = None) -> optuna.Study:
+    """`show_results` of the stored study `sweep` ran (its table, effects and where to look); the study. `again`:
+    the command that ran it (cli.command_line), for the conclusion's next step."""
     study = load_study(sweep.study.name, make_storage(storage_url, patience=sweep.study.storage_timeout))
-    show_results(study, Path("runs") / sweep.study.name, storage_url, sweep.baseline)
+    show_results(study, Path("runs") / sweep.study.name, storage_url, sweep.baseline, again)
     return study
 
 
-def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: dict | None = None) -> None:
+def show_results(
+    study: optuna.Study, root: Path, storage_url: str, baseline: dict | None = None, again: str | None = None
+) -> None:
     """Print the comparison table fitted to the terminal, the main effects, the conclusion in words and where to
     look further, and write the table under its conclusion to `root`/table.md: what `python -m ablate.table`
     prints for this study (ablate.results.tables), the same columns and values."""
@@ -37,7 +40,7 @@ def show_results(study: optuna.Study, root: Path, storage_url: str, baseline: di
     if table.effects:
         print_effects(out, table.effects, metric, v["alpha"])
     left = race_summary(study) or (v["looks"] and left_open(rows, v["looks"][1]))
-    for line in ([left] if left else []) + [""] + conclusion(table, table.effects):
+    for line in ([left] if left else []) + [""] + conclusion(table, table.effects, again):
         out.print(line)
     out.print(f"table: {root / 'table.md'}\nlook further:\n" + "\n".join(look_further(study, storage_url)))
 

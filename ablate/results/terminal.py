@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ablate.results.conclusion import effects_prefix
 from ablate.results.formats import (
+    clipped_note,
     delta_bounds,
     effects_caption,
     effects_cells,
@@ -121,6 +122,8 @@ def terminal_table(rows: list[dict], title: str, metric: str, alpha: float, room
     lines = [f"settings under {prefix}"] if prefix else []
     if same:
         lines.append("the same in every row: " + "; ".join(same))
+    if clipped := clipped_note(rows, delta_unit(metric, values_of(rows))):
+        lines.append(clipped)
     if left_out:
         lines.append(f"left out at this width ({room} columns): {', '.join(left_out)} (--format md shows them)")
     return build(shown, title=title), lines
