@@ -33,7 +33,7 @@ ESSENTIAL = ("setting", "mean", "n", "Δ", "verdict")
 PRIORITY = ("Holm p", "neck params", "GFLOPs", "latency (ms)", "p", "total params", "test", "status")
 FLEXIBLE = ("Δ", "verdict", "test", "status")
 EFFECT_KINDS = ("term", "df", "F", "p", "Holm p", "test", "effect", "level means")
-EFFECT_LAYOUT = (("term", "effect", "Holm p"), ("level means", "F", "p", "df", "test"), ("term", "level means", "test"))
+EFFECT_LAYOUT = (("term", "effect", "Holm p", "test"), ("level means", "F", "p", "df"), ("term", "level means", "test"))
 
 
 def width() -> int:
@@ -82,13 +82,13 @@ def build(cols: list[tuple[str, str, list[str]]], flexible=FLEXIBLE, title: str 
     return table
 
 
-def renders_whole(table: Table, room: int) -> bool:
-    """True when `table`, laid out in `room` characters, shows every word of its headers and cells whole (rich
-    would otherwise fold a word or cut it with '…')."""
+def renders_whole(cols: list[tuple[str, str, list[str]]], flexible, room: int) -> bool:
+    """True when the table of `cols`, laid out in `room` characters, shows every word of its headers and cells
+    whole (rich would otherwise fold a word or cut it with '…')."""
     console = Console(width=room, file=io.StringIO(), color_system=None)
-    console.print(table)
+    console.print(build(cols, flexible))
     lines = console.file.getvalue().splitlines()
-    words = {w for col in table.columns for cell in [col.header, *col._cells] for w in str(cell).split()}
+    words = {w for _, name, cells in cols for text in [name, *cells] for w in text.split()}
     return "…" not in "".join(lines) and all(any(w in line for line in lines) for w in words)
 
 
@@ -99,7 +99,7 @@ def fit(cols: list, room: int, layout=(ESSENTIAL, PRIORITY, FLEXIBLE)) -> tuple[
     essentials, priority, flexible = layout
     wide = Console(width=100_000, file=io.StringIO())  # measures a table's width with no cell wrapped
     essential = [i for i, c in enumerate(cols) if c[0] in essentials]
-    while len(essential) > 1 and not renders_whole(build([cols[i] for i in essential], flexible), room):
+    while len(essential) > 1 and not renders_whole([cols[i] for i in essential], flexible, room):
         essential.pop(max(range(len(essential)), key=lambda j: essentials.index(cols[essential[j]][0])))
     chosen, left_out = set(essential), []
     for i in sorted(
