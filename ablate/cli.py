@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import logging.handlers
 import re
@@ -284,4 +285,16 @@ def guarded(body: Callable[[], int]) -> int:
         if (stop := interruption(e)) is None:
             raise
         console.print(Text.assemble(("interrupted", "yellow"), f": {stop}" if str(stop) else " (Ctrl-C)"))
+        _forget_unhandled_interrupt()
         return INTERRUPTED
+
+
+def _forget_unhandled_interrupt() -> None:
+    """Ctrl-C that lands in code a C extension runs through PyRun_String (Cython's module setup: scipy's, while a
+    command imports it) sets CPython's 'unhandled KeyboardInterrupt' flag, and the process then ends killed by
+    SIGINT (exit -2, no line kept) although `guarded` handled it. Clear the flag where CPython exports it (3.10,
+    3.11); later versions keep it out of reach, and such a Ctrl-C ends the process as Python decides."""
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (ValueError, AttributeError):
+        pass
