@@ -169,16 +169,23 @@ def split_inputs(items: list[str]) -> tuple[str | None, list[str]]:
     return (files[0] if files else None), [item for item in items if "=" in item]
 
 
+def without_flags(argv: list[str], *flags: str) -> list[str]:
+    """`argv` minus each of `flags` with its value (`--flag VALUE` or `--flag=VALUE`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith(tuple(f"{flag}=" for flag in flags)):
+            skip = False
+            continue
+        skip = arg in flags
+        if not skip:
+            out.append(arg)
+    return out
+
+
 def command_line(command: str, argv: list[str], drop: str = "--max-seeds") -> str:
     """'python -m ablate.COMMAND ARGS' as it was run (quoted for a shell), without the flag `drop` and its value, so
     a message can print it with another value: the same command, ready to copy."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg == drop or arg.startswith(f"{drop}="):
-            skip = arg == drop and not skip
-            continue
-        kept.append(arg)
-    return shlex.join(["python", "-m", f"ablate.{command}", *kept])
+    return shlex.join(["python", "-m", f"ablate.{command}", *without_flags(argv, drop)])
 
 
 def add_storage_argument(p: argparse.ArgumentParser) -> None:

@@ -175,7 +175,8 @@ def _sweep(args, argv: list[str]) -> int:
     if args.dry_run:
         return dry_run(sweep, target)
     try:
-        code = run_study(sweep, target, resolve(args.storage), workers, _worker_argv(argv), gpus=gpus)
+        each = cli.without_flags(argv, "--workers", "--gpus")  # the command each worker runs
+        code = run_study(sweep, target, resolve(args.storage), workers, each, gpus=gpus)
         if prints_the_end(code):
             show_study(sweep, resolve(args.storage), cli.command_line("sweep", argv))
         return code
@@ -195,19 +196,6 @@ def auto_workers(sweep, target, chosen: str | None) -> int:
     n, why = pick(sweep, estimate() if estimate else None, chosen, cores())
     cli.console.print(f"--workers auto: {n} worker(s): {why}")
     return n
-
-
-def _worker_argv(argv: list[str]) -> list[str]:
-    """`argv` minus `--workers N` and `--gpus G` (either also as `--flag=value`): the command each worker runs."""
-    out, skip = [], False
-    for arg in argv:
-        if skip or arg.startswith(("--workers=", "--gpus=")):
-            skip = False
-            continue
-        skip = arg in ("--workers", "--gpus")
-        if not skip:
-            out.append(arg)
-    return out
 
 
 def _with_flags(sweep, args):

@@ -119,19 +119,12 @@ def _table(args) -> int:
 
 def _print_text(table, args) -> int:
     """The terminal's table (ablate.results.terminal), its main effects and its conclusion in words."""
-    from ablate.results.conclusion import conclusion
-    from ablate.results.terminal import print_effects, print_table
+    from ablate.results.terminal import print_end
 
     if args.out:
         raise ConfigError("--format text is for the terminal; --out writes md, latex, csv, json or html")
-    out = cli.make_console(stderr=False)
-    print_table(
-        out, table, f"{', '.join(args.study or ['every study'])}: mean ± std over seeds of {table.metric}, best first"
-    )
-    if table.effects:
-        print_effects(out, table.effects, table.metric, table.verdicts["alpha"])
-    for line in ["", *conclusion(table, table.effects)]:
-        out.print(line)
+    names = ", ".join(args.study or ["every study"])
+    print_end(cli.make_console(stderr=False), table, f"{names}: mean ± std over seeds of {table.metric}, best first")
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ablate.results.formats import delta_bounds, fmt_delta
 from ablate.stats.directions import delta_unit, values_of
 from ablate.stats.verdicts import MAX_SEEDS, POWER
-from ablate.study.variants import common_prefix, settings
+from ablate.study.variants import common_prefix, settings, short_labels
 
 OPEN_SHOWN = 3  # rows not decided yet named in the conclusion, the largest differences first
 
@@ -23,8 +23,9 @@ def conclusion(table, effects: list[dict] = (), again: str | None = None) -> lis
     unit, prefix = delta_unit(table.metric, values_of(rows)), common_prefix([r["variant"] for r in rows])
     better = "higher" if table.direction == "maximize" else "lower"
     which = " (the best row)" if base is rows[0] else ""
+    labels = short_labels(rows)  # as the report and --until-decided's line name rows
     lines = [
-        f"Conclusion on {table.metric} ({better} is better), against {_label(base, prefix)}{which}: {_rule(v, unit)}"
+        f"Conclusion on {table.metric} ({better} is better), against {labels[base['variant']]}{which}: {_rule(v, unit)}"
     ]
     compared = [r for r in rows if not r.get("baseline") and r.get("mean") is not None]
     if not any(r.get("test") for r in compared):
@@ -38,7 +39,8 @@ def conclusion(table, effects: list[dict] = (), again: str | None = None) -> lis
     ]
     lines += _effects(effects, v["alpha"], table.direction, unit)
     for r in shown:
-        lines.append(f"- {_change(r, base, prefix)}: {_delta(r, unit, bounds)}, {_verdict(r, v, unit)}")
+        change = _change(r, base, prefix) or labels[r["variant"]]
+        lines.append(f"- {change}: {_delta(r, unit, bounds)}, {_verdict(r, v, unit)}")
     if len(tested) > len(shown):
         lines.append(f"- {len(tested) - len(shown)} more row(s) not decided yet, with smaller differences (the table)")
     return lines + _next_step([r for r in shown if r["verdict"] == "undecided"], v, again)
@@ -61,15 +63,11 @@ def _rule(v: dict, unit: str) -> str:
     return f"a row is decided when its Holm p is below {alpha:.2g}{spread}{tie}."
 
 
-def _label(row: dict, prefix: str) -> str:
-    return " ".join(s.removeprefix(prefix) for s in row["variant"].split(" ")) or "base"
-
-
 def _change(row: dict, base: dict, prefix: str) -> str:
-    """'image_pooling=false (baseline true)': the settings in which `row` differs from the baseline."""
+    """'image_pooling=false (baseline true)': the settings in which `row` differs from the baseline ('' if none)."""
     mine, theirs = settings(row["variant"]), settings(base["variant"])
     diff = [f"{k.removeprefix(prefix)}={v} (baseline {theirs[k]})" for k, v in mine.items() if theirs.get(k) != v]
-    return ", ".join(diff) or _label(row, prefix)
+    return ", ".join(diff)
 
 
 def _delta(row: dict, unit: str, bounds) -> str:
@@ -137,8 +135,9 @@ def _effects(effects: list[dict], alpha: float, direction: str, unit: str) -> li
         best = pick(e["levels"], key=lambda lv: lv["mean"])["value"]
         held = f"Holm p {e['p_adjusted']:.2g}"
         state = f"decided ({held} < {alpha:.2g})" if e["significant"] else f"not decided ({held}, needs < {alpha:.2g})"
-        size = f"{e['effect']:.1f} points" if unit == "points" else f"{e['effect']:.4g} in {unit}"
-        parts.append(f"{e['term'].replace(prefix, '')}: best {best}, {size} between levels, {state}")
+        parts.append(
+            f"{e['term'].replace(prefix, '')}: best {best}, {_size(e['effect'], unit)} between levels, {state}"
+        )
     interact = _interactions([e for e in effects if e["p_value"] is not None and len(e["factors"]) > 1], prefix, unit)
     return [f"- Over all variants (main effects, seeds as blocks): {'; '.join(parts)}{interact}."]
 
@@ -155,6 +154,10 @@ def _interactions(pairs: list[dict], prefix: str, unit: str) -> str:
     if not pairs:
         return ""
     top = max(pairs, key=lambda e: e["effect"])
-    size = f"{top['effect']:.1f} points" if unit == "points" else f"{top['effect']:.4g} in {unit}"
-    held = f"{size}, Holm p {top['p_adjusted']:.2g}"
+    held = f"{_size(top['effect'], unit)}, Holm p {top['p_adjusted']:.2g}"
     return f"; no interaction decided (the largest, {name(top)}, {held})"
+
+
+def _size(effect: float, unit: str) -> str:
+    """'17.5 points', or '0.0312 in val_loss' for a metric in its own units."""
+    return f"{effect:.1f} points" if unit == "points" else f"{effect:.4g} in {unit}"

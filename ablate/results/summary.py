@@ -8,10 +8,9 @@ from pathlib import Path
 import optuna
 
 from ablate.cli import make_console
-from ablate.results.conclusion import conclusion
 from ablate.results.formats import fmt_needed
 from ablate.results.tables import markdown, study_table
-from ablate.results.terminal import print_effects, print_table
+from ablate.results.terminal import print_end
 from ablate.study.race import race_summary
 from ablate.study.storage import DEFAULT_STORAGE, dashboard_storage, load_study, make_storage, redact
 from ablate.study.variants import short_labels
@@ -36,12 +35,9 @@ def show_results(
     root.mkdir(parents=True, exist_ok=True)
     (root / "table.md").write_text(markdown(table))
     out = make_console(stderr=False)
-    print_table(out, table, f"study {study.study_name}: mean ± std over seeds of {metric}, best first")
-    if table.effects:
-        print_effects(out, table.effects, metric, v["alpha"])
     left = race_summary(study) or (v["looks"] and left_open(rows, v["looks"][1]))
-    for line in ([left] if left else []) + [""] + conclusion(table, table.effects, again):
-        out.print(line)
+    title = f"study {study.study_name}: mean ± std over seeds of {metric}, best first"
+    print_end(out, table, title, [left] if left else [], again)
     out.print(f"table: {root / 'table.md'}\nlook further:\n" + "\n".join(look_further(study, storage_url)))
 
 

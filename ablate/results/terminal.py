@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ablate.results.conclusion import effects_prefix
+from ablate.results.conclusion import conclusion, effects_prefix
 from ablate.results.formats import (
     clipped_note,
     delta_bounds,
@@ -134,6 +134,16 @@ def print_table(out: Console, table, title: str) -> None:
     shown, lines = terminal_table(table.rows, title, table.metric, table.verdicts["alpha"])
     out.print(shown, width=width())
     for line in [*lines, table.note]:
+        out.print(line)
+
+
+def print_end(out: Console, table, title: str, notes: list[str] = (), again: str | None = None) -> None:
+    """A study's end on `out`: its table, its main effects, `notes` (a race's or --until-decided's line) and its
+    conclusion in words (`again`: the command that ran it, for the conclusion's next step)."""
+    print_table(out, table, title)
+    if table.effects:
+        print_effects(out, table.effects, table.metric, table.verdicts["alpha"])
+    for line in [*notes, "", *conclusion(table, table.effects, again)]:
         out.print(line)
 
 
